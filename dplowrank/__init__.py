@@ -1,0 +1,85 @@
+"""dplowrank: differentially private low-rank linear algebra.
+
+Release rank-k approximations of private Gram (covariance) matrices under (ε, δ)-DP,
+with the Gaussian and complex Gaussian mechanisms and a fast top-k eigensolver on CPU or
+GPU. See ``docs/`` for a page per capability.
+"""
+
+from .accounting import (
+    BudgetExceededError,
+    ComposedEvent,
+    GaussianEvent,
+    PoissonSampledEvent,
+    PrivacyAccountant,
+    PrivacyBudget,
+    SelfComposedEvent,
+    calibrate_plan,
+    event_from_dict,
+)
+from .diagnostics import (
+    BoundCheck,
+    GapReport,
+    check_bounds,
+    diagnose,
+    gap_repulsion,
+    noise_edge,
+    noise_norm_bound,
+    theory_bounds,
+)
+from .gram import GramAccumulator
+from .linalg import EighResult, topk_eigh
+from .mechanisms import (
+    ComplexGaussianMechanism,
+    GaussianMechanism,
+    NoiseCalibration,
+    analytic_gaussian_sigma,
+    calibrate_noise,
+    classic_gaussian_sigma,
+    gaussian_delta,
+    gaussian_epsilon,
+    gram_sensitivity,
+)
+from .release import LowRankRelease, load_release, release_rank_k
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # the release
+    "release_rank_k",
+    "LowRankRelease",
+    "load_release",
+    # private statistics
+    "GramAccumulator",
+    "gram_sensitivity",
+    # mechanisms and calibration
+    "GaussianMechanism",
+    "ComplexGaussianMechanism",
+    "NoiseCalibration",
+    "calibrate_noise",
+    "analytic_gaussian_sigma",
+    "classic_gaussian_sigma",
+    "gaussian_epsilon",
+    "gaussian_delta",
+    # accounting
+    "PrivacyAccountant",
+    "PrivacyBudget",
+    "BudgetExceededError",
+    "calibrate_plan",
+    "GaussianEvent",
+    "PoissonSampledEvent",
+    "SelfComposedEvent",
+    "ComposedEvent",
+    "event_from_dict",
+    # diagnostics (free) and analysis tools (non-private)
+    "diagnose",
+    "GapReport",
+    "noise_edge",
+    "noise_norm_bound",
+    "theory_bounds",
+    "check_bounds",
+    "BoundCheck",
+    "gap_repulsion",
+    # linear algebra
+    "topk_eigh",
+    "EighResult",
+]

@@ -1,0 +1,25 @@
+"""Running independent blocks of work on the CPU's cores (the one place threads are used).
+
+torch releases the GIL inside its kernels, so Python threads over independent blocks use
+all cores for work that torch itself runs on one (random draws, small reductions). On
+other devices the blocks run in order (the device is already asynchronous).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+__all__ = ["run_blocks"]
+
+
+def run_blocks(fn: Callable[..., Any], blocks: Sequence[tuple], device: torch.device) -> list:
+    """``[fn(*b) for b in blocks]``, on a thread pool when ``device`` is a multi-core CPU."""
+    if device.type == "cpu" and len(blocks) > 1 and torch.get_num_threads() > 1:
+        with ThreadPoolExecutor(max_workers=min(torch.get_num_threads(), len(blocks))) as pool:
+            futures = [pool.submit(fn, *b) for b in blocks]
+            return [f.result() for f in futures]
+    return [fn(*b) for b in blocks]

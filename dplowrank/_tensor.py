@@ -1,0 +1,50 @@
+"""Conversion of user arrays to tensors, in one place."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["as_tensor", "as_device"]
+
+
+def as_device(device: torch.device | str | None) -> torch.device | None:
+    """Parse ``device`` (``None`` passes through)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was requested but CUDA is not available here")
+    return dev
+
+
+def as_tensor(x: object, name: str, *, allow_complex: bool = False) -> torch.Tensor:
+    """Return ``x`` (numpy array, torch tensor or nested sequence) as a floating tensor.
+
+    Integer and boolean input becomes float64; complex input raises ``TypeError`` unless
+    ``allow_complex``; anything else that is not numeric raises ``TypeError``. No copy is
+    made when ``x`` already is a floating tensor.
+    """
+    if isinstance(x, torch.Tensor):
+        t = x
+    elif isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
+        arr = np.asarray(x)
+        if arr.dtype == object or arr.dtype.kind not in "biufc":
+            raise TypeError(f"{name} must be numeric, got an array of dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    else:
+        raise TypeError(
+            f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}"
+        )
+    if t.is_complex():
+        if not allow_complex:
+            raise TypeError(f"{name} must be real, got complex dtype {t.dtype}")
+        return t
+    if not t.is_floating_point():
+        return t.to(torch.float64)
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.to(torch.float32)
+    return t

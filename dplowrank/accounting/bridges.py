@@ -1,0 +1,96 @@
+"""Bridges to Google's dp_accounting and to opacus (optional extras, imported on use only).
+
+* :func:`to_dp_accounting` turns dplowrank events into ``dp_accounting.DpEvent`` objects, so
+  any dp_accounting accountant (PLD, RDP) can price them.
+* :func:`from_dp_accounting` reads such events back.
+* :func:`from_opacus` turns an opacus accountant's history of DP-SGD steps into events, so
+  private compression with dplowrank followed by DP-SGD with opacus gets one ε.
+* :func:`pld_epsilon` prices events with dp_accounting's privacy-loss-distribution accountant,
+  the tightest option for subsampled steps.
+
+The core package never imports these libraries; only calling these functions does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._accountant import PrivacyAccountant, as_event
+from ._events import ComposedEvent, GaussianEvent, PoissonSampledEvent, PrivacyEvent, SelfComposedEvent
+
+__all__ = ["to_dp_accounting", "from_dp_accounting", "from_opacus", "pld_epsilon"]
+
+
+def _dpa():
+    try:
+        import dp_accounting
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("this bridge needs dp_accounting: pip install 'dplowrank[accounting]'") from exc
+    return dp_accounting
+
+
+def _events_of(obj: Any) -> PrivacyEvent:
+    if isinstance(obj, PrivacyAccountant):
+        return obj.composed_event()
+    return as_event(obj)
+
+
+def to_dp_accounting(obj: Any):
+    """The ``dp_accounting.DpEvent`` of an event, a release or a whole :class:`PrivacyAccountant`."""
+    dpa = _dpa()
+
+    def conv(e: PrivacyEvent):
+        if isinstance(e, GaussianEvent):
+            return dpa.GaussianDpEvent(e.noise_multiplier)
+        if isinstance(e, PoissonSampledEvent):
+            return dpa.PoissonSampledDpEvent(e.sampling_probability, conv(e.event))
+        if isinstance(e, SelfComposedEvent):
+            return dpa.SelfComposedDpEvent(conv(e.event), e.count)
+        return dpa.ComposedDpEvent([conv(x) for x in e.events])
+
+    return conv(_events_of(obj))
+
+
+def from_dp_accounting(event: Any) -> PrivacyEvent:
+    """Read a ``dp_accounting.DpEvent`` built from Gaussian, Poisson-sampled and composed events."""
+    dpa = _dpa()
+    if isinstance(event, dpa.GaussianDpEvent):
+        return GaussianEvent(event.noise_multiplier)
+    if isinstance(event, dpa.PoissonSampledDpEvent):
+        return PoissonSampledEvent(event.sampling_probability, from_dp_accounting(event.event))
+    if isinstance(event, dpa.SelfComposedDpEvent):
+        return SelfComposedEvent(from_dp_accounting(event.event), event.count)
+    if isinstance(event, dpa.ComposedDpEvent):
+        return ComposedEvent(tuple(from_dp_accounting(e) for e in event.events))
+    raise ValueError(f"dplowrank cannot price the dp_accounting event {event!r}")
+
+
+def from_opacus(accountant: Any) -> ComposedEvent:
+    """Events for the DP-SGD steps recorded by an opacus accountant.
+
+    opacus accountants (RDP, PRV, GDP) keep ``history`` as a list of
+    ``(noise_multiplier, sample_rate, num_steps)``; each entry becomes ``num_steps``
+    Poisson-sampled Gaussian steps (plain Gaussian releases when the sample rate is 1).
+    """
+    history = getattr(accountant, "history", None)
+    if history is None:
+        raise TypeError(f"expected an opacus accountant with a .history, got {type(accountant).__name__}")
+    out = []
+    for entry in history:
+        try:
+            z, q, steps = entry
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"unexpected opacus history entry {entry!r}") from exc
+        step = GaussianEvent(float(z)) if float(q) == 1.0 else PoissonSampledEvent(float(q), GaussianEvent(float(z)))
+        out.append(SelfComposedEvent(step, int(steps)))
+    return ComposedEvent(tuple(out))
+
+
+def pld_epsilon(obj: Any, delta: float, *, value_discretization_interval: float = 1e-4) -> float:
+    """ε(δ) of an event / release / accountant by dp_accounting's PLD accountant."""
+    dpa = _dpa()
+    from dp_accounting.pld import pld_privacy_accountant
+
+    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=value_discretization_interval)
+    acc.compose(to_dp_accounting(obj))
+    return float(acc.get_epsilon(delta))

@@ -1,0 +1,253 @@
+"""Monte Carlo checks of the bounds, and the level-repulsion diagnostic: analysis tools.
+
+Both take the true matrix and draw many releases from it, so they are NOT private: use them
+on public or synthetic matrices to see how the bounds behave, never to publish results
+about private data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .._progress import progress
+from .._random import resolve_generator
+from .._validation import check_choice, check_k
+from ..linalg import topk_eigh
+from ..mechanisms._calibration import calibrate_noise
+from ..mechanisms._gaussian import NOISE_SHAPES, ComplexGaussianMechanism, GaussianMechanism
+from ._bounds import (
+    analyze_gauss_captured_variance_bound,
+    deterministic_frobenius_bound,
+    deterministic_spectral_bound,
+    mangoubi_vishnoi_bound,
+    re_analyze_gauss_bound,
+)
+from ._noise import noise_norm_bound
+
+__all__ = ["BoundCheck", "RepulsionResult", "check_bounds", "gap_repulsion"]
+
+
+@dataclass(frozen=True)
+class BoundCheck:
+    """Result of :func:`check_bounds` (non-private analysis).
+
+    Attributes
+    ----------
+    frobenius_errors, spectral_errors : ndarray of shape (trials,)
+        ‖Ã_k − M_k‖_F and ‖Ã_k − M_k‖₂ of each release (for the complex mechanism: of the
+        realified real output).
+    captured_variance_loss : ndarray of shape (trials,) or None
+        tr(V_kᵀMV_k) − tr(V̂ᵀMV̂) (real mechanisms).
+    noise_norms : ndarray of shape (trials,)
+        ‖E‖₂ of each draw.
+    hold_rates : dict
+        Fraction of draws on which each bound held: "deterministic_spectral",
+        "deterministic_frobenius", "captured_variance" (per-draw with the actual ‖E‖₂: must
+        be 1.0), and "high_prob_*" (with B: must be ≥ 1 − β), "noise_norm" (‖E‖₂ ≤ B).
+    bounds : dict
+        The non-random bounds: "high_prob_spectral", "high_prob_frobenius",
+        "high_prob_captured_variance", "noise_norm" (B), "mangoubi_vishnoi",
+        "re_analyze_gauss" (constant-1 shapes of expected-error bounds).
+    ratios : dict
+        mean error / bound for each bound in ``bounds`` that bounds an error.
+    """
+
+    mechanism: str
+    noise_shape: str
+    k: int
+    d: int
+    trials: int
+    noise_scale: float
+    failure_probability: float
+    frobenius_errors: np.ndarray
+    spectral_errors: np.ndarray
+    captured_variance_loss: np.ndarray | None
+    noise_norms: np.ndarray
+    hold_rates: dict
+    bounds: dict
+    ratios: dict
+
+
+def _realify(vals, vecs, k):
+    from ..release import _realify as realify
+
+    return realify(vals, vecs, k)
+
+
+def check_bounds(
+    m,
+    k: int,
+    *,
+    epsilon: float | None = None,
+    delta: float | None = None,
+    sensitivity: float = 1.0,
+    noise_scale: float | None = None,
+    mechanism: str = "gaussian",
+    noise_shape: str = "isotropic",
+    trials: int = 200,
+    failure_probability: float = 0.05,
+    generator: torch.Generator | None = None,
+    progress_bar: bool = True,
+) -> BoundCheck:
+    """Draw ``trials`` releases of the known matrix ``m`` and check every applicable bound.
+
+    Parameters
+    ----------
+    m : Tensor or ndarray of shape (d, d)
+        A symmetric matrix (public or synthetic: this is analysis, not a private release).
+    k : int
+    epsilon, delta, sensitivity, noise_scale
+        The budget (calibrated as in :func:`dplowrank.release_rank_k`) or a fixed σ.
+    mechanism : {"gaussian", "complex"}
+    noise_shape : {"isotropic", "upper_triangular"}
+    trials : int
+    failure_probability : float
+        β for the high-probability bounds.
+    generator : torch.Generator, optional
+    progress_bar : bool
+        Show progress on stderr.
+
+    Returns
+    -------
+    BoundCheck
+    """
+    check_choice(mechanism, "mechanism", ("gaussian", "complex"))
+    check_choice(noise_shape, "noise_shape", NOISE_SHAPES)
+    mt = torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor) else m).to(torch.float64)
+    if mt.ndim != 2 or mt.shape[0] != mt.shape[1]:
+        raise ValueError(f"m must be square (d, d), got shape {tuple(mt.shape)}")
+    mt = 0.5 * (mt + mt.T)
+    d = mt.shape[0]
+    k = check_k(k, d)
+    if not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be a positive integer, got {trials!r}")
+    cal = calibrate_noise(sensitivity, epsilon=epsilon, delta=delta, noise_scale=noise_scale)
+    sigma = cal.noise_scale
+    gen, _ = resolve_generator(generator, mt.device)
+    shape = "hermitian" if mechanism == "complex" else noise_shape
+    mech = (ComplexGaussianMechanism(sigma, sensitivity) if mechanism == "complex"
+            else GaussianMechanism(sigma, sensitivity, noise_shape))
+
+    w, v = torch.linalg.eigh(mt)
+    s = w.flip(0).numpy()
+    vk = v[:, -k:]
+    m_k = (vk * w[-k:]) @ vk.T
+    best_captured = float(w[-k:].sum())
+    sk1 = float(s[k]) if k < d else 0.0
+    factor = 2.0 if mechanism == "complex" else 1.0
+    b = noise_norm_bound(shape, d, sigma, failure_probability)
+
+    frob, spec, cap, norms = [], [], [], []
+    held = {key: 0 for key in ("deterministic_spectral", "deterministic_frobenius", "captured_variance",
+                               "high_prob_spectral", "high_prob_frobenius", "high_prob_captured_variance",
+                               "noise_norm")}
+    for _ in progress(range(trials), total=trials, desc="check_bounds", enabled=progress_bar):
+        noisy = mech.perturb(mt, generator=gen)
+        e_norm = float(torch.linalg.matrix_norm(noisy - mt.to(noisy.dtype), ord=2))
+        res = topk_eigh(noisy, k, solver="dense", check=False)
+        if mechanism == "complex":
+            vals, vecs = _realify(res.eigenvalues, res.eigenvectors, k)
+        else:
+            vals, vecs = res.eigenvalues, res.eigenvectors
+        a_k = (vecs * vals) @ vecs.T
+        diff = a_k - m_k
+        f = float(torch.linalg.matrix_norm(diff))
+        sp = float(torch.linalg.matrix_norm(diff, ord=2))
+        frob.append(f)
+        spec.append(sp)
+        norms.append(e_norm)
+        slack = 1e-9 * (1.0 + float(s[0]))
+        held["deterministic_spectral"] += sp <= factor * deterministic_spectral_bound(sk1, e_norm) + slack
+        held["deterministic_frobenius"] += f <= factor * deterministic_frobenius_bound(k, sk1, e_norm) + slack
+        held["high_prob_spectral"] += sp <= factor * deterministic_spectral_bound(sk1, b) + slack
+        held["high_prob_frobenius"] += f <= factor * deterministic_frobenius_bound(k, sk1, b) + slack
+        held["noise_norm"] += e_norm <= b
+        if mechanism == "gaussian":
+            loss = best_captured - float(torch.trace(vecs.T @ mt @ vecs))
+            cap.append(loss)
+            held["captured_variance"] += loss <= analyze_gauss_captured_variance_bound(k, e_norm) + slack
+            held["high_prob_captured_variance"] += loss <= analyze_gauss_captured_variance_bound(k, b) + slack
+    if mechanism == "complex":
+        for key in ("captured_variance", "high_prob_captured_variance"):
+            held.pop(key)
+    bounds = {
+        "noise_norm": b,
+        "high_prob_spectral": factor * deterministic_spectral_bound(sk1, b),
+        "high_prob_frobenius": factor * deterministic_frobenius_bound(k, sk1, b),
+        "mangoubi_vishnoi": mangoubi_vishnoi_bound(s, k, d, sigma),
+        "re_analyze_gauss": re_analyze_gauss_bound(s, k, sigma),
+    }
+    if mechanism == "gaussian":
+        bounds["high_prob_captured_variance"] = analyze_gauss_captured_variance_bound(k, b)
+    frob_a, spec_a = np.array(frob), np.array(spec)
+    ratios = {
+        "high_prob_spectral": float(spec_a.mean() / bounds["high_prob_spectral"]),
+        "high_prob_frobenius": float(frob_a.mean() / bounds["high_prob_frobenius"]),
+        "mangoubi_vishnoi": float(frob_a.mean() / bounds["mangoubi_vishnoi"]),
+        "re_analyze_gauss": float(frob_a.mean() / bounds["re_analyze_gauss"]),
+    }
+    cap_a = np.array(cap) if cap else None
+    if cap_a is not None:
+        ratios["high_prob_captured_variance"] = float(cap_a.mean() / bounds["high_prob_captured_variance"])
+    return BoundCheck(
+        mechanism=mechanism, noise_shape=shape, k=k, d=d, trials=trials, noise_scale=sigma,
+        failure_probability=failure_probability, frobenius_errors=frob_a, spectral_errors=spec_a,
+        captured_variance_loss=cap_a, noise_norms=np.array(norms),
+        hold_rates={key: val / trials for key, val in held.items()}, bounds=bounds, ratios=ratios,
+    )
+
+
+@dataclass(frozen=True)
+class RepulsionResult:
+    """Smallest top-k gaps under real (GOE) and complex (GUE) noise of equal σ.
+
+    ``real_gaps``/``complex_gaps``: ndarray of shape (trials,), the smallest gap among the
+    top-k eigenvalues of M + E, each divided by its own mean (unfolded), so the two
+    distributions compare shape, not scale. ``small_gap_probability(s)`` is the fraction
+    of draws whose unfolded smallest gap is below s: it falls like s^(β+1) with β = 1 (real)
+    and β = 2 (complex).
+    """
+
+    k: int
+    real_gaps: np.ndarray
+    complex_gaps: np.ndarray
+
+    def small_gap_probability(self, s: float = 0.25) -> tuple[float, float]:
+        """(real, complex) fractions of unfolded smallest gaps below ``s``."""
+        return float(np.mean(self.real_gaps < s)), float(np.mean(self.complex_gaps < s))
+
+
+def gap_repulsion(
+    m,
+    k: int,
+    *,
+    noise_scale: float,
+    trials: int = 500,
+    generator: torch.Generator | None = None,
+    progress_bar: bool = False,
+) -> RepulsionResult:
+    """The distribution of the smallest top-k gap of M + E for real vs complex noise.
+
+    Level repulsion is what the complex mechanism relies on (Mangoubi & Vishnoi,
+    arXiv:2306.16648): near-degenerate eigenvalues of M split under Hermitian noise with
+    gap density ∝ s² (β = 2) instead of ∝ s (β = 1) for real symmetric noise, so tiny gaps,
+    which make eigenvectors unstable, are rarer. Analysis tool (it takes the true M).
+    """
+    mt = torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor) else m).to(torch.float64)
+    d = mt.shape[0]
+    k = check_k(k, d)
+    if k < 2:
+        raise ValueError(f"gap_repulsion needs k >= 2 (a gap among the top k), got k={k}")
+    gen, _ = resolve_generator(generator, mt.device)
+    real_mech = GaussianMechanism(noise_scale, 1.0, "isotropic")
+    cplx_mech = ComplexGaussianMechanism(noise_scale, 1.0)
+    real_gaps, cplx_gaps = [], []
+    for _ in progress(range(trials), total=trials, desc="gap_repulsion", enabled=progress_bar):
+        for mech, out in ((real_mech, real_gaps), (cplx_mech, cplx_gaps)):
+            lam = torch.linalg.eigvalsh(mech.perturb(mt, generator=gen)).flip(0)[:k]
+            out.append(float((lam[:-1] - lam[1:]).min()))
+    r, c = np.array(real_gaps), np.array(cplx_gaps)
+    return RepulsionResult(k=k, real_gaps=r / r.mean(), complex_gaps=c / c.mean())

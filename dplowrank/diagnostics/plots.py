@@ -1,0 +1,98 @@
+"""Plots of the diagnostics (needs matplotlib: ``pip install 'dplowrank[plots]'``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_spectrum", "plot_error_vs_epsilon"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("plots need matplotlib: pip install 'dplowrank[plots]'") from exc
+    return plt
+
+
+def _save(fig, path, width_px: int, height_px: int, dpi: int) -> Path:
+    from .._io import atomic_write_bytes
+    import io
+
+    fig.set_size_inches(width_px / dpi, height_px / dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_spectrum(report, path: str | os.PathLike, *, width_px: int = 900, height_px: int = 540,
+                  dpi: int = 100) -> Path:
+    """The released spectrum with Weyl intervals, the noise edge and the gap thresholds, as PNG.
+
+    Parameters
+    ----------
+    report : GapReport
+        From :func:`dplowrank.diagnose` (post-processing of a release: free).
+    path : str or PathLike
+        Output PNG (written atomically), ``width_px`` × ``height_px`` pixels.
+    """
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2)
+    i = np.arange(1, len(report.spectrum) + 1)
+    ax1.errorbar(i, report.spectrum, yerr=report.noise_bound, fmt="o", ms=4, capsize=3,
+                 label="released eigenvalue ± B (Weyl)")
+    ax1.axhline(report.noise_edge, color="tab:red", ls="--", label="noise edge c√dσ")
+    ax1.axhline(-report.noise_edge, color="tab:red", ls="--")
+    ax1.set_xlabel("index i")
+    ax1.set_ylabel("eigenvalue")
+    ax1.set_title(f"spectrum (d={report.d}, {report.noise_shape})")
+    ax1.legend(fontsize=7)
+    if len(report.gaps):
+        j = np.arange(1, len(report.gaps) + 1)
+        ax2.bar(j, report.gaps_in_edges, color="tab:blue", alpha=0.7, label="gap / edge")
+        lo = report.gap_intervals[:, 0] / report.noise_edge
+        ax2.plot(j, lo, "k_", ms=10, label="gap lower bound / edge")
+        for c in report.conditions:
+            if c.status != "no condition":
+                ax2.axhline(c.threshold / report.noise_edge, ls=":", label=f"{c.theorem} threshold")
+        ax2.axvline(report.recommended_k + 0.5, color="tab:green", label=f"recommended k = {report.recommended_k}")
+        ax2.set_xlabel("gap i (λ_i − λ_{i+1})")
+        ax2.set_ylabel("in units of the noise edge")
+        ax2.legend(fontsize=7)
+    ax2.set_title("gaps")
+    fig.tight_layout()
+    out = _save(fig, path, width_px, height_px, dpi)
+    plt.close(fig)
+    return out
+
+
+def plot_error_vs_epsilon(
+    epsilons: Sequence[float],
+    errors: Mapping[str, Sequence[float]],
+    path: str | os.PathLike,
+    *,
+    ylabel: str = "relative Frobenius error",
+    width_px: int = 800,
+    height_px: int = 500,
+    dpi: int = 100,
+) -> Path:
+    """Error against ε, one line per mechanism (``errors[name][i]`` at ``epsilons[i]``), as PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots()
+    for name, errs in errors.items():
+        ax.loglog(epsilons, errs, "o-", label=name)
+    ax.set_xlabel("ε")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = _save(fig, path, width_px, height_px, dpi)
+    plt.close(fig)
+    return out

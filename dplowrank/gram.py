@@ -1,0 +1,158 @@
+"""Streaming accumulation of a clipped Gram matrix Σ xxᵀ: the private statistic.
+
+The accumulator is the only place raw rows enter the library. Each row is one privacy
+unit: it is clipped to the public norm C before it is added, so one row can move the
+Gram by at most C² in Frobenius norm (√2·C² when a row is replaced), and the sums are kept
+in float64 whatever the input dtype. Nothing here is private on its own: the Gram, the
+row count and the clipped count are raw statistics, to be released only through a
+mechanism (:func:`dplowrank.release_rank_k`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._tensor import as_device, as_tensor
+from ._validation import check_choice, check_positive
+from .mechanisms._sensitivity import NEIGHBOURS, gram_sensitivity
+
+__all__ = ["GramAccumulator"]
+
+# Rows whose norm exceeds C are scaled to C·(1 − 2⁻⁴⁰), so that rounding in the scaling
+# can never leave a clipped row with norm above C.
+_CLIP_MARGIN = 1.0 - 2.0**-40
+
+
+class GramAccumulator:
+    """Accumulate M = Σ clip_C(x) clip_C(x)ᵀ over batches of rows, in float64.
+
+    Parameters
+    ----------
+    row_norm : float
+        The clipping norm C > 0. Public: it must not be chosen by looking at the data.
+    dim : int, optional
+        The row dimension d; taken from the first batch when omitted.
+    neighbour : {"add_remove", "replace"}, default "add_remove"
+        The neighbour relation that :attr:`sensitivity` is computed for.
+    device : torch.device or str, optional
+        Where the Gram lives; defaults to the device of the first batch.
+
+    Attributes
+    ----------
+    gram : Tensor of shape (d, d), float64
+        The raw (non-private) clipped Gram. Owned by the accumulator.
+    n_rows : int
+        Rows added so far (non-private).
+    n_clipped : int
+        Rows whose norm exceeded C and were scaled down (non-private).
+    sensitivity : float
+        Frobenius sensitivity of :attr:`gram`: C² (add/remove) or √2·C² (replace).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> acc = GramAccumulator(row_norm=1.0)
+    >>> acc.update(np.eye(3) * 2.0).n_clipped
+    3
+    >>> acc.gram.diagonal().tolist()
+    [1.0, 1.0, 1.0]
+    """
+
+    def __init__(
+        self,
+        *,
+        row_norm: float,
+        dim: int | None = None,
+        neighbour: str = "add_remove",
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.row_norm = check_positive(row_norm, "row_norm")
+        self.neighbour = check_choice(neighbour, "neighbour", NEIGHBOURS)
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self._device = as_device(device)
+        self._gram: torch.Tensor | None = None
+        self._dim = dim
+        self.n_rows = 0
+        self.n_clipped = 0
+        if dim is not None and self._device is not None:
+            self._allocate(dim, self._device)
+
+    def _allocate(self, dim: int, device: torch.device) -> None:
+        self._gram = torch.zeros((dim, dim), dtype=torch.float64, device=device)
+        self._dim = dim
+        self._device = device
+
+    @property
+    def dim(self) -> int | None:
+        """The row dimension d (``None`` before the first batch when not given)."""
+        return self._dim
+
+    @property
+    def device(self) -> torch.device | None:
+        return self._device
+
+    @property
+    def sensitivity(self) -> float:
+        """Frobenius sensitivity of the Gram for :attr:`neighbour` (see ``gram_sensitivity``)."""
+        return gram_sensitivity(self.row_norm, self.neighbour)
+
+    @property
+    def gram(self) -> torch.Tensor:
+        """The raw clipped Gram, Tensor of shape (d, d), float64 (non-private)."""
+        if self._gram is None:
+            raise ValueError("the accumulator has no rows yet; call update() first")
+        return self._gram
+
+    def update(self, rows: object) -> "GramAccumulator":
+        """Clip and add a batch of rows.
+
+        Parameters
+        ----------
+        rows : array or Tensor of shape (n, d) (or (d,) for one row)
+            Real rows, any float dtype, on any device; moved to the accumulator's device.
+
+        Returns
+        -------
+        GramAccumulator
+            ``self``, for chaining.
+
+        Raises
+        ------
+        ValueError
+            On a wrong shape or a NaN/Inf entry (the message names the row, counted over
+            all rows added so far). A rejected batch leaves the accumulator unchanged.
+        """
+        x = as_tensor(rows, "rows")
+        if x.ndim == 1:
+            x = x.unsqueeze(0)
+        if x.ndim != 2:
+            raise ValueError(f"rows must have shape (n, d), got shape {tuple(x.shape)}")
+        if self._dim is not None and x.shape[1] != self._dim:
+            raise ValueError(f"rows must have {self._dim} columns, got shape {tuple(x.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError(f"rows must have at least one column, got shape {tuple(x.shape)}")
+        device = self._device if self._device is not None else x.device
+        x = x.to(device=device, dtype=torch.float64)
+        finite = torch.isfinite(x).all(dim=1)
+        if not bool(finite.all()):
+            bad = int(torch.nonzero(~finite)[0, 0])
+            raise ValueError(
+                f"row {self.n_rows + bad} (index {bad} of this batch) contains NaN or Inf"
+            )
+        norms = torch.linalg.vector_norm(x, dim=1)
+        over = norms > self.row_norm
+        scale = torch.where(over, self.row_norm * _CLIP_MARGIN / norms, torch.ones_like(norms))
+        x = x * scale.unsqueeze(1)
+        if self._gram is None:
+            self._allocate(x.shape[1], device)
+        self._gram.addmm_(x.T, x)
+        self.n_rows += x.shape[0]
+        self.n_clipped += int(over.sum())
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"GramAccumulator(row_norm={self.row_norm}, dim={self._dim}, neighbour={self.neighbour!r}, "
+            f"device={self._device}, n_rows={self.n_rows})"
+        )

@@ -1,0 +1,43 @@
+"""Sensitivity of the unnormalised Gram matrix M = Σ aaᵀ of rows with ‖a‖₂ ≤ C.
+
+Neighbouring datasets differ in one row (the privacy unit):
+
+* ``"add_remove"``: M' = M ± aaᵀ, so ‖M − M'‖_F = ‖aaᵀ‖_F = ‖a‖² ≤ C², with equality
+  at any row of norm C.
+* ``"replace"``: M' = M − aaᵀ + bbᵀ, and ‖aaᵀ − bbᵀ‖²_F = ‖a‖⁴ + ‖b‖⁴ − 2(aᵀb)² ≤ 2C⁴,
+  so ‖M − M'‖_F ≤ √2·C², with equality for orthogonal rows of norm C.
+
+The same numbers bound the L2 norm of the change of vech(M) (the upper triangle with the
+diagonal, as used by the Analyze Gauss shape), because ‖vech(X)‖₂ ≤ ‖X‖_F for symmetric
+X; they are attained there too (a = C·e₁, and a = C·e₁, b = C·e₂). One number, the
+Frobenius sensitivity, therefore serves every noise shape of the library.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .._validation import check_choice, check_positive
+
+__all__ = ["NEIGHBOURS", "gram_sensitivity"]
+
+NEIGHBOURS = ("add_remove", "replace")
+
+
+def gram_sensitivity(row_norm: float, neighbour: str = "add_remove") -> float:
+    """Frobenius sensitivity of Σ aaᵀ for rows clipped to L2 norm ``row_norm``.
+
+    Parameters
+    ----------
+    row_norm : float
+        The clipping norm C > 0 (public; never taken from the data).
+    neighbour : {"add_remove", "replace"}
+        The neighbour relation: C² for add/remove, √2·C² for replace-one.
+
+    Returns
+    -------
+    float
+    """
+    c = check_positive(row_norm, "row_norm")
+    check_choice(neighbour, "neighbour", NEIGHBOURS)
+    return c * c if neighbour == "add_remove" else math.sqrt(2.0) * c * c

@@ -1,0 +1,551 @@
+"""The release: rows or a Gram → calibrated mechanism → top-k eigenpairs → a value object.
+
+:func:`release_rank_k` is the library's front door. Private data reaches its output only
+through a mechanism of ``dplowrank.mechanisms``; the returned :class:`LowRankRelease`
+holds the noisy eigenpairs and how they were made, never raw data (not even the row
+count, which is private under add/remove neighbours).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._io import atomic_write_bytes
+from ._parallel import run_blocks
+from ._random import resolve_generator
+from ._tensor import as_device, as_tensor
+from ._validation import check_choice, check_k
+from .accounting._budget import PrivacyBudget
+from .accounting._events import GaussianEvent
+from .gram import GramAccumulator
+from .linalg import SOLVERS, topk_eigh
+from .mechanisms._calibration import CALIBRATIONS, calibrate_noise
+from .mechanisms._gaussian import NOISE_SHAPES, ComplexGaussianMechanism, GaussianMechanism
+from .mechanisms._sensitivity import NEIGHBOURS
+
+__all__ = ["LowRankRelease", "release_rank_k", "load_release"]
+
+MECHANISMS = ("gaussian", "complex")
+_FORMAT = "dplowrank.LowRankRelease"
+_FORMAT_VERSION = 1
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True, eq=False)
+class LowRankRelease:
+    """A differentially private rank-k eigendecomposition of a Gram matrix.
+
+    Everything in it is either the mechanism's output (post-processed) or public
+    configuration; it is safe to publish (subject to :attr:`randomness`).
+
+    Attributes
+    ----------
+    eigenvalues : Tensor of shape (k,)
+        The top-k eigenvalues of the noisy matrix, descending (clipped at 0 when ``psd``).
+        For the complex mechanism: those of the realified real rank-k output.
+    eigenvectors : Tensor of shape (d, k)
+        Orthonormal real eigenvectors matching ``eigenvalues``.
+    mechanism : {"gaussian", "complex"}
+    noise_shape : {"isotropic", "upper_triangular", "hermitian"}
+    neighbour : str
+        The neighbour relation the sensitivity is for (``"declared"`` for a Gram whose
+        sensitivity the caller declared without naming one).
+    sensitivity : float
+        Frobenius sensitivity Δ of the released Gram.
+    noise_scale : float
+        σ of the Gaussian noise.
+    calibration : str
+        How σ was obtained: "analytic", "classic", "noise_scale", "zcdp" or "gdp".
+    epsilon, delta : float or None
+        The (ε, δ)-DP guarantee of this release alone (ε is exact for σ; ``None`` if no δ).
+    psd : bool
+        Whether negative eigenvalues were clipped at zero.
+    solver : str
+        The eigensolver used ("dense" or the iterative one).
+    dtype, device : str
+        Where and in what precision noise and eigensolver ran.
+    randomness : {"os_seeded", "user_generator"}
+        ``"user_generator"`` means the caller controlled the seed: reproducible, so only as
+        private as the seed is secret.
+    hermitian_eigenvalues : Tensor of shape (k,) or None
+        Complex mechanism only: top-k eigenvalues of the noisy Hermitian matrix.
+    hermitian_eigenvectors : Tensor of shape (d, k), complex, or None
+        Complex mechanism only: their eigenvectors.
+    converged : bool
+        Whether the iterative solver met its tolerance (always ``True`` for "dense").
+    spectrum : Tensor of shape (min(k + 1, d),) or None
+        The top eigenvalues of the noisy (real or Hermitian) matrix, one more than k when
+        k < d, unclipped: λ_{k+1} lets the diagnostics judge the k-th gap.
+    spectrum_slack : float
+        Solver accuracy of the last entry of ``spectrum``: the noisy matrix's λ_{k+1} lies in
+        [spectrum[k], spectrum[k] + spectrum_slack] (see ``EighResult.next_eigenvalue``).
+    """
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    mechanism: str
+    noise_shape: str
+    neighbour: str
+    sensitivity: float
+    noise_scale: float
+    calibration: str
+    epsilon: float | None
+    delta: float | None
+    psd: bool
+    solver: str
+    dtype: str
+    device: str
+    randomness: str
+    hermitian_eigenvalues: torch.Tensor | None = None
+    hermitian_eigenvectors: torch.Tensor | None = None
+    converged: bool = True
+    spectrum: torch.Tensor | None = None
+    spectrum_slack: float = 0.0
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def k(self) -> int:
+        return int(self.eigenvalues.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.eigenvectors.shape[0])
+
+    @property
+    def mu(self) -> float:
+        """GDP parameter μ = Δ/σ of this release."""
+        return self.sensitivity / self.noise_scale
+
+    @property
+    def noise_multiplier(self) -> float:
+        """σ/Δ."""
+        return self.noise_scale / self.sensitivity
+
+    @property
+    def privacy_event(self) -> GaussianEvent:
+        """The accounting event of this release (the complex mechanism is priced as the real isotropic one)."""
+        return GaussianEvent(self.noise_multiplier)
+
+    def to_dense(self, *, hermitian: bool = False) -> torch.Tensor:
+        """The rank-k matrix V diag(λ) Vᵀ, Tensor of shape (d, d).
+
+        Parameters
+        ----------
+        hermitian : bool, default False
+            Complex mechanism only: return the complex Hermitian rank-k output
+            V_h diag(λ_h) V_hᴴ instead of the realified real one.
+        """
+        if hermitian:
+            if self.hermitian_eigenvectors is None:
+                raise ValueError(
+                    f"hermitian=True needs the complex mechanism; this release used {self.mechanism!r}"
+                )
+            v, lam = self.hermitian_eigenvectors, self.hermitian_eigenvalues
+            return (v * lam.to(v.dtype)) @ v.conj().T
+        v = self.eigenvectors
+        return (v * self.eigenvalues) @ v.T
+
+    def diagnose(self, *, failure_probability: float = 0.05):
+        """Gap and noise diagnostics (:func:`dplowrank.diagnose`): post-processing, free."""
+        from .diagnostics import diagnose
+
+        return diagnose(self, failure_probability=failure_probability)
+
+    def report(self, *, failure_probability: float = 0.05) -> str:
+        """A readable table of the diagnostics: spectrum, noise level, gaps, conditions, k."""
+        return self.diagnose(failure_probability=failure_probability).table()
+
+    def __repr__(self) -> str:
+        eps = "None" if self.epsilon is None else f"{self.epsilon:.4g}"
+        return (
+            f"LowRankRelease(k={self.k}, d={self.dim}, mechanism={self.mechanism!r}, "
+            f"noise_shape={self.noise_shape!r}, epsilon={eps}, delta={self.delta}, "
+            f"noise_scale={self.noise_scale:.6g}, sensitivity={self.sensitivity:.6g}, "
+            f"solver={self.solver!r}, dtype={self.dtype!r}, device={self.device!r})"
+        )
+
+    # ---- serialisation ------------------------------------------------------------
+    def _metadata(self) -> dict:
+        return {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "mechanism": self.mechanism,
+            "noise_shape": self.noise_shape,
+            "neighbour": self.neighbour,
+            "sensitivity": self.sensitivity,
+            "noise_scale": self.noise_scale,
+            "calibration": self.calibration,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "psd": self.psd,
+            "solver": self.solver,
+            "dtype": self.dtype,
+            "device": self.device,
+            "randomness": self.randomness,
+            "converged": self.converged,
+            "spectrum_slack": self.spectrum_slack,
+            "extra": self.extra,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the release to ``path`` (a ``.npz`` file) atomically; no pickling.
+
+        The file is written next to its destination and renamed into place, so an
+        interrupted save never leaves a half-written release behind.
+        """
+        path = Path(path)
+        arrays = {
+            "eigenvalues": self.eigenvalues.detach().cpu().numpy(),
+            "eigenvectors": self.eigenvectors.detach().cpu().numpy(),
+            "metadata": np.array(json.dumps(self._metadata(), sort_keys=True)),
+        }
+        if self.spectrum is not None:
+            arrays["spectrum"] = self.spectrum.detach().cpu().numpy()
+        if self.hermitian_eigenvectors is not None:
+            arrays["hermitian_eigenvalues"] = self.hermitian_eigenvalues.detach().cpu().numpy()
+            arrays["hermitian_eigenvectors"] = self.hermitian_eigenvectors.detach().cpu().numpy()
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: torch.device | str | None = None) -> "LowRankRelease":
+        """Read a release written by :meth:`save` (onto ``device``, default CPU)."""
+        return load_release(path, device=device)
+
+
+def load_release(path: str | os.PathLike, *, device: torch.device | str | None = None) -> LowRankRelease:
+    """Read a :class:`LowRankRelease` from a file written by :meth:`LowRankRelease.save`.
+
+    Raises ``ValueError`` for a file that is not a dplowrank release or is damaged.
+    """
+    dev = as_device(device) or torch.device("cpu")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {name: f[name] for name in f.files}
+        meta = json.loads(str(data.pop("metadata")))
+    except Exception as exc:  # any failure to parse (bad zip, truncation, objects) is one error
+        raise ValueError(f"{os.fspath(path)!r} is not a readable dplowrank release: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise ValueError(f"{os.fspath(path)!r} is not a dplowrank release file")
+    if meta.get("version") != _FORMAT_VERSION:
+        raise ValueError(f"unsupported release format version {meta.get('version')!r} in {os.fspath(path)!r}")
+    try:
+        vals = torch.from_numpy(data["eigenvalues"]).to(dev)
+        vecs = torch.from_numpy(data["eigenvectors"]).to(dev)
+        spectrum = torch.from_numpy(data["spectrum"]).to(dev) if "spectrum" in data else None
+        h_vals = h_vecs = None
+        if "hermitian_eigenvectors" in data:
+            h_vals = torch.from_numpy(data["hermitian_eigenvalues"]).to(dev)
+            h_vecs = torch.from_numpy(data["hermitian_eigenvectors"]).to(dev)
+        if vals.ndim != 1 or vecs.ndim != 2 or vecs.shape[1] != vals.shape[0]:
+            raise ValueError(f"inconsistent shapes {tuple(vals.shape)} and {tuple(vecs.shape)}")
+        fields = {k: meta[k] for k in (
+            "mechanism", "noise_shape", "neighbour", "sensitivity", "noise_scale", "calibration",
+            "epsilon", "delta", "psd", "solver", "dtype", "device", "randomness", "converged", "extra")}
+        fields["spectrum_slack"] = float(meta.get("spectrum_slack", 0.0))
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{os.fspath(path)!r} is a damaged dplowrank release: {exc}") from exc
+    return LowRankRelease(
+        eigenvalues=vals, eigenvectors=vecs, hermitian_eigenvalues=h_vals,
+        hermitian_eigenvectors=h_vecs, spectrum=spectrum, **fields,
+    )
+
+
+# ---- the front door -----------------------------------------------------------------
+
+
+def _symmetry_tolerance(dtype: torch.dtype) -> float:
+    return 64.0 * torch.finfo(dtype).eps
+
+
+_CHECK_BLOCK = 512
+
+
+def _check_gram(M: torch.Tensor) -> None:
+    """Raise unless M (shape (d, d)) is finite and symmetric to rounding; one blocked pass.
+
+    Each pair of blocks (I, J), J ≥ I, is read once: |M_IJ − M_JIᵀ| gives the asymmetry and
+    max |M_IJ| the scale, whose NaN/Inf also flags non-finite entries (located afterwards).
+    """
+    d = M.shape[0]
+
+    def pair(i0: int, j0: int) -> tuple[float, float, tuple[int, int]]:
+        i1, j1 = min(d, i0 + _CHECK_BLOCK), min(d, j0 + _CHECK_BLOCK)
+        blk = M[i0:i1, j0:j1]
+        lo, hi = torch.aminmax(blk)  # NaN and ±Inf propagate into the scale
+        top = max(-float(lo), float(hi))
+        if not math.isfinite(top):
+            return top, 0.0, (i0, j0)
+        dlo, dhi = torch.aminmax(blk - M[j0:j1, i0:i1].T)
+        return top, max(-float(dlo), float(dhi)), (i0, j0)
+
+    starts = range(0, d, _CHECK_BLOCK)
+    results = run_blocks(pair, [(i0, j0) for i0 in starts for j0 in starts if j0 >= i0], M.device)
+    if not all(math.isfinite(top) for top, _, _ in results):
+        bad = torch.nonzero(~torch.isfinite(M))[0].tolist()
+        raise ValueError(f"the Gram matrix has a NaN or Inf entry at {tuple(bad)}")
+    scale = max(top for top, _, _ in results)
+    _, worst, (i0, j0) = max(results, key=lambda t: t[1])
+    if worst > _symmetry_tolerance(M.dtype) * max(scale, 1e-300):
+        i1, j1 = min(d, i0 + _CHECK_BLOCK), min(d, j0 + _CHECK_BLOCK)
+        r, c = divmod(int((M[i0:i1, j0:j1] - M[j0:j1, i0:i1].T).abs().argmax()), j1 - j0)
+        i, j = i0 + r, j0 + c
+        raise ValueError(
+            f"the Gram matrix must be symmetric: |M[{i},{j}] - M[{j},{i}]| = {worst:.3g} "
+            f"(largest entry {scale:.3g})"
+        )
+
+
+def _resolve_matrix(data, row_norm, sensitivity, neighbour, device):
+    """Return (raw Gram, Frobenius sensitivity, neighbour label) without copying user data."""
+    if isinstance(data, GramAccumulator):
+        if row_norm is not None or sensitivity is not None:
+            raise ValueError(
+                "a GramAccumulator carries its own row_norm and sensitivity; do not pass "
+                f"row_norm={row_norm!r} or sensitivity={sensitivity!r}"
+            )
+        if neighbour is not None and neighbour != data.neighbour:
+            raise ValueError(
+                f"neighbour={neighbour!r} differs from the accumulator's {data.neighbour!r}"
+            )
+        return data.gram, data.sensitivity, data.neighbour
+    if row_norm is not None and sensitivity is not None:
+        raise ValueError(
+            "give row_norm (data are rows) or sensitivity (data is a Gram matrix), not both"
+        )
+    if row_norm is None and sensitivity is None:
+        raise ValueError(
+            "missing privacy bound: pass row_norm=C when data are rows (each row is clipped to "
+            "norm C), or sensitivity=Δ when data is a Gram matrix; dplowrank never derives a "
+            "bound from the data"
+        )
+    x = as_tensor(data, "data")
+    if x.ndim != 2:
+        raise ValueError(f"data must be a 2-D array, got shape {tuple(x.shape)}")
+    if row_norm is not None:
+        nb = "add_remove" if neighbour is None else check_choice(neighbour, "neighbour", NEIGHBOURS)
+        acc = GramAccumulator(row_norm=row_norm, neighbour=nb, device=device or x.device)
+        acc.update(x)
+        return acc.gram, acc.sensitivity, nb
+    from ._validation import check_positive
+
+    sens = check_positive(sensitivity, "sensitivity")
+    if x.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"with sensitivity=, data must be a square (d, d) Gram matrix, got shape {tuple(x.shape)}; "
+            "for rows pass row_norm= instead"
+        )
+    _check_gram(x)
+    nb = "declared" if neighbour is None else check_choice(neighbour, "neighbour", NEIGHBOURS)
+    return x, sens, nb
+
+
+def _realify(h_vals: torch.Tensor, h_vecs: torch.Tensor, k: int):
+    """Best real rank-k approximation of Re(V diag(λ) Vᴴ).
+
+    Re(V Λ Vᴴ) = B diag(λ, λ) Bᵀ with B = [Re V, Im V] (shape (d, 2k)). With B = QR, its
+    eigenpairs come from the small matrix R diag(λ, λ) Rᵀ. Keeping the k eigenvalues of
+    largest magnitude gives the Eckart–Young optimum, so by the triangle inequality the
+    real output is within 2× the complex output's Frobenius error to any real rank-k
+    target (Mangoubi & Vishnoi, arXiv:2306.16648, post-processing of the complex output).
+    """
+    b = torch.cat([h_vecs.real, h_vecs.imag], dim=1)  # shape: (d, 2k)
+    lam2 = torch.cat([h_vals, h_vals]).to(torch.float64)
+    q, r = torch.linalg.qr(b.to(torch.float64))  # q: (d, m), r: (m, 2k), m = min(d, 2k)
+    small = (r * lam2) @ r.T
+    small = 0.5 * (small + small.T)
+    theta, w = torch.linalg.eigh(small)
+    idx = torch.argsort(theta.abs(), descending=True)[:k]
+    idx = idx[torch.argsort(theta[idx], descending=True)]
+    vecs = q @ w[:, idx]
+    return theta[idx].to(h_vals.dtype), vecs.to(b.dtype)
+
+
+def release_rank_k(
+    data: object,
+    k: int,
+    *,
+    epsilon: float | None = None,
+    delta: float | None = None,
+    row_norm: float | None = None,
+    sensitivity: float | None = None,
+    mechanism: str = "gaussian",
+    noise_shape: str = "isotropic",
+    neighbour: str | None = None,
+    calibration: str = "analytic",
+    noise_scale: float | None = None,
+    rho: float | None = None,
+    mu: float | None = None,
+    solver: str = "auto",
+    psd: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    budget: "PrivacyBudget | None" = None,
+) -> LowRankRelease:
+    """Release a differentially private rank-k approximation of a Gram matrix.
+
+    The private Gram M = Σ aaᵀ (rows clipped to ``row_norm``) or a given symmetric M with
+    a declared Frobenius ``sensitivity`` is perturbed by a calibrated Gaussian mechanism,
+    and the top-k eigenpairs of the noisy matrix are returned.
+
+    Parameters
+    ----------
+    data : array or Tensor of shape (n, d), or of shape (d, d), or GramAccumulator
+        Rows (with ``row_norm``), a symmetric Gram matrix (with ``sensitivity``), or an
+        accumulator (which knows both). Never modified.
+    k : int
+        Rank, 1 ≤ k ≤ d.
+    epsilon, delta : float
+        Target (ε, δ); ε > 0, 0 < δ < 1. Alternatively fix the noise with exactly one of
+        ``noise_scale`` (σ), ``rho`` (zCDP, σ = Δ/√(2ρ)) or ``mu`` (GDP, σ = Δ/μ); then
+        ``delta`` (optional) only sets the reported ε.
+    row_norm : float, optional
+        Clipping norm C of each row (public). Sensitivity C² (add/remove) or √2·C² (replace).
+    sensitivity : float, optional
+        Frobenius sensitivity Δ of a Gram matrix given as ``data``.
+    mechanism : {"gaussian", "complex"}, default "gaussian"
+        Real symmetric noise, or complex Hermitian noise (Mangoubi & Vishnoi, arXiv:2306.16648).
+    noise_shape : {"isotropic", "upper_triangular"}, default "isotropic"
+        Real mechanism only: GOE-shaped, or Analyze Gauss (Dwork et al. 2014).
+    neighbour : {"add_remove", "replace"}, optional
+        The neighbour relation (default "add_remove" for rows).
+    calibration : {"analytic", "classic"}, default "analytic"
+        Balle & Wang (2018) analytic calibration, or the classical one (ε < 1 only).
+    noise_scale, rho, mu : float, optional
+        Fixed noise instead of a target ε (see above).
+    solver : {"auto", "dense", "lanczos"}, default "auto"
+        The top-k eigensolver (see :func:`dplowrank.topk_eigh`).
+    psd : bool, default False
+        Clip the released eigenvalues at zero (post-processing).
+    generator : torch.Generator, optional
+        Source of all randomness, on the target device. When omitted, a generator seeded
+        from the operating system's secure source is used.
+    device : torch.device or str, optional
+        Where noise and solve run (default: the data's device).
+    dtype : torch.dtype or {"float32", "float64"}, optional
+        Precision of the noisy matrix and the solve (default: that of the Gram, float64
+        for rows). The noise is always drawn in this precision.
+    budget : PrivacyBudget, optional
+        Charged with this release's event before any noise is drawn; if the release would
+        exceed it, :class:`BudgetExceededError` is raised and nothing is charged or drawn.
+
+    Returns
+    -------
+    LowRankRelease
+
+    Raises
+    ------
+    ValueError, TypeError
+        For bad input, before any noise is drawn.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> x = np.random.default_rng(0).normal(size=(500, 20))
+    >>> r = release_rank_k(x, 3, epsilon=1.0, delta=1e-6, row_norm=5.0,
+    ...                    generator=torch.Generator().manual_seed(0))
+    >>> r.eigenvectors.shape
+    torch.Size([20, 3])
+    """
+    # --- everything is validated before any noise is drawn ---
+    check_choice(mechanism, "mechanism", MECHANISMS)
+    check_choice(noise_shape, "noise_shape", NOISE_SHAPES)
+    if mechanism == "complex" and noise_shape != "isotropic":
+        raise ValueError(
+            f"noise_shape={noise_shape!r} applies to the real mechanism only; the complex "
+            "mechanism's noise is Hermitian (GUE-shaped)"
+        )
+    check_choice(calibration, "calibration", CALIBRATIONS)
+    check_choice(solver, "solver", SOLVERS)
+    # The privacy specification is checked now (with a placeholder Δ) so that a bad ε or δ
+    # fails before any rows are accumulated.
+    calibrate_noise(
+        1.0, epsilon=epsilon, delta=delta, calibration=calibration,
+        noise_scale=noise_scale, rho=rho, mu=mu,
+    )
+    if not isinstance(psd, bool):
+        raise TypeError(f"psd must be a bool, got {psd!r}")
+    if budget is not None and not isinstance(budget, PrivacyBudget):
+        raise TypeError(f"budget must be a PrivacyBudget, got {type(budget).__name__}")
+    if dtype is not None:
+        if isinstance(dtype, str):
+            if dtype not in _DTYPES:
+                raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+            dtype = _DTYPES[dtype]
+        elif dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    dev = as_device(device)
+    gram, sens, nb = _resolve_matrix(data, row_norm, sensitivity, neighbour, dev)
+    d = gram.shape[0]
+    k = check_k(k, d)
+    cal = calibrate_noise(
+        sens, epsilon=epsilon, delta=delta, calibration=calibration,
+        noise_scale=noise_scale, rho=rho, mu=mu,
+    )
+    dev = dev or gram.device
+    work_dtype = dtype or (gram.dtype if gram.dtype in (torch.float32, torch.float64) else torch.float64)
+    gen, source = resolve_generator(generator, dev)
+    if budget is not None:
+        budget.spend(cal.event)  # raises BudgetExceededError before any noise is drawn
+
+    # --- the mechanism: reads the Gram's upper triangle once, writes a fresh noisy matrix ---
+    if mechanism == "gaussian":
+        mech = GaussianMechanism(cal.noise_scale, sens, noise_shape)
+    else:
+        mech = ComplexGaussianMechanism(cal.noise_scale, sens)
+    noisy = mech.perturb(gram, generator=gen, dtype=work_dtype, device=dev)
+
+    # --- post-processing only from here on ---
+    res = topk_eigh(noisy, k, solver=solver, generator=gen, check=False)
+    del noisy
+    # λ_{k+1} (with its residual bound) is what the gap diagnostics need; as
+    # post-processing of the noisy matrix it costs no privacy.
+    spectrum = res.eigenvalues.detach().clone()
+    if res.next_eigenvalue is not None:
+        spectrum = torch.cat([spectrum, spectrum.new_tensor([res.next_eigenvalue])])
+    top_vals, top_vecs = res.eigenvalues, res.eigenvectors
+    h_vals = h_vecs = None
+    if mechanism == "gaussian":
+        vals, vecs = top_vals, top_vecs
+        if psd:
+            vals = vals.clamp(min=0.0)
+    else:
+        h_vals, h_vecs = top_vals, top_vecs
+        if psd:
+            h_vals = h_vals.clamp(min=0.0)
+        vals, vecs = _realify(h_vals, h_vecs, k)
+        if psd:
+            vals = vals.clamp(min=0.0)
+    return LowRankRelease(
+        eigenvalues=vals,
+        eigenvectors=vecs,
+        mechanism=mechanism,
+        noise_shape=mech.noise_shape,
+        neighbour=nb,
+        sensitivity=sens,
+        noise_scale=cal.noise_scale,
+        calibration=cal.method,
+        epsilon=cal.epsilon,
+        delta=cal.delta,
+        psd=psd,
+        solver=res.solver,
+        dtype=str(work_dtype).replace("torch.", ""),
+        device=str(dev),
+        randomness=source,
+        hermitian_eigenvalues=h_vals,
+        hermitian_eigenvectors=h_vecs,
+        converged=bool(res.converged),
+        spectrum=spectrum,
+        spectrum_slack=float(res.next_residual or 0.0),
+    )

@@ -1,0 +1,147 @@
+"""Calibration: DESIGN.md reference values, mpmath cross-checks, Hypothesis properties."""
+
+import math
+
+import mpmath
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import dplowrank as dl
+from dplowrank.mechanisms import gdp_delta, gdp_epsilon, gdp_mu
+
+
+@pytest.mark.parametrize(
+    "eps, delta, sigma",
+    [(1.0, 1e-5, 3.7306), (0.5, 1e-5, 7.0318), (1.0, 1e-6, 4.2247)],
+)
+def test_analytic_reference_values(eps, delta, sigma):
+    assert round(dl.analytic_gaussian_sigma(eps, delta), 4) == sigma
+
+
+def test_classic_reference_value():
+    # σ(1, 1e-5) = 4.8448 is the classic formula's value at ε = 1 (the formula itself is
+    # only valid for ε < 1, so check it just below and extrapolate the 1/ε law).
+    eps = 0.999
+    assert round(dl.classic_gaussian_sigma(eps, 1e-5) * eps, 4) == 4.8448
+
+
+def test_epsilon_reference_values():
+    assert round(dl.gaussian_epsilon(3.0, 1e-5), 4) == 1.2711
+    # Ten releases at σ = 3: μ-GDP composes exactly, μ = √10/3.
+    assert round(gdp_epsilon(math.sqrt(10) / 3.0, 1e-5), 4) == 4.6530
+
+
+def _mp_delta(mu, eps):
+    mpmath.mp.dps = 50
+    mu, eps = mpmath.mpf(mu), mpmath.mpf(eps)
+    return mpmath.ncdf(mu / 2 - eps / mu) - mpmath.exp(eps) * mpmath.ncdf(-mu / 2 - eps / mu)
+
+
+@pytest.mark.parametrize("mu", [0.05, 0.3, 1.0, 2.5, 7.0, 20.0])
+@pytest.mark.parametrize("eps", [0.0, 0.1, 1.0, 5.0, 30.0])
+def test_delta_curve_matches_mpmath(mu, eps):
+    ref = float(_mp_delta(mu, eps))
+    got = gdp_delta(mu, eps)
+    assert got == pytest.approx(ref, rel=1e-9, abs=1e-300)
+
+
+def test_classic_refuses_large_epsilon():
+    with pytest.raises(ValueError, match="epsilon=1.0"):
+        dl.classic_gaussian_sigma(1.0, 1e-5)
+    with pytest.raises(ValueError, match="epsilon=2"):
+        dl.calibrate_noise(1.0, epsilon=2, delta=1e-5, calibration="classic")
+
+
+@given(
+    eps=st.floats(0.01, 50.0),
+    log_delta=st.floats(-15.0, -1.0),
+    sens=st.floats(1e-3, 1e3),
+)
+def test_analytic_never_overshoots_and_is_tight(eps, log_delta, sens):
+    delta = 10.0**log_delta
+    sigma = dl.analytic_gaussian_sigma(eps, delta, sens)
+    # never overshoots: the exact δ at the returned σ is within the target
+    assert gdp_delta(sens / sigma, eps) <= delta
+    # tight: 1e-6 less noise would overshoot
+    assert gdp_delta(sens / (sigma * (1 - 1e-6)), eps) > delta
+
+
+@given(eps=st.floats(0.01, 50.0), log_delta=st.floats(-15.0, -1.0))
+def test_sigma_epsilon_round_trip(eps, log_delta):
+    delta = 10.0**log_delta
+    sigma = dl.analytic_gaussian_sigma(eps, delta)
+    back = dl.gaussian_epsilon(sigma, delta)
+    assert back == pytest.approx(eps, rel=1e-6)
+    # the reported ε is conservative: at it the δ curve is within the target
+    assert gdp_delta(1.0 / sigma, back) <= delta
+
+
+@given(eps=st.floats(0.01, 0.99), log_delta=st.floats(-15.0, -1.0))
+def test_classic_is_never_below_analytic(eps, log_delta):
+    delta = 10.0**log_delta
+    assert dl.classic_gaussian_sigma(eps, delta) >= dl.analytic_gaussian_sigma(eps, delta)
+
+
+@given(
+    s1=st.floats(0.1, 100.0), s2=st.floats(0.1, 100.0), log_delta=st.floats(-12.0, -2.0)
+)
+def test_epsilon_is_monotone_in_sigma(s1, s2, log_delta):
+    delta = 10.0**log_delta
+    lo, hi = sorted((s1, s2))
+    assert dl.gaussian_epsilon(hi, delta) <= dl.gaussian_epsilon(lo, delta)
+
+
+def test_calibrate_noise_specs():
+    c = dl.calibrate_noise(2.0, epsilon=1.0, delta=1e-5)
+    assert c.method == "analytic"
+    assert c.noise_scale == pytest.approx(2 * 3.7306316, rel=1e-6)
+    assert c.epsilon <= 1.0 and c.epsilon == pytest.approx(1.0, rel=1e-6)
+    assert c.noise_multiplier == pytest.approx(3.7306316, rel=1e-6)
+    z = dl.calibrate_noise(2.0, rho=0.5)
+    assert z.noise_scale == pytest.approx(2.0) and z.rho == pytest.approx(0.5)
+    assert z.epsilon is None
+    g = dl.calibrate_noise(3.0, mu=1.5, delta=1e-5)
+    assert g.noise_scale == pytest.approx(2.0)
+    assert g.epsilon == pytest.approx(gdp_epsilon(1.5, 1e-5))
+    s = dl.calibrate_noise(1.0, noise_scale=3.0, delta=1e-5)
+    assert s.epsilon == pytest.approx(1.2710877, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(epsilon=0.0, delta=1e-5), "epsilon must be finite and > 0, got 0.0"),
+        (dict(epsilon=-1.0, delta=1e-5), "got -1.0"),
+        (dict(epsilon=float("nan"), delta=1e-5), "got nan"),
+        (dict(epsilon=float("inf"), delta=1e-5), "got inf"),
+        (dict(epsilon=1.0, delta=1.0), r"\(0, 1\), got 1.0"),
+        (dict(epsilon=1.0, delta=0.0), r"got 0.0"),
+        (dict(epsilon=1.0, delta=-0.1), r"got -0.1"),
+        (dict(epsilon=1.0), "delta is required"),
+        (dict(), "give exactly one"),
+        (dict(epsilon=1.0, delta=1e-5, noise_scale=2.0), "give exactly one"),
+        (dict(noise_scale=-2.0), "noise_scale must be finite and > 0, got -2.0"),
+        (dict(rho=0.0), "rho must be"),
+        (dict(mu=float("nan")), "mu must be"),
+        (dict(epsilon=1.0, delta=1e-5, calibration="laplace"), "'laplace'"),
+    ],
+)
+def test_calibrate_noise_rejects(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dl.calibrate_noise(1.0, **kwargs)
+
+
+def test_bad_types_and_sensitivity():
+    with pytest.raises(TypeError, match="'1'"):
+        dl.analytic_gaussian_sigma("1", 1e-5)
+    with pytest.raises(ValueError, match="sensitivity must be finite and > 0, got 0"):
+        dl.analytic_gaussian_sigma(1.0, 1e-5, sensitivity=0)
+
+
+def test_gdp_edges():
+    assert gdp_delta(0.0, 1.0) == 0.0
+    assert gdp_delta(math.inf, 1.0) == 1.0
+    assert gdp_epsilon(math.inf, 1e-5) == math.inf
+    assert gdp_epsilon(1e-9, 1e-5) == 0.0
+    assert gdp_mu(1.0, 1e-5) == pytest.approx(1 / 3.7306316, rel=1e-6)

@@ -1,0 +1,219 @@
+"""Diagnostics and bounds: deterministic bounds on every draw, stated rates, gap conditions, repulsion."""
+
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import dplowrank as dl
+from dplowrank.diagnostics import (
+    analyze_gauss_captured_variance_bound,
+    deterministic_frobenius_bound,
+    deterministic_spectral_bound,
+    mangoubi_vishnoi_bound,
+    noise_edge,
+    noise_norm_bound,
+    re_analyze_gauss_bound,
+)
+
+
+def _g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def spiked_matrix(d, spikes, seed=0):
+    """U diag(spikes) Uᵀ with random orthonormal U (d × len(spikes))."""
+    g = _g(seed)
+    u, _ = torch.linalg.qr(torch.randn(d, len(spikes), generator=g, dtype=torch.float64))
+    s = torch.tensor(spikes, dtype=torch.float64)
+    m = (u * s) @ u.T
+    return 0.5 * (m + m.T)
+
+
+@pytest.mark.parametrize("shape", ["isotropic", "upper_triangular", "hermitian"])
+def test_noise_edge_matches_the_measured_spectral_norm(shape):
+    d, sigma = 200, 1.5
+    mech = (dl.ComplexGaussianMechanism(sigma, 1.0) if shape == "hermitian"
+            else dl.GaussianMechanism(sigma, 1.0, shape))
+    g = _g(1)
+    norms = [float(torch.linalg.matrix_norm(mech.perturb(torch.zeros(d, d, dtype=torch.float64), generator=g), 2))
+             for _ in range(30)]
+    edge = noise_edge(shape, d, sigma)
+    # E‖E‖₂ ≤ edge (Sudakov–Fernique) and the edge is tight (semicircle): within a few %
+    assert np.mean(norms) <= edge
+    assert np.mean(norms) > 0.93 * edge
+    assert max(norms) <= noise_norm_bound(shape, d, sigma, 1e-3)
+
+
+@pytest.mark.parametrize("mechanism, shape", [("gaussian", "isotropic"), ("gaussian", "upper_triangular"),
+                                              ("complex", "isotropic")])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_deterministic_bounds_hold_on_every_draw(mechanism, shape, seed):
+    # several matrices: spiked with clear gaps, flat (no gap), and near-degenerate
+    rng = np.random.default_rng(seed)
+    d = 30
+    mats = [
+        spiked_matrix(d, [400, 300, 200, 150], seed),
+        spiked_matrix(d, list(rng.uniform(0, 50, size=d)), seed),
+        spiked_matrix(d, [100, 100.1, 99.9, 5], seed),
+    ]
+    for m in mats:
+        for k in (1, 3, 5):
+            chk = dl.check_bounds(m, k, noise_scale=3.0, mechanism=mechanism, noise_shape=shape,
+                                  trials=25, generator=_g(seed), progress_bar=False)
+            assert chk.hold_rates["deterministic_spectral"] == 1.0
+            assert chk.hold_rates["deterministic_frobenius"] == 1.0
+            if mechanism == "gaussian":
+                assert chk.hold_rates["captured_variance"] == 1.0
+
+
+def test_high_probability_bounds_hold_at_the_stated_rate():
+    # B is a tail bound at β: ‖E‖₂ ≤ B must hold on ≥ 1 − β of draws (binomial test, loose p)
+    m = spiked_matrix(60, [900, 700, 500, 300])
+    beta = 0.3
+    chk = dl.check_bounds(m, 4, noise_scale=4.0, trials=200, failure_probability=beta,
+                          generator=_g(5), progress_bar=False)
+    for key in ("noise_norm", "high_prob_spectral", "high_prob_frobenius", "high_prob_captured_variance"):
+        held = round(chk.hold_rates[key] * chk.trials)
+        assert stats.binomtest(held, chk.trials, 1 - beta, alternative="less").pvalue > 1e-3, key
+    assert chk.bounds["noise_norm"] == pytest.approx(noise_norm_bound("isotropic", 60, 4.0, beta))
+
+
+def test_bound_formulas():
+    s = np.array([10.0, 6.0, 3.0, 1.0])
+    assert deterministic_spectral_bound(3.0, 2.0) == 10.0
+    assert deterministic_frobenius_bound(2, 3.0, 2.0) == pytest.approx(2 * 10.0)
+    assert analyze_gauss_captured_variance_bound(3, 2.0) == 12.0
+    assert mangoubi_vishnoi_bound(s, 2, 4, 0.5) == pytest.approx(math.sqrt(8) * 0.5 * 6.0 / 3.0)
+    # RAG: i ≤ k pairs inside the top-k contribute 1, pairs across contribute σᵢ²/(σᵢ − σⱼ)²
+    expect = 1 + (10 / 7) ** 2 + (10 / 9) ** 2 + (6 / 3) ** 2 + (6 / 5) ** 2
+    assert re_analyze_gauss_bound(s, 2, 1.0) == pytest.approx(math.sqrt(expect))
+    assert mangoubi_vishnoi_bound(np.array([2.0, 2.0, 1.0]), 1, 3, 1.0) == math.inf
+    tb = dl.theory_bounds(np.diag(s), 2, noise_scale=0.01)
+    assert tb.mv_condition and tb.rag_condition and not tb.realified
+    tb = dl.theory_bounds(np.diag(s), 2, noise_scale=1.0, noise_shape="hermitian")
+    assert not tb.mv_condition and tb.realified
+    with pytest.raises(ValueError, match="failure_probability"):
+        noise_norm_bound("isotropic", 10, 1.0, 0.0)
+    with pytest.raises(ValueError, match="'goe'"):
+        noise_edge("goe", 10, 1.0)
+
+
+def _release_from_spectrum(spectrum, d, sigma, shape="isotropic"):
+    """A release carrying exactly the given spectrum (to test the judging logic)."""
+    from dplowrank.release import LowRankRelease
+
+    k = len(spectrum) - 1
+    return LowRankRelease(
+        eigenvalues=torch.tensor(spectrum[:k], dtype=torch.float64),
+        eigenvectors=torch.eye(d, k, dtype=torch.float64), mechanism="complex" if shape == "hermitian" else "gaussian",
+        noise_shape=shape, neighbour="add_remove", sensitivity=1.0, noise_scale=sigma, calibration="noise_scale",
+        epsilon=None, delta=None, psd=False, solver="dense", dtype="float64", device="cpu",
+        randomness="user_generator", spectrum=torch.tensor(spectrum, dtype=torch.float64),
+    )
+
+
+def test_gap_conditions_met_barely_met_not_met():
+    d, sigma, beta = 100, 1.0, 0.05
+    b = noise_norm_bound("hermitian", d, sigma, beta)
+    thr = 4 * math.sqrt(d) * sigma  # Mangoubi–Vishnoi single gap threshold
+    base = 1000.0
+
+    def status(gap):
+        r = _release_from_spectrum([base + 500, base, base - gap], d, sigma, "hermitian")
+        return r.diagnose(failure_probability=beta).condition("mangoubi_vishnoi")
+
+    met = status(thr + 2 * b + 1e-6)  # barely: lower bound just clears
+    assert met.status == "met" and met.margin == pytest.approx(1.0, abs=1e-6)
+    assert status(thr + 2 * b - 1e-3).status == "uncertain"
+    assert status(thr - 2 * b - 1e-3).status == "not met"
+    assert status(10 * thr).status == "met"
+    # RAG: every top-k gap must clear 8√dσ (+ 2B); one small gap inside fails it
+    rag_thr = 8 * math.sqrt(d) * sigma
+    bb = noise_norm_bound("isotropic", d, sigma, beta)
+    good = _release_from_spectrum([3000, 3000 - rag_thr - 2 * bb - 1, 0.0], d, sigma).diagnose()
+    assert good.condition("re_analyze_gauss").status == "met"
+    bad = _release_from_spectrum([3000, 2999, 0.0], d, sigma).diagnose()
+    assert bad.condition("re_analyze_gauss").status == "not met"
+    assert bad.condition("analyze_gauss").met  # gap-free
+
+
+@pytest.mark.parametrize("mechanism", ["gaussian", "complex"])
+@pytest.mark.parametrize("planted", [1, 3, 6])
+def test_recommended_k_recovers_the_planted_k(mechanism, planted):
+    d, sigma = 80, 2.0
+    edge = 2 * math.sqrt(d) * sigma
+    spikes = list(np.linspace(40, 20, planted) * edge)
+    m = spiked_matrix(d, spikes, seed=planted)
+    for seed in range(5):
+        r = dl.release_rank_k(m, 10, sensitivity=1.0, noise_scale=sigma, mechanism=mechanism, generator=_g(seed))
+        rep = r.diagnose()
+        assert rep.recommended_k == planted
+        assert rep.spectrum.shape == (11,)
+        lo, hi = rep.eigenvalue_intervals[:planted].T
+        assert np.all(lo <= spikes) and np.all(np.array(spikes) <= hi)  # the truth is inside (w.h.p.)
+    text = r.report()
+    assert f"recommended k: {planted}" in text and "post-processing: free" in text
+
+
+def test_pure_noise_recommends_nothing():
+    r = dl.release_rank_k(torch.zeros(50, 50, dtype=torch.float64), 5, sensitivity=1.0, noise_scale=1.0,
+                          generator=_g(0))
+    assert r.diagnose().recommended_k == 0
+    assert "no k <= 5" in r.report()
+
+
+def test_complex_noise_repels_the_smallest_gap_more():
+    # A 4-fold degenerate top eigenvalue: the noise splits it like a 4×4 GOE vs GUE.
+    m = spiked_matrix(24, [200.0] * 4, seed=3)
+    n = 2000
+    res = dl.gap_repulsion(m, 4, noise_scale=1.0, trials=n, generator=_g(11))
+    p_real, p_cplx = res.small_gap_probability(0.4)
+    assert p_cplx < p_real
+    # two-proportion z-test, one-sided, loose p-value (z > 3: p < 0.0014)
+    pooled = (p_real + p_cplx) / 2
+    z = (p_real - p_cplx) / math.sqrt(2 * pooled * (1 - pooled) / n)
+    assert z > 3.0, (p_real, p_cplx)
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_spectrum_plot_is_a_valid_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from dplowrank.diagnostics.plots import plot_error_vs_epsilon, plot_spectrum
+
+    m = spiked_matrix(40, [900, 600, 300])
+    rep = dl.release_rank_k(m, 6, sensitivity=1.0, noise_scale=2.0, generator=_g(0)).diagnose()
+    out = plot_spectrum(rep, tmp_path / "spectrum.png", width_px=900, height_px=540)
+    assert _png_size(out) == (900, 540)
+    out = plot_error_vs_epsilon([1, 2, 4], {"gaussian": [0.3, 0.15, 0.08], "complex": [0.28, 0.14, 0.07]},
+                                tmp_path / "err.png", width_px=640, height_px=480)
+    assert _png_size(out) == (640, 480)
+
+
+def test_cli_writes_the_spectrum_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("sklearn")
+    from dplowrank.cli import main
+
+    out = tmp_path / "digits_spectrum.png"
+    assert main(["spectrum", "--k", "10", "--epsilon", "1.0", "--out", str(out), "--seed", "0"]) == 0
+    assert _png_size(out) == (900, 540)
+
+
+def test_check_bounds_rejects_bad_input():
+    with pytest.raises(ValueError, match="square"):
+        dl.check_bounds(np.ones((3, 4)), 1, noise_scale=1.0)
+    with pytest.raises(ValueError, match="trials must be a positive integer, got 0"):
+        dl.check_bounds(np.eye(3), 1, noise_scale=1.0, trials=0)
+    with pytest.raises(ValueError, match="got k=4"):
+        dl.check_bounds(np.eye(3), 4, noise_scale=1.0)
+    with pytest.raises(ValueError, match="k >= 2"):
+        dl.gap_repulsion(np.eye(3), 1, noise_scale=1.0)

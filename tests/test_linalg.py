@@ -1,0 +1,740 @@
+"""Tests for dplowrank.linalg.topk_eigh (dense and block Lanczos top-k eigensolvers)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dplowrank.linalg import EighResult, topk_eigh
+from dplowrank.linalg._eigsh import _block_lanczos, _cholqr, _extend_basis
+
+REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+# Tolerances against a float64 reference, relative to ‖A‖₂: eigenvalues, eigenvectors.
+VAL_TOL = {torch.float32: 2e-5, torch.float64: 1e-9}
+VEC_TOL = {torch.float32: 1e-4, torch.float64: 1e-7}
+
+
+def _real(dtype: torch.dtype) -> torch.dtype:
+    return REAL.get(dtype, dtype)
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype.is_complex else torch.float64
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _orthonormal(d: int, r: int, g: torch.Generator, complex_: bool = False) -> torch.Tensor:
+    dt = torch.complex128 if complex_ else torch.float64
+    q, _ = torch.linalg.qr(torch.randn(d, r, generator=g, dtype=dt))
+    return q
+
+
+def _from_spectrum(s: torch.Tensor, g: torch.Generator, complex_: bool = False) -> torch.Tensor:
+    """U diag(s) Uᴴ with U Haar-ish; float64 / complex128, exactly Hermitian."""
+    u = _orthonormal(s.numel(), s.numel(), g, complex_)
+    a = (u * s.to(u.dtype)) @ u.mH
+    return (a + a.mH) / 2
+
+
+def _noise(d: int, g: torch.Generator, sigma: float = 1.0, complex_: bool = False):
+    """σ(G + Gᴴ)/2 with G iid standard (complex: X + iY); spectral edge ≈ √(2d)·σ."""
+    if complex_:
+        w = torch.complex(
+            torch.randn(d, d, generator=g, dtype=torch.float64),
+            torch.randn(d, d, generator=g, dtype=torch.float64),
+        )
+    else:
+        w = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return sigma * (w + w.mH) / 2
+
+
+def spiked(
+    d: int, k: int, seed: int, dtype: torch.dtype = torch.float64, strength: float = 6.0
+) -> torch.Tensor:
+    """Noisy spiked matrix: U diag(linspace(2, 1, k)·L) Uᴴ + noise, L = strength·√(2d)."""
+    g = _gen(seed)
+    cx = dtype.is_complex
+    u = _orthonormal(d, k, g, cx)
+    s = torch.linspace(2.0, 1.0, k, dtype=torch.float64) * strength * math.sqrt(2 * d)
+    a = (u * s.to(u.dtype)) @ u.mH + _noise(d, g, complex_=cx)
+    return a.to(dtype)
+
+
+def reference(A: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(top-k values descending, their vectors, all values ascending) in float64/complex128."""
+    w, v = torch.linalg.eigh(A.to(_wide(A.dtype)))
+    return w[-k:].flip(0), v[:, -k:].flip(1), w
+
+
+def aligned_error(V: torch.Tensor, Vref: torch.Tensor) -> float:
+    """max_j ‖v_j·phase − vref_j‖ with the phase (sign) that best aligns the columns."""
+    V = V.to(Vref.dtype)
+    ip = (V.conj() * Vref).sum(0)
+    phase = ip / ip.abs().clamp_min(1e-300)
+    return float((V * phase - Vref).norm(dim=0).max())
+
+
+def subspace_distance(V: torch.Tensor, Vref: torch.Tensor) -> float:
+    """‖V Vᴴ − Vref Vrefᴴ‖₂ = sine of the largest principal angle."""
+    V = V.to(Vref.dtype)
+    return float(torch.linalg.matrix_norm(V @ V.mH - Vref @ Vref.mH, ord=2))
+
+
+def true_residual(A: torch.Tensor, r: EighResult) -> float:
+    """max_j ‖A v_j − λ_j v_j‖ evaluated in float64 / complex128 (not divided by scale)."""
+    wide = _wide(A.dtype)
+    V = r.eigenvectors.to(wide)
+    lam = r.eigenvalues.to(torch.float64)
+    return float((A.to(wide) @ V - V * lam.to(wide)).norm(dim=0).max())
+
+
+def assert_orthonormal(V: torch.Tensor, tol: float) -> None:
+    k = V.shape[1]
+    V = V.to(_wide(V.dtype))
+    err = float((V.mH @ V - torch.eye(k, dtype=V.dtype)).abs().max())
+    assert err <= tol, f"orthonormality error {err:.2e} > {tol:.1e}"
+
+
+def assert_matches_reference(A: torch.Tensor, r: EighResult, *, vectors: bool = True) -> None:
+    k = r.eigenvalues.numel()
+    w_ref, v_ref, w_all = reference(A, k)
+    rdt = _real(A.dtype)
+    nrm = float(w_all.abs().max())
+    val_err = float((r.eigenvalues.to(torch.float64) - w_ref).abs().max()) / nrm
+    assert val_err <= VAL_TOL[rdt], f"eigenvalue error {val_err:.2e}"
+    assert_orthonormal(r.eigenvectors, 50 * torch.finfo(rdt).eps * math.sqrt(A.shape[0]))
+    if vectors:
+        err = aligned_error(r.eigenvectors, v_ref)
+        assert err <= VEC_TOL[rdt], f"eigenvector error {err:.2e}"
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.complex64, torch.complex128]
+)
+@pytest.mark.parametrize("solver", ["dense", "lanczos"])
+def test_matches_dense_reference(solver, dtype, seed):
+    A = spiked(300, 8, seed, dtype)
+    r = topk_eigh(A, 8, solver=solver, generator=_gen(seed))
+    assert r.solver == solver
+    assert r.converged
+    assert r.eigenvalues.dtype == _real(dtype) and r.eigenvalues.shape == (8,)
+    assert r.eigenvectors.dtype == dtype and r.eigenvectors.shape == (300, 8)
+    assert bool((r.eigenvalues[:-1] >= r.eigenvalues[1:]).all()), "not descending"
+    assert_matches_reference(A, r)
+
+
+def test_lanczos_float32_accuracy_target():
+    """The stated target: float32, k = 32, eigenvectors within 1e-4 of float64 dense eigh."""
+    d, k = 1536, 32
+    A = spiked(d, k, 7, torch.float32)
+    r = topk_eigh(A, k, solver="lanczos", generator=_gen(0))
+    assert r.converged
+    _, v_ref, w_all = reference(A, k)
+    assert aligned_error(r.eigenvectors, v_ref) <= 1e-4
+    # A handful of block products, not hundreds: the spikes are 6-12× the noise edge.
+    assert r.iterations <= 12
+    assert true_residual(A, r) <= r.tol * r.scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex64])
+def test_dense_and_lanczos_agree_columnwise_without_alignment(dtype):
+    """Both solvers apply the same phase convention, so columns agree as returned."""
+    A = spiked(400, 6, 3, dtype)
+    rd = topk_eigh(A, 6, solver="dense")
+    rl = topk_eigh(A, 6, solver="lanczos", generator=_gen(1))
+    diff = float((rd.eigenvectors - rl.eigenvectors).to(_wide(dtype)).norm(dim=0).max())
+    assert diff <= VEC_TOL[_real(dtype)]
+
+
+@pytest.mark.parametrize("solver", ["dense", "lanczos"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex128])
+def test_phase_convention(solver, dtype):
+    A = spiked(200, 5, 4, dtype)
+    V = topk_eigh(A, 5, solver=solver, generator=_gen(0)).eigenvectors
+    idx = V.abs().argmax(dim=0)
+    piv = V[idx, torch.arange(5)]
+    assert bool((piv.real > 0).all())
+    if dtype.is_complex:
+        assert float(piv.imag.abs().max()) <= 1e-12
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex128])
+def test_deterministic_for_a_given_generator(dtype):
+    A = spiked(500, 6, 5, dtype)
+    r1 = topk_eigh(A, 6, solver="lanczos", generator=_gen(42))
+    r2 = topk_eigh(A, 6, solver="lanczos", generator=_gen(42))
+    assert torch.equal(r1.eigenvalues, r2.eigenvalues)
+    assert torch.equal(r1.eigenvectors, r2.eigenvectors)
+    assert (r1.iterations, r1.matvecs, r1.residual) == (r2.iterations, r2.matvecs, r2.residual)
+    # A different seed gives a different starting block, yet the same answer.
+    r3 = topk_eigh(A, 6, solver="lanczos", generator=_gen(43))
+    assert not torch.equal(r1.eigenvectors, r3.eigenvectors)
+    assert_matches_reference(A, r3)
+
+
+def test_generator_none_uses_fresh_os_seed():
+    A = spiked(300, 4, 6)
+    r1 = topk_eigh(A, 4, solver="lanczos")
+    r2 = topk_eigh(A, 4, solver="lanczos")
+    assert_matches_reference(A, r1)
+    assert_matches_reference(A, r2)
+    # Two OS-seeded starts agree to tolerance but not bit for bit.
+    assert not torch.equal(r1.eigenvectors, r2.eigenvectors)
+
+
+def test_generator_on_wrong_device_or_type():
+    A = spiked(50, 2, 0)
+    with pytest.raises(TypeError, match="generator"):
+        topk_eigh(A, 2, generator=np.random.default_rng(0))
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            topk_eigh(A, 2, generator=torch.Generator(device="cuda"))
+
+
+# --------------------------------------------------------------------------- hard cases
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+@pytest.mark.parametrize("solver", ["dense", "lanczos"])
+def test_indefinite_returns_algebraically_largest(solver, complex_):
+    """Large negative eigenvalues dominate in magnitude; the top-k must still be positive."""
+    d, k = 400, 6
+    g = _gen(11)
+    s = torch.cat(
+        [
+            -torch.linspace(200.0, 100.0, 30, dtype=torch.float64),  # big negatives
+            torch.linspace(10.0, 5.0, k, dtype=torch.float64),  # the answer
+            torch.rand(d - 30 - k, generator=g, dtype=torch.float64) * 8 - 4,  # bulk
+        ]
+    )
+    A = _from_spectrum(s, g, complex_)
+    r = topk_eigh(A, k, solver=solver, generator=_gen(0))
+    expected = torch.linspace(10.0, 5.0, k, dtype=torch.float64)
+    assert torch.allclose(r.eigenvalues, expected, rtol=0, atol=1e-8)
+    assert_matches_reference(A, r)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_negative_definite(dtype):
+    g = _gen(12)
+    A = _from_spectrum(-torch.linspace(1.0, 50.0, 300, dtype=torch.float64), g).to(dtype)
+    r = topk_eigh(A, 4, solver="lanczos", generator=_gen(0), max_iters=400)
+    assert r.converged
+    assert_matches_reference(A, r)
+    assert float(r.eigenvalues[0]) == pytest.approx(-1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_clustered_eigenvalues_inside_topk(dtype):
+    """A tight cluster inside the top k with a clear gap after k: subspace exact."""
+    d, k = 500, 10
+    g = _gen(13)
+    s = torch.cat(
+        [
+            torch.tensor([30.0, 29.0, 28.0], dtype=torch.float64),
+            20.0 + 1e-9 * torch.arange(7, dtype=torch.float64),  # 7-fold cluster
+            torch.rand(d - 10, generator=g, dtype=torch.float64) * 10 - 5,
+        ]
+    )
+    A = _from_spectrum(s, g).to(dtype)
+    r = topk_eigh(A, k, solver="lanczos", generator=_gen(0))
+    assert r.converged
+    assert_matches_reference(A, r, vectors=False)
+    _, v_ref, _ = reference(A, k)
+    assert subspace_distance(r.eigenvectors, v_ref) <= VEC_TOL[dtype]
+    # The separated top three are determined individually.
+    assert aligned_error(r.eigenvectors[:, :3], v_ref[:, :3]) <= VEC_TOL[dtype]
+
+
+def test_cluster_split_by_k():
+    """k cuts through a cluster: eigenvalues and residuals still right (vectors not unique)."""
+    d, k = 400, 5
+    g = _gen(14)
+    s = torch.cat(
+        [
+            torch.tensor([10.0, 9.0], dtype=torch.float64),
+            5.0 + 1e-7 * torch.arange(8, dtype=torch.float64),
+            torch.rand(d - 10, generator=g, dtype=torch.float64) * 2 - 1,
+        ]
+    )
+    A = _from_spectrum(s, g)
+    r = topk_eigh(A, k, solver="lanczos", generator=_gen(0))
+    assert r.converged
+    assert_matches_reference(A, r, vectors=False)
+    assert true_residual(A, r) <= r.tol * r.scale
+    # Each returned vector lies in the top-10 invariant subspace (2 singles + the cluster).
+    _, v10, _ = reference(A, 10)
+    leak = float((r.eigenvectors - v10 @ (v10.mH @ r.eigenvectors)).norm(dim=0).max())
+    assert leak <= 1e-8
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_pure_noise(complex_):
+    """No spikes: a flat top spectrum with small gaps, the slow case for Krylov methods."""
+    d, k = 400, 8
+    A = _noise(d, _gen(15), complex_=complex_)
+    r = topk_eigh(A, k, solver="lanczos", generator=_gen(0))
+    assert r.converged
+    w_ref, v_ref, w_all = reference(A, k)
+    nrm = float(w_all.abs().max())
+    assert float((r.eigenvalues - w_ref).abs().max()) <= 1e-9 * nrm
+    # Davis–Kahan: the subspace error is at most residual / gap.
+    gap = float(w_all[-k] - w_all[-k - 1])
+    bound = 2 * math.sqrt(k) * true_residual(A, r) / gap
+    assert subspace_distance(r.eigenvectors, v_ref) <= max(bound, 1e-12)
+
+
+@pytest.mark.parametrize("solver", ["dense", "lanczos", "auto"])
+@pytest.mark.parametrize("k", [58, 59, 60])
+def test_k_near_d(solver, k):
+    d = 60
+    A = spiked(d, 5, 16)
+    r = topk_eigh(A, k, solver=solver, generator=_gen(0))
+    assert r.converged
+    assert r.eigenvectors.shape == (d, k)
+    assert_matches_reference(A, r, vectors=False)
+    w_ref, _, w_all = reference(A, k)
+    assert true_residual(A, r) <= 1e-10 * float(w_all.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex128])
+def test_exactly_low_rank(dtype):
+    """rank 3 < k: the Krylov space is exhausted at once; no NaN, zeros filled correctly."""
+    d, k = 600, 8
+    g = _gen(17)
+    u = _orthonormal(d, 3, g, dtype.is_complex)
+    A = ((u * torch.tensor([5.0, -4.0, 3.0], dtype=u.dtype)) @ u.mH).to(dtype)
+    r = topk_eigh(A, k, solver="lanczos", generator=_gen(0))
+    assert r.converged
+    assert bool(torch.isfinite(r.eigenvectors).all())
+    eps = torch.finfo(_real(dtype)).eps
+    expected = torch.tensor([5.0, 3.0] + [0.0] * (k - 2), dtype=torch.float64)
+    assert torch.allclose(r.eigenvalues.to(torch.float64), expected, atol=100 * eps * 5)
+    assert_orthonormal(r.eigenvectors, 1e3 * eps)
+    # Columns 0 and 1 are u[:, 0] and u[:, 2]; the zero-eigenvalue ones are orthogonal to
+    # the range of A.
+    top = r.eigenvectors[:, :2].to(u.dtype)
+    assert subspace_distance(top, u[:, [0, 2]]) <= 1e3 * eps
+    rest = r.eigenvectors[:, 2:].to(u.dtype)
+    assert float((u.mH @ rest).abs().max()) <= 1e3 * eps
+
+
+@pytest.mark.parametrize("solver", ["dense", "lanczos"])
+def test_zero_matrix(solver):
+    A = torch.zeros(700, 700)
+    r = topk_eigh(A, 3, solver=solver, generator=_gen(0))
+    assert r.converged
+    assert torch.equal(r.eigenvalues, torch.zeros(3))
+    assert r.residual == 0.0
+    assert_orthonormal(r.eigenvectors, 1e-5)
+
+
+def test_tiny_matrices():
+    for d in (1, 2, 3):
+        A = torch.eye(d, dtype=torch.float64) * 2.0
+        A[0, 0] = -1.0
+        for solver in ("dense", "lanczos"):
+            r = topk_eigh(A, 1, solver=solver, generator=_gen(0))
+            assert float(r.eigenvalues[0]) == pytest.approx(2.0 if d > 1 else -1.0)
+            assert r.eigenvectors.shape == (d, 1)
+
+
+# --------------------------------------------------------------------------- stopping rule
+
+
+def _matrix_zoo(kind: str, d: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    g = _gen(seed)
+    cx = dtype.is_complex
+    if kind == "spiked":
+        return spiked(d, 6, seed, dtype, strength=1.5)
+    if kind == "noise":
+        return _noise(d, g, complex_=cx).to(dtype)
+    if kind == "lowrank":
+        u = _orthonormal(d, 4, g, cx)
+        return ((u * torch.tensor([3.0, 2.0, -2.5, 1.0], dtype=u.dtype)) @ u.mH).to(dtype)
+    if kind == "clustered":
+        s = torch.cat(
+            [
+                4.0 + 1e-6 * torch.rand(5, generator=g, dtype=torch.float64),
+                torch.rand(d - 5, generator=g, dtype=torch.float64) * 4 - 2,
+            ]
+        )
+        return _from_spectrum(s, g, cx).to(dtype)
+    raise AssertionError(kind)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kind=st.sampled_from(["spiked", "noise", "lowrank", "clustered"]),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.complex64]),
+    k=st.integers(1, 6),
+    log_tol=st.floats(-12.0, -3.0),
+    max_iters=st.integers(1, 25),
+)
+def test_converged_claim_is_never_false(kind, seed, dtype, k, log_tol, max_iters):
+    """converged=True ⇒ the float64 residual is within tol·scale, whatever tol and budget."""
+    A = _matrix_zoo(kind, 160, seed, dtype)
+    tol = 10.0**log_tol
+    r = topk_eigh(A, k, solver="lanczos", generator=_gen(seed), tol=tol, max_iters=max_iters)
+    assert r.iterations <= max_iters
+    assert r.tol == tol
+    assert r.eigenvectors.shape == (160, k)
+    assert bool(torch.isfinite(r.eigenvectors).all())
+    eps = torch.finfo(_real(dtype)).eps
+    fro = float(torch.linalg.matrix_norm(A.to(_wide(dtype))))
+    if r.converged:
+        assert true_residual(A, r) <= tol * r.scale * (1 + 1e-9)
+        # The claim keeps a reserve for the rounding of its own residual computation
+        # (≈ eps·‖A‖_F, estimated from the first block to within a factor ~1.5).
+        assert r.residual + 0.5 * eps * fro / r.scale <= tol
+        # scale is a lower bound on ‖A‖₂ (largest |Ritz value|).
+        assert r.scale <= float(torch.linalg.matrix_norm(A.to(_wide(dtype)), ord=2)) * (1 + 1e-6)
+    # The reported residual is honest either way (it is recomputed afresh).
+    assert abs(true_residual(A, r) / r.scale - r.residual) <= 4 * eps * fro / r.scale + 1e-12
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    d=st.integers(1, 40),
+    data=st.data(),
+    seed=st.integers(0, 2**16),
+    spectrum=st.sampled_from(["random", "repeated", "lowrank", "negated"]),
+    solver=st.sampled_from(["dense", "lanczos"]),
+)
+def test_small_matrices_property(d, data, seed, spectrum, solver):
+    """Any small Hermitian matrix: top-k eigenvalues equal numpy's, vectors orthonormal."""
+    k = data.draw(st.integers(1, d))
+    g = _gen(seed)
+    if spectrum == "random":
+        s = torch.randn(d, generator=g, dtype=torch.float64)
+    elif spectrum == "repeated":
+        s = torch.randint(-2, 3, (d,), generator=g).to(torch.float64)
+    elif spectrum == "lowrank":
+        s = torch.zeros(d, dtype=torch.float64)
+        s[: max(1, d // 4)] = torch.randn(max(1, d // 4), generator=g, dtype=torch.float64)
+    else:
+        s = -torch.rand(d, generator=g, dtype=torch.float64) - 1.0
+    A = _from_spectrum(s, g)
+    r = topk_eigh(A, k, solver=solver, generator=_gen(seed))
+    ref = np.linalg.eigvalsh(A.numpy())[::-1][:k]
+    nrm = max(float(np.abs(ref).max()), float(s.abs().max()), 1e-300)
+    assert np.allclose(r.eigenvalues.numpy(), ref, rtol=0, atol=1e-9 * nrm)
+    assert_orthonormal(r.eigenvectors, 1e-12)
+    assert r.converged
+    assert true_residual(A, r) <= 1e-9 * nrm
+
+
+def test_max_iters_exhausted_returns_best_estimate():
+    A = _noise(700, _gen(18))
+    r = topk_eigh(A, 10, solver="lanczos", generator=_gen(0), max_iters=2)
+    assert not r.converged
+    assert r.iterations == 2
+    assert r.residual > r.tol
+    assert_orthonormal(r.eigenvectors, 1e-12)
+    # Still the Ritz values: lower bounds of the true top eigenvalues (Cauchy interlacing).
+    w_ref, _, _ = reference(A, 10)
+    assert bool((r.eigenvalues <= w_ref + 1e-9).all())
+
+
+def test_auto_falls_back_to_dense_when_lanczos_does_not_converge():
+    A = _noise(700, _gen(19))
+    r = topk_eigh(A, 10, generator=_gen(0), max_iters=2)
+    assert r.solver == "dense" and r.converged
+    assert r.iterations == 2  # the Lanczos steps spent before falling back
+    assert_matches_reference(A, r)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_convergence_claim_keeps_a_rounding_reserve(seed):
+    """float32, flat ±1 spectrum, tol = 1.5·eps·‖A‖_F/‖A‖₂: a fresh float32 residual is
+    uncertain by ~eps·‖A‖_F, so convergence is claimed only with that much to spare."""
+    g = _gen(seed)
+    sign = torch.sign(torch.randn(600, generator=g, dtype=torch.float64))
+    A = _from_spectrum(sign * torch.linspace(1.0, 0.5, 600, dtype=torch.float64), g).float()
+    eps = torch.finfo(torch.float32).eps
+    A64 = A.double()
+    ratio = float(torch.linalg.matrix_norm(A64) / torch.linalg.matrix_norm(A64, ord=2))
+    tol = 1.5 * eps * ratio
+    r = topk_eigh(A, 4, solver="lanczos", generator=_gen(seed), tol=tol, max_iters=500)
+    assert r.converged
+    assert r.residual + 0.5 * eps * ratio <= tol
+    assert true_residual(A, r) <= tol * r.scale
+
+
+def test_restart_drift_is_cured_by_fresh_products():
+    """float32, a restart every step: stored products A·Q drift by rounding at each one.
+
+    Without the explicit restart from fresh products the residual stalls just above tol.
+    """
+    A = _noise(800, _gen(25)).float()
+    r = _block_lanczos(
+        A, 8, block=12, gen=_gen(0), tol=None, max_iters=800, max_basis=24, keep=12
+    )
+    assert r.converged
+    assert true_residual(A, r) <= r.tol * r.scale
+
+
+def test_default_tol_adapts_to_flat_spectra():
+    """float32 pure noise (‖A‖_F/‖A‖₂ ≈ 20): the default tol rises to stay reachable."""
+    A = _noise(800, _gen(26)).float()
+    r = topk_eigh(A, 4, solver="lanczos", generator=_gen(0))
+    assert r.converged
+    ratio = float(torch.linalg.matrix_norm(A.double())) / r.scale
+    eps = torch.finfo(torch.float32).eps
+    assert 2e-6 < r.tol == pytest.approx(2 * eps * ratio, rel=0.5)
+    spiky = topk_eigh(spiked(800, 4, 26, torch.float32), 4, solver="lanczos", generator=_gen(0))
+    assert spiky.tol == 2e-6
+
+
+def test_tol_below_rounding_floor_gives_up():
+    A = spiked(700, 6, 20, torch.float32)
+    r = topk_eigh(A, 6, solver="lanczos", generator=_gen(0), tol=1e-9, max_iters=200)
+    assert not r.converged
+    assert r.iterations < 200  # it notices the floor instead of running to max_iters
+    assert r.residual < 1e-5  # and returns what float32 can do
+    assert_matches_reference(A, r)
+
+
+def test_extend_basis_refills_and_truncates():
+    """Dependent or zero candidates are replaced by random directions; orthogonality holds."""
+    d, m = 50, 20
+    g = _gen(27)
+    Q = _orthonormal(d, m, g)
+    w = torch.randn(d, 3, generator=g, dtype=torch.float64)
+    w = w - Q @ (Q.T @ w)
+    # columns: w0, w1, w0 + w1 (dependent), 0, something inside span(Q)
+    W = torch.stack([w[:, 0], w[:, 1], w[:, 0] + w[:, 1], torch.zeros(d), 1e-18 * w[:, 2]], 1)
+    N = _extend_basis(W, Q, g, ref=1.0)
+    assert N.shape == (d, 5)
+    assert_orthonormal(torch.cat([Q, N], 1), 1e-13)
+    # The two genuine directions are kept.
+    P = N @ N.T
+    assert float((w[:, :2] - P @ w[:, :2]).norm()) <= 1e-12
+    # More candidates than room: at most d - m columns, spanning the rest of the space.
+    Q45 = _orthonormal(d, 45, g)
+    W = torch.randn(d, 8, generator=g, dtype=torch.float64)
+    W = W - Q45 @ (Q45.T @ W)
+    W = W - Q45 @ (Q45.T @ W)
+    N = _extend_basis(W, Q45, g, ref=float(W.norm(dim=0).max()))
+    assert N.shape == (d, 5)
+    assert_orthonormal(torch.cat([Q45, N], 1), 1e-13)
+    # No room at all.
+    assert _extend_basis(W, _orthonormal(d, d, g), g, ref=1.0).shape == (d, 0)
+
+
+def test_extend_basis_refills_from_the_generator():
+    d = 40
+    Q = _orthonormal(d, 10, _gen(28))
+    W = torch.zeros(d, 3, dtype=torch.float64)  # an exhausted Krylov block
+    N1 = _extend_basis(W, Q, _gen(1), ref=1.0)
+    N2 = _extend_basis(W, Q, _gen(1), ref=1.0)
+    N3 = _extend_basis(W, Q, _gen(2), ref=1.0)
+    assert N1.shape == (d, 3)
+    assert_orthonormal(torch.cat([Q, N1], 1), 1e-13)
+    assert torch.equal(N1, N2)  # deterministic for a generator state ...
+    assert subspace_distance(N1, N3) > 0.1  # ... and random across states
+
+
+def test_cholqr():
+    g = _gen(29)
+    W = torch.randn(300, 12, generator=g, dtype=torch.float32) @ torch.diag(
+        torch.logspace(0, -3, 12)
+    )
+    Q, R = _cholqr(W)
+    assert Q.dtype == torch.float32 and R.dtype == torch.float64
+    assert_orthonormal(Q, 1e-6)
+    assert torch.allclose(Q.double() @ R, W.double(), atol=1e-6)
+    assert torch.equal(R, torch.triu(R))
+    W[:, 5] = W[:, 4]  # rank deficient: the caller must fall back to Householder
+    assert _cholqr(W) is None
+
+
+def test_slow_problems_skip_rayleigh_ritz_solves():
+    """On slow convergence the O(m³) projected solve is skipped on some steps."""
+    A = _noise(600, _gen(30))
+    trace: list = []
+    r = _block_lanczos(
+        A, 8, block=16, gen=_gen(0), tol=None, max_iters=400, max_basis=128, keep=48,
+        trace=trace,
+    )
+    assert r.converged
+    assert len(trace) < 0.8 * r.iterations
+    # ... but never past convergence by more than the skipped steps' worth.
+    est = [e for _, _, e, _ in trace]
+    assert est[-1] <= r.tol
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def test_auto_chooses_by_size():
+    small = spiked(300, 4, 21)
+    assert topk_eigh(small, 4).solver == "dense"
+    large = spiked(700, 4, 21)
+    r = topk_eigh(large, 4, generator=_gen(0))
+    assert r.solver == "lanczos" and r.converged
+    # A block that is a large fraction of d goes dense too.
+    assert topk_eigh(large, 100).solver == "dense"
+
+
+def test_accounting_fields():
+    A = spiked(700, 8, 22)
+    r = topk_eigh(A, 8, solver="lanczos", generator=_gen(0), oversample=4)
+    b = 12
+    assert r.iterations >= 2
+    # One (d, ≤ b) block per step plus k columns per fresh residual check.
+    assert r.iterations * 1 <= r.matvecs <= r.iterations * (b + 8) + 8
+    d = topk_eigh(A, 8, solver="dense")
+    assert (d.iterations, d.matvecs) == (0, 8)
+    assert d.scale == pytest.approx(float(reference(A, 1)[2].abs().max()))
+
+
+@pytest.mark.parametrize("solver", ["dense", "lanczos"])
+def test_does_not_modify_input(solver):
+    A = spiked(600, 4, 23, torch.float32)
+    before = A.clone()
+    topk_eigh(A, 4, solver=solver, generator=_gen(0))
+    assert torch.equal(A, before)
+
+
+def test_result_is_frozen():
+    r = topk_eigh(spiked(50, 2, 0), 2)
+    with pytest.raises(AttributeError):
+        r.converged = False  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "A, k, exc, match",
+    [
+        (np.eye(3), 1, TypeError, "ndarray"),
+        (torch.ones(3), 1, ValueError, r"\(3,\)"),
+        (torch.ones(3, 4), 1, ValueError, r"\(3, 4\)"),
+        (torch.ones(2, 2, 2), 1, ValueError, r"\(2, 2, 2\)"),
+        (torch.eye(3, dtype=torch.float16), 1, TypeError, "float16"),
+        (torch.eye(3, dtype=torch.bfloat16), 1, TypeError, "bfloat16"),
+        (torch.eye(3, dtype=torch.int64), 1, TypeError, "int64"),
+        (torch.eye(3), 0, ValueError, "k=0.*d=3"),
+        (torch.eye(3), 4, ValueError, "k=4.*d=3"),
+        (torch.eye(3), -1, ValueError, "k=-1"),
+        (torch.eye(3), 2.0, TypeError, "2.0"),
+        (torch.eye(3), "2", TypeError, "'2'"),
+        (torch.eye(3), True, TypeError, "True"),
+    ],
+)
+def test_bad_arguments(A, k, exc, match):
+    with pytest.raises(exc, match=match):
+        topk_eigh(A, k)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_rejected(bad):
+    A = torch.eye(4, dtype=torch.float64)
+    A[1, 2] = bad
+    with pytest.raises(ValueError, match=rf"non-finite.*A\[1, 2\] = {bad}"):
+        topk_eigh(A, 1)
+    # check=False skips the scan (whatever the solver then makes of it).
+    try:
+        topk_eigh(A, 1, solver="dense", check=False)
+    except ValueError as e:  # pragma: no cover - only reached if the check ran anyway
+        assert "non-finite" not in str(e)
+    except RuntimeError:
+        pass
+
+
+def test_huge_finite_entries_are_not_mistaken_for_non_finite():
+    A = torch.eye(4, dtype=torch.float32) * 3e38  # the sum overflows; entries do not
+    r = topk_eigh(A, 1, solver="dense")
+    assert float(r.eigenvalues[0]) == pytest.approx(3e38)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"solver": "lobpcg"}, ValueError, "lobpcg"),
+        ({"solver": None}, ValueError, "None"),
+        ({"tol": 0.0}, ValueError, "tol=0.0"),
+        ({"tol": -1e-3}, ValueError, "tol=-0.001"),
+        ({"tol": float("nan")}, ValueError, "nan"),
+        ({"tol": "1e-6"}, TypeError, "1e-6"),
+        ({"max_iters": 0}, ValueError, "max_iters=0"),
+        ({"max_iters": 2.5}, TypeError, "2.5"),
+        ({"oversample": -1}, ValueError, "oversample=-1"),
+        ({"oversample": 1.5}, TypeError, "1.5"),
+    ],
+)
+def test_bad_options(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        topk_eigh(torch.eye(5), 2, **kwargs)
+
+
+def test_numpy_integer_k_accepted():
+    r = topk_eigh(spiked(40, 3, 0), np.int64(3))
+    assert r.eigenvalues.shape == (3,)
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
+@pytest.mark.parametrize("solver", ["dense", "lanczos"])
+def test_cuda(solver, dtype):
+    A_cpu = spiked(1024, 16, 24, dtype)
+    A = A_cpu.cuda()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = topk_eigh(A, 16, solver=solver, generator=g)
+    assert r.eigenvectors.device.type == "cuda" and r.eigenvalues.device.type == "cuda"
+    assert r.converged
+    cpu = EighResult(
+        eigenvalues=r.eigenvalues.cpu(),
+        eigenvectors=r.eigenvectors.cpu(),
+        solver=r.solver,
+        iterations=r.iterations,
+        matvecs=r.matvecs,
+        converged=r.converged,
+        residual=r.residual,
+    )
+    assert_matches_reference(A_cpu, cpu)
+    # Deterministic for a given CUDA generator.
+    r2 = topk_eigh(A, 16, solver=solver, generator=torch.Generator(device="cuda").manual_seed(0))
+    assert torch.equal(r.eigenvectors, r2.eigenvectors)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_next_eigenvalue_brackets_lambda_k_plus_1(seed, dtype):
+    # the (k+1)-th Ritz value is a lower bound (interlacing) and within its residual of λ_{k+1}
+    g = torch.Generator().manual_seed(seed)
+    d, k = 700, 6
+    u, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
+    m = (u * torch.linspace(400.0, 200.0, k, dtype=torch.float64)) @ u.T
+    e = torch.randn(d, d, generator=g, dtype=torch.float64)
+    a = (m + (e + e.T) / 2).to(dtype)
+    lam = torch.linalg.eigvalsh(a.double()).flip(0)
+    res = topk_eigh(a, k, solver="lanczos", generator=torch.Generator().manual_seed(seed))
+    slack = 1e-4 * float(lam.abs().max()) if dtype == torch.float32 else 1e-9 * float(lam.abs().max())
+    assert res.next_eigenvalue <= float(lam[k]) + slack
+    assert float(lam[k]) <= res.next_eigenvalue + res.next_residual + slack
+    dense = topk_eigh(a, k, solver="dense")
+    assert dense.next_eigenvalue == pytest.approx(float(lam[k]), rel=1e-4) and dense.next_residual == 0.0
+    assert topk_eigh(a[:5, :5], 5, solver="dense").next_eigenvalue is None

@@ -1,0 +1,206 @@
+"""Noise shapes, symmetry, sensitivity: statistical tests with fixed seeds and loose p-values."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import stats
+
+import dplowrank as dl
+
+D = 48
+REPS = 200
+SIGMA = 2.5
+
+
+def _draws(mech, *, complex_=False, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(REPS):
+        out.append(mech.perturb(torch.zeros(D, D, dtype=dtype), generator=gen))
+    return torch.stack(out)  # shape: (REPS, D, D)
+
+
+def _variance_ok(x: torch.Tensor, target: float):
+    """Sample variance (known zero mean) within 6 standard errors of the target."""
+    x = x.double().flatten()
+    n = x.numel()
+    v = float((x**2).mean())
+    se = target * math.sqrt(2.0 / n)
+    assert abs(v - target) < 6 * se, (v, target, se)
+
+
+def _normal_ok(x: torch.Tensor, std: float):
+    x = x.double().flatten().numpy()[:20000] / std
+    assert stats.kstest(x, "norm").pvalue > 1e-3
+
+
+iu = torch.triu_indices(D, D, offset=1)
+
+
+def test_isotropic_shape_variances():
+    e = _draws(dl.GaussianMechanism(SIGMA, 1.0, "isotropic"))
+    diag = torch.diagonal(e, dim1=1, dim2=2)
+    off = e[:, iu[0], iu[1]]
+    _variance_ok(diag, SIGMA**2)
+    _variance_ok(off, SIGMA**2 / 2)
+    _normal_ok(diag, SIGMA)
+    _normal_ok(off, SIGMA / math.sqrt(2))
+    assert torch.equal(e, e.transpose(1, 2))
+
+
+def test_upper_triangular_shape_variances():
+    e = _draws(dl.GaussianMechanism(SIGMA, 1.0, "upper_triangular"))
+    diag = torch.diagonal(e, dim1=1, dim2=2)
+    off = e[:, iu[0], iu[1]]
+    _variance_ok(diag, SIGMA**2)
+    _variance_ok(off, SIGMA**2)
+    _normal_ok(off, SIGMA)
+    assert torch.equal(e, e.transpose(1, 2))
+
+
+def test_complex_shape_variances_and_hermitian():
+    z = _draws(dl.ComplexGaussianMechanism(SIGMA, 1.0), complex_=True)
+    assert torch.equal(z, z.conj().transpose(1, 2))
+    diag = torch.diagonal(z, dim1=1, dim2=2)
+    assert torch.count_nonzero(diag.imag) == 0
+    _variance_ok(diag.real, SIGMA**2)
+    off = z[:, iu[0], iu[1]]
+    _variance_ok(off.real, SIGMA**2 / 2)
+    _variance_ok(off.imag, SIGMA**2 / 2)
+    _normal_ok(off.imag, SIGMA / math.sqrt(2))
+    # real and imaginary parts uncorrelated
+    r = np.corrcoef(off.real.flatten().numpy(), off.imag.flatten().numpy())[0, 1]
+    assert abs(r) < 6 / math.sqrt(off.numel())
+
+
+def test_entries_are_independent_across_positions():
+    # neighbouring upper-triangle entries (same row, adjacent columns; across block edges) uncorrelated
+    e = _draws(dl.GaussianMechanism(SIGMA, 1.0, "upper_triangular"))
+    a = e[:, 0, 1:].flatten().numpy()
+    b = e[:, 1, 1:].flatten().numpy()
+    assert abs(np.corrcoef(a, b)[0, 1]) < 6 / math.sqrt(a.size)
+
+
+def test_block_boundaries_are_symmetric_and_seeded():
+    # d larger than the internal block (512): symmetry and determinism across blocks
+    mech = dl.GaussianMechanism(1.0, 1.0)
+    a = mech.perturb_(torch.zeros(700, 700), generator=torch.Generator().manual_seed(3))
+    b = mech.perturb_(torch.zeros(700, 700), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, a.T) and torch.equal(a, b)
+    off = a[:512, 512:]
+    assert float(off.std()) == pytest.approx(1 / math.sqrt(2), rel=0.02)
+
+
+def test_float32_noise_has_right_scale():
+    e = _draws(dl.GaussianMechanism(SIGMA, 1.0), dtype=torch.float32)
+    assert e.dtype == torch.float32
+    _variance_ok(torch.diagonal(e, dim1=1, dim2=2), SIGMA**2)
+
+
+def test_mechanism_records():
+    m = dl.GaussianMechanism(4.0, 2.0, "upper_triangular")
+    assert m.mu == 0.5 and m.event.noise_multiplier == 2.0 and m.event.mu == 0.5
+    c = dl.ComplexGaussianMechanism(4.0, 2.0)
+    assert c.noise_shape == "hermitian" and c.event == dl.GaussianEvent(2.0)
+    with pytest.raises(ValueError, match="'gue'"):
+        dl.GaussianMechanism(1.0, 1.0, "gue")
+    with pytest.raises(ValueError, match="noise_scale must be finite and > 0, got 0"):
+        dl.GaussianMechanism(0, 1.0)
+    with pytest.raises(TypeError, match="real matrix, got dtype torch.complex128"):
+        dl.ComplexGaussianMechanism(1.0, 1.0).perturb(torch.zeros(3, 3, dtype=torch.complex128),
+                                                      generator=torch.Generator())
+    with pytest.raises(ValueError, match="\\(3, 4\\)"):
+        m.perturb(torch.zeros(3, 4), generator=torch.Generator())
+
+
+def test_copy_and_in_place_agree_and_input_is_untouched():
+    rng = torch.Generator().manual_seed(0)
+    a = torch.randn(600, 600, generator=rng, dtype=torch.float64)
+    m = a + a.T
+    before = m.clone()
+    mech = dl.GaussianMechanism(0.5, 1.0, "upper_triangular")
+    out = mech.perturb(m, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(m, before) and out.data_ptr() != m.data_ptr()
+    inplace = mech.perturb_(m.clone(), generator=torch.Generator().manual_seed(8))
+    assert torch.equal(out, inplace)
+    # conversion on the fly: float64 input, float32 output (noise drawn in float32)
+    out32 = mech.perturb(m, generator=torch.Generator().manual_seed(8), dtype=torch.float32)
+    assert out32.dtype == torch.float32 and torch.equal(out32, out32.T)
+    assert 0.3 < float((out32.double() - m).std()) < 0.7
+    c = dl.ComplexGaussianMechanism(0.5, 1.0).perturb(m, generator=torch.Generator().manual_seed(8))
+    assert c.dtype == torch.complex128 and torch.equal(c, c.conj().T)
+    torch.testing.assert_close(c.real - m, (c.real - m).T)
+
+
+def test_only_the_upper_triangle_of_the_input_is_read():
+    m = torch.zeros(5, 5, dtype=torch.float64)
+    m[0, 3] = 7.0
+    m[3, 0] = -100.0  # a slightly asymmetric input: its upper triangle is what is released
+    out = dl.GaussianMechanism(1e-12, 1.0).perturb(m, generator=torch.Generator().manual_seed(0))
+    assert out[0, 3] == pytest.approx(7.0) and out[3, 0] == out[0, 3]
+
+
+# ---- sensitivity ---------------------------------------------------------------------------
+
+C = 1.7
+
+
+def _gram(rows, neighbour="add_remove"):
+    return dl.GramAccumulator(row_norm=C, neighbour=neighbour).update(rows).gram
+
+
+finite_rows = arrays(
+    np.float64, st.tuples(st.integers(1, 6), st.integers(1, 5)),
+    elements=st.floats(-100, 100, allow_nan=False, allow_infinity=False),
+)
+
+
+@given(rows=finite_rows, extra=st.lists(st.floats(-100, 100), min_size=5, max_size=5))
+def test_add_remove_sensitivity_holds(rows, extra):
+    d = rows.shape[1]
+    a = np.asarray(extra[:d])[None, :]
+    diff = _gram(np.vstack([rows, a])) - _gram(rows)
+    assert float(torch.linalg.matrix_norm(diff)) <= dl.gram_sensitivity(C) * (1 + 1e-12)
+
+
+@given(
+    rows=finite_rows,
+    a=st.lists(st.floats(-100, 100), min_size=5, max_size=5),
+    b=st.lists(st.floats(-100, 100), min_size=5, max_size=5),
+)
+def test_replace_sensitivity_holds(rows, a, b):
+    d = rows.shape[1]
+    ra = np.vstack([rows, np.asarray(a[:d])])
+    rb = np.vstack([rows, np.asarray(b[:d])])
+    diff = _gram(ra, "replace") - _gram(rb, "replace")
+    assert float(torch.linalg.matrix_norm(diff)) <= dl.gram_sensitivity(C, "replace") * (1 + 1e-12)
+
+
+def test_sensitivity_is_attained():
+    # add/remove: any row of norm ≥ C moves the Gram by exactly C² (vech too: a = C·e₁)
+    d = 4
+    base = np.zeros((1, d))
+    a = np.zeros((1, d))
+    a[0, 0] = 10.0
+    diff = _gram(np.vstack([base, a])) - _gram(base)
+    assert float(torch.linalg.matrix_norm(diff)) == pytest.approx(C**2, rel=1e-9)
+    tri = torch.triu_indices(d, d)
+    assert float(diff[tri[0], tri[1]].norm()) == pytest.approx(C**2, rel=1e-9)
+    # replace: orthogonal rows of norm C move it by √2·C²
+    b = np.zeros((1, d))
+    b[0, 1] = 10.0
+    diff = _gram(a, "replace") - _gram(b, "replace")
+    assert float(torch.linalg.matrix_norm(diff)) == pytest.approx(math.sqrt(2) * C**2, rel=1e-9)
+    assert dl.gram_sensitivity(C, "replace") == pytest.approx(math.sqrt(2) * C**2)
+
+
+def test_gram_sensitivity_rejects():
+    with pytest.raises(ValueError, match="'swap'"):
+        dl.gram_sensitivity(1.0, "swap")
+    with pytest.raises(ValueError, match="row_norm must be finite and > 0, got -1"):
+        dl.gram_sensitivity(-1)
