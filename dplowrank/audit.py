@@ -1,0 +1,213 @@
+"""A statistical privacy auditor: an empirical lower bound on ε from many releases.
+
+For neighbouring inputs D and D', draw n outputs of the mechanism on each, reduce every
+output to a scalar statistic T, and for a rejection region S = {T > t} (or {T < t}) bound
+p = P[M(D) ∈ S] from below and q = P[M(D') ∈ S] from above with Clopper–Pearson intervals.
+Any (ε, δ)-DP mechanism satisfies p ≤ e^ε q + δ, so
+
+    ε_lower = ln((p_low − δ) / q_high)
+
+is a lower bound on the ε the mechanism can claim at δ, at the stated confidence (the
+standard construction of Jagielski, Ullman & Oprea 2020, arXiv:2006.07709, and Nasr et al.
+2021, arXiv:2101.04535). The region is chosen on one half of the samples and evaluated on
+the other, so the choice does not bias the bound.
+
+dplowrank's mechanisms claim μ-GDP, which implies (ε(δ'), δ') for *every* δ' via the exact
+curve of Balle & Wang (2018). The auditor therefore tests the claim at several δ' where n
+samples give tight intervals (δ' ≈ 1e-3 … 0.2 rather than 1e-6): a violation anywhere on the
+curve refutes the claim. With 100,000 samples per side it detects noise √2 too small at
+μ ≈ 1.
+
+The sample generator is generic (any callable), so the auditor also exercises planted bugs
+and foreign mechanisms; :func:`block_diagonal_sampler` runs the shipped mechanisms on many
+independent small problems at once (the diagonal blocks of one large noisy matrix are
+independent draws of the small mechanism, since all noise entries are independent).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import beta as beta_dist
+
+from .mechanisms._calibration import gdp_epsilon
+
+__all__ = ["AuditResult", "audit", "block_diagonal_sampler", "clopper_pearson"]
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Two-sided Clopper–Pearson interval for a binomial proportion (exact, conservative)."""
+    a = 1.0 - confidence
+    lo = 0.0 if successes == 0 else float(beta_dist.ppf(a / 2, successes, trials - successes + 1))
+    hi = 1.0 if successes == trials else float(beta_dist.ppf(1 - a / 2, successes + 1, trials - successes))
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """Outcome of :func:`audit`.
+
+    Attributes
+    ----------
+    epsilon_lower : float
+        The largest lower bound found, at ``delta`` (``-inf`` if none is positive).
+    delta : float
+        The δ' at which it was found.
+    claimed_epsilon : float
+        The mechanism's own claim at that δ'.
+    flagged : bool
+        ``epsilon_lower > claimed_epsilon`` at some audited δ': the claim is refuted at the
+        stated confidence.
+    per_delta : dict
+        δ' → (ε_lower, claimed ε).
+    samples : int
+        Samples per neighbouring input.
+    """
+
+    epsilon_lower: float
+    delta: float
+    claimed_epsilon: float
+    flagged: bool
+    per_delta: dict
+    samples: int
+    confidence: float
+
+    def __str__(self) -> str:
+        verdict = "FLAGGED: claim refuted" if self.flagged else "consistent with the claim"
+        return (f"audit ({self.samples} samples per side, {self.confidence:.0%} confidence): "
+                f"epsilon >= {self.epsilon_lower:.4f} at delta={self.delta:g} vs claimed "
+                f"{self.claimed_epsilon:.4f} -> {verdict}")
+
+
+def _best_region(t_d: np.ndarray, t_dp: np.ndarray, delta: float) -> tuple[float, int]:
+    """Threshold and direction maximising the empirical ln((p − δ)/q) on a selection half."""
+    grid = np.quantile(np.concatenate([t_d, t_dp]), np.linspace(0.001, 0.999, 400))
+    best, best_t, best_dir = -np.inf, float(grid[0]), 1
+    sd, sdp = np.sort(t_d), np.sort(t_dp)
+    n, m = len(sd), len(sdp)
+    for direction in (1, -1):
+        for t in grid:
+            if direction == 1:
+                p = (n - np.searchsorted(sd, t, side="right")) / n
+                q = (m - np.searchsorted(sdp, t, side="right")) / m
+            else:
+                p = np.searchsorted(sd, t, side="left") / n
+                q = np.searchsorted(sdp, t, side="left") / m
+            q = max(q, 1.0 / m)
+            if p - delta > 0:
+                val = math.log((p - delta) / q)
+                if val > best:
+                    best, best_t, best_dir = val, float(t), direction
+    return best_t, best_dir
+
+
+def audit(
+    sample: Callable[[str, int, torch.Generator], np.ndarray],
+    *,
+    claimed_mu: float | None = None,
+    claimed: tuple[float, float] | None = None,
+    samples: int = 100_000,
+    deltas: Sequence[float] = (1e-3, 1e-2, 0.05, 0.1, 0.2),
+    confidence: float = 0.95,
+    generator: torch.Generator | None = None,
+) -> AuditResult:
+    """Audit a mechanism's privacy claim with ``samples`` releases on each of two neighbours.
+
+    Parameters
+    ----------
+    sample : callable
+        ``sample(which, n, generator)`` with ``which`` in {"D", "D'"} returns an ndarray of
+        shape (≥ n,) of the scalar statistic of n independent outputs on that input.
+    claimed_mu : float, optional
+        The mechanism's GDP claim μ (its ε at each δ' is the exact GDP curve).
+    claimed : (epsilon, delta), optional
+        Or a plain (ε, δ) claim; then only δ' ≥ δ are audited, each against ε.
+    samples : int
+        Outputs per neighbour; half select the region, half evaluate it.
+    deltas : sequence of float
+        The δ' audited.
+    confidence : float
+        Joint confidence of the two Clopper–Pearson intervals at each δ' (Bonferroni).
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    AuditResult
+    """
+    if (claimed_mu is None) == (claimed is None):
+        raise ValueError("give exactly one of claimed_mu or claimed=(epsilon, delta)")
+    if samples < 1000:
+        raise ValueError(f"samples must be at least 1000 for a meaningful audit, got {samples}")
+    gen = generator if generator is not None else torch.Generator().manual_seed(int(np.random.SeedSequence().entropy % 2**63))
+    t_d = np.asarray(sample("D", samples, gen), dtype=float)[:samples]
+    t_dp = np.asarray(sample("D'", samples, gen), dtype=float)[:samples]
+    if len(t_d) < samples or len(t_dp) < samples:
+        raise ValueError(f"the sampler returned {len(t_d)} and {len(t_dp)} values, expected {samples} each")
+    half = samples // 2
+    sel_d, ev_d = t_d[:half], t_d[half:]
+    sel_dp, ev_dp = t_dp[:half], t_dp[half:]
+    if claimed is not None:
+        eps_c, delta_c = claimed
+        audit_deltas = [d for d in deltas if d >= delta_c] or [delta_c]
+        claim_at = {d: float(eps_c) for d in audit_deltas}
+    else:
+        audit_deltas = list(deltas)
+        claim_at = {d: gdp_epsilon(claimed_mu, d) for d in audit_deltas}
+    per_conf = 1.0 - (1.0 - confidence) / 2  # Bonferroni over the two intervals
+    per_delta = {}
+    for delta in audit_deltas:
+        results = []
+        # both orders: the neighbour relation is symmetric
+        for a_sel, b_sel, a_ev, b_ev in ((sel_d, sel_dp, ev_d, ev_dp), (sel_dp, sel_d, ev_dp, ev_d)):
+            t, direction = _best_region(a_sel, b_sel, delta)
+            if direction == 1:
+                hits_a, hits_b = int((a_ev > t).sum()), int((b_ev > t).sum())
+            else:
+                hits_a, hits_b = int((a_ev < t).sum()), int((b_ev < t).sum())
+            p_low = clopper_pearson(hits_a, len(a_ev), 2 * per_conf - 1)[0]
+            q_high = clopper_pearson(hits_b, len(b_ev), 2 * per_conf - 1)[1]
+            results.append(math.log((p_low - delta) / q_high) if p_low > delta else -math.inf)
+        per_delta[delta] = (max(results), claim_at[delta])
+    worst = max(per_delta, key=lambda d: per_delta[d][0] - per_delta[d][1])
+    flagged = any(lo > c for lo, c in per_delta.values())
+    return AuditResult(
+        epsilon_lower=per_delta[worst][0], delta=worst, claimed_epsilon=per_delta[worst][1],
+        flagged=flagged, per_delta=per_delta, samples=samples, confidence=confidence,
+    )
+
+
+def block_diagonal_sampler(
+    perturb: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    m_d: torch.Tensor,
+    m_dp: torch.Tensor,
+    statistic: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    blocks_per_call: int = 400,
+) -> Callable[[str, int, torch.Generator], np.ndarray]:
+    """A sampler for :func:`audit` that runs ``perturb`` on block-diagonal stacks.
+
+    ``m_d`` and ``m_dp`` (shape (s, s)) are the two neighbouring Grams; each call of
+    ``perturb`` sees ``blocks_per_call`` copies on the diagonal of one (s·B, s·B) matrix and
+    yields B independent outputs (its diagonal blocks). ``statistic`` maps a stack of
+    outputs, shape (B, s, s), to shape (B,).
+    """
+    s = m_d.shape[0]
+
+    def sample(which: str, n: int, gen: torch.Generator) -> np.ndarray:
+        base = m_d if which == "D" else m_dp
+        big = torch.block_diag(*([base] * blocks_per_call))
+        out = []
+        got = 0
+        idx = torch.arange(blocks_per_call)
+        while got < n:
+            noisy = perturb(big, gen)
+            blocks = noisy.reshape(blocks_per_call, s, blocks_per_call, s)[idx, :, idx, :]
+            out.append(statistic(blocks).cpu().numpy())
+            got += blocks_per_call
+        return np.concatenate(out)[:n]
+
+    return sample
