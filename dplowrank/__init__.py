@@ -26,6 +26,8 @@ from .diagnostics import (
     noise_norm_bound,
     theory_bounds,
 )
+from ._memory import InsufficientMemoryError
+from ._secure import SecureNormalSource
 from .gram import GramAccumulator
 from .linalg import EighResult, topk_eigh
 from .mechanisms import (
@@ -48,6 +50,8 @@ __all__ = [
     "release_rank_k",
     "LowRankRelease",
     "load_release",
+    "InsufficientMemoryError",
+    "SecureNormalSource",
     # private statistics
     "GramAccumulator",
     "gram_sensitivity",

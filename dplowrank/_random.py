@@ -1,10 +1,13 @@
-"""The library's one generator policy.
+"""The library's one randomness policy.
 
-Every random draw in dplowrank takes an explicit :class:`torch.Generator`. When the
-caller gives none, a generator is created for the target device and seeded with 64
-bits from the operating system's secure source (:func:`secrets.randbits`), so the
-noise cannot be predicted from anything in the process. A caller-supplied generator
-makes a release reproducible; the release records which of the two was used.
+Every random draw in dplowrank takes an explicit source. Privacy noise
+(:func:`resolve_noise_source`) comes, when the caller gives nothing, from a
+:class:`~dplowrank._secure.SecureNormalSource` (ChaCha20 keyed from ``os.urandom``): the
+release is marked ``"secure"``. A caller's :class:`torch.Generator` (or a seeded secure
+source) makes the release reproducible and marks it ``"seeded"``: not for publication.
+Randomness that does not protect anything (the eigensolver's starting block, the analysis
+tools) uses a :class:`torch.Generator` (:func:`resolve_generator`), seeded from the OS's
+secure source when none is given.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import secrets
 
 import torch
 
-__all__ = ["resolve_generator"]
+__all__ = ["resolve_generator", "resolve_noise_source"]
 
-#: The two ways a release can get its randomness (recorded on the release).
+#: How a release got its noise (recorded on the release).
+SECURE = "secure"
+SEEDED = "seeded"
+#: How a torch.Generator was obtained by resolve_generator.
 OS_SEEDED = "os_seeded"
 USER_GENERATOR = "user_generator"
 
@@ -51,7 +57,7 @@ def resolve_generator(
         return gen, OS_SEEDED
     if not isinstance(generator, torch.Generator):
         raise TypeError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+            f"generator must be a torch.Generator, a SecureNormalSource or None, got {type(generator).__name__}"
         )
     if _device_key(torch.device(generator.device)) != _device_key(device):
         raise ValueError(
@@ -59,3 +65,30 @@ def resolve_generator(
             f"create it with torch.Generator(device={str(device)!r})"
         )
     return generator, USER_GENERATOR
+
+
+def resolve_noise_source(generator: object, device: torch.device | str):
+    """The noise source, the solver's generator and the label of a release.
+
+    Parameters
+    ----------
+    generator : None, torch.Generator or SecureNormalSource
+    device : torch.device or str
+
+    Returns
+    -------
+    noise : torch.Generator or SecureNormalSource
+        What the mechanism draws its noise from.
+    solver : torch.Generator
+        For the eigensolver's random start (not privacy-relevant); the caller's generator
+        when one was given, so the whole release is reproducible.
+    label : {"secure", "seeded"}
+    """
+    from ._secure import SecureNormalSource
+
+    if generator is None:
+        return SecureNormalSource(), resolve_generator(None, device)[0], SECURE
+    if isinstance(generator, SecureNormalSource):
+        return generator, resolve_generator(None, device)[0], SEEDED if generator.seeded else SECURE
+    gen, _ = resolve_generator(generator, device)
+    return gen, gen, SEEDED

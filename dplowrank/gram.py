@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ._io import atomic_write_bytes
+from ._memory import check_allocation
 from ._tensor import as_device, as_tensor
 from ._validation import check_choice, check_positive
 from .mechanisms._sensitivity import NEIGHBOURS, gram_sensitivity
@@ -83,10 +84,12 @@ class GramAccumulator:
         self._dim = dim
         self.n_rows = 0
         self.n_clipped = 0
+        self._consumed = False  # see _consume
         if dim is not None and self._device is not None:
             self._allocate(dim, self._device)
 
     def _allocate(self, dim: int, device: torch.device) -> None:
+        check_allocation(8 * dim * dim, device, f"a float64 Gram of dimension d={dim}")
         self._gram = torch.zeros((dim, dim), dtype=torch.float64, device=device)
         self._dim = dim
         self._device = device
@@ -106,8 +109,35 @@ class GramAccumulator:
         return gram_sensitivity(self.row_norm, self.neighbour)
 
     @property
+    def consumed(self) -> bool:
+        """Whether a release took the Gram and added its noise in place (see :meth:`_consume`)."""
+        return self._consumed
+
+    def _check_not_consumed(self) -> None:
+        if self._consumed:
+            raise ValueError(
+                "this GramAccumulator was consumed by release_rank_k(..., overwrite=True): its "
+                "buffer now holds the noisy matrix, not the raw Gram; accumulate a new one"
+            )
+
+    def _consume(self) -> torch.Tensor:
+        """Hand the Gram to a release that adds its noise in place; the accumulator is spent.
+
+        Called by ``release_rank_k(acc, ..., overwrite=True)`` before any noise is drawn, so
+        that a release at large d needs no second d×d buffer. From then on :attr:`gram`,
+        :meth:`update` and :meth:`save_checkpoint` raise ``ValueError``: the buffer holds
+        M + E, which must never be released again, added to, or saved as the raw Gram.
+        Returns the Gram, Tensor of shape (d, d), float64.
+        """
+        gram = self.gram
+        self._gram = None
+        self._consumed = True
+        return gram
+
+    @property
     def gram(self) -> torch.Tensor:
         """The raw clipped Gram, Tensor of shape (d, d), float64 (non-private)."""
+        self._check_not_consumed()
         if self._gram is None:
             raise ValueError("the accumulator has no rows yet; call update() first")
         return self._gram
@@ -131,6 +161,7 @@ class GramAccumulator:
             On a wrong shape or a NaN/Inf entry (the message names the row, counted over
             all rows added so far). A rejected batch leaves the accumulator unchanged.
         """
+        self._check_not_consumed()
         x = as_tensor(rows, "rows")
         if x.ndim == 1:
             x = x.unsqueeze(0)
@@ -170,6 +201,7 @@ class GramAccumulator:
         renamed over ``path``: a kill during the write leaves the previous checkpoint intact.
         The checkpoint contains raw private statistics: protect it like the data.
         """
+        self._check_not_consumed()
         meta = {
             "format": _CKPT_FORMAT, "version": 1, "row_norm": self.row_norm, "neighbour": self.neighbour,
             "dim": self._dim, "n_rows": self.n_rows, "n_clipped": self.n_clipped,

@@ -411,6 +411,130 @@ def test_converged_claim_is_never_false(kind, seed, dtype, k, log_tol, max_iters
 
 @settings(max_examples=40, deadline=None)
 @given(
+    kind=st.sampled_from(["spiked", "noise", "lowrank", "clustered"]),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.complex64, torch.complex128]),
+    k=st.integers(1, 6),
+    log_atol=st.floats(-9.0, 0.0),
+    max_iters=st.integers(1, 25),
+)
+def test_noise_aware_stopping_never_claims_more_than_it_has(kind, seed, dtype, k, log_atol, max_iters):
+    """The absolute (noise-aware) rule: converged=True ⇒ every returned pair has a float64
+    residual within max(atol, tol·scale), and ``tol`` reports that threshold honestly."""
+    A = _matrix_zoo(kind, 160, seed, dtype)
+    nrm = float(torch.linalg.matrix_norm(A.to(_wide(dtype)), ord=2))
+    atol = 10.0**log_atol * nrm
+    r = topk_eigh(A, k, solver="lanczos", generator=_gen(seed), atol=atol, max_iters=max_iters)
+    assert r.atol == atol and r.iterations <= max_iters
+    if r.converged:
+        res = true_residual(A, r)
+        assert res <= r.tol * r.scale * (1 + 1e-9)
+        assert r.tol * r.scale >= atol * (1 - 1e-12)  # never stricter than asked ...
+        eps = torch.finfo(_real(dtype)).eps
+        fro = float(torch.linalg.matrix_norm(A.to(_wide(dtype))))
+        assert res <= max(atol, 4 * eps * fro) * (1 + 1e-9)  # ... nor looser than reachable
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex64])
+def test_clustered_eigenvalues_with_absolute_tolerance(dtype):
+    """A 7-fold cluster inside the top k: with an absolute target the subspace still obeys
+    the Davis–Kahan bound ‖R‖_F / gap."""
+    d, k = 500, 10
+    g = _gen(31)
+    s = torch.cat(
+        [
+            torch.tensor([30.0, 29.0, 28.0], dtype=torch.float64),
+            20.0 + 1e-9 * torch.arange(7, dtype=torch.float64),
+            torch.rand(d - 10, generator=g, dtype=torch.float64) * 10 - 5,
+        ]
+    )
+    A = _from_spectrum(s, g, dtype.is_complex).to(dtype)
+    r = topk_eigh(A, k, solver="lanczos", generator=_gen(0), atol=1e-3)
+    assert r.converged
+    assert true_residual(A, r) <= max(1e-3, r.tol * r.scale)
+    _, v_ref, w_all = reference(A, k)
+    wide = _wide(dtype)
+    V = r.eigenvectors.to(wide)
+    R = A.to(wide) @ V - V * r.eigenvalues.to(torch.float64).to(wide)
+    gap = float(r.eigenvalues[-1]) - float(w_all[-k - 1])
+    assert subspace_distance(r.eigenvectors, v_ref) <= float(torch.linalg.matrix_norm(R)) / gap * 1.001
+
+
+@pytest.mark.parametrize("k", [55, 60])
+def test_k_near_d_with_absolute_tolerance(k):
+    A = spiked(60, 5, 32)
+    r = topk_eigh(A, k, solver="lanczos", generator=_gen(0), atol=1e-4)
+    assert r.converged and r.eigenvectors.shape == (60, k)
+    assert_matches_reference(A, r, vectors=False)
+    assert true_residual(A, r) <= 1e-4
+
+
+# --------------------------------------------------------------------------- dense guard
+
+
+def _patched_eigh(monkeypatch, fail):
+    """Make torch.linalg.eigh misbehave (``fail(A)`` returns a replacement or raises)."""
+    real_eigh = torch.linalg.eigh
+
+    def eigh(A, *args, **kwargs):
+        out = fail(A)
+        return real_eigh(A, *args, **kwargs) if out is None else out
+
+    monkeypatch.setattr(torch.linalg, "eigh", eigh)
+
+
+def test_dense_retries_in_double_when_single_precision_fails(monkeypatch):
+    A = spiked(200, 4, 33, torch.float32)
+
+    def fail(M):
+        if M.dtype == torch.float32 and M.shape[0] == 200:
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return None
+
+    _patched_eigh(monkeypatch, fail)
+    r = topk_eigh(A, 4, solver="dense")
+    monkeypatch.undo()
+    assert r.eigenvalues.dtype == torch.float32 and r.eigenvectors.dtype == torch.float32
+    assert_matches_reference(A, r)
+
+
+@pytest.mark.parametrize("garbage", ["nan", "not_orthonormal"])
+def test_dense_retries_on_bad_single_precision_output(monkeypatch, garbage):
+    A = spiked(200, 4, 34, torch.complex64)
+    real_eigh = torch.linalg.eigh
+
+    def fail(M):
+        if M.dtype != torch.complex64 or M.shape[0] != 200:
+            return None
+        w, V = real_eigh(M)
+        if garbage == "nan":
+            w = w.clone()
+            w[0] = float("nan")
+        else:
+            V = V.clone()
+            V[:, -1] = V[:, -2]  # two equal columns: finite, not orthonormal
+        return w, V
+
+    _patched_eigh(monkeypatch, fail)
+    r = topk_eigh(A, 4, solver="dense")
+    monkeypatch.undo()
+    assert r.eigenvectors.dtype == torch.complex64
+    assert_matches_reference(A, r)
+
+
+def test_dense_raises_a_clear_error_when_double_fails_too(monkeypatch):
+    A = spiked(100, 3, 35, torch.float32)
+
+    def fail(M):
+        raise torch.linalg.LinAlgError("failed to converge")
+
+    _patched_eigh(monkeypatch, fail)
+    with pytest.raises(torch.linalg.LinAlgError, match=r"\(100, 100\).*float32.*cpu.*float64"):
+        topk_eigh(A, 3, solver="dense")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
     d=st.integers(1, 40),
     data=st.data(),
     seed=st.integers(0, 2**16),
@@ -675,6 +799,10 @@ def test_huge_finite_entries_are_not_mistaken_for_non_finite():
         ({"tol": -1e-3}, ValueError, "tol=-0.001"),
         ({"tol": float("nan")}, ValueError, "nan"),
         ({"tol": "1e-6"}, TypeError, "1e-6"),
+        ({"atol": 0.0}, ValueError, "atol=0.0"),
+        ({"atol": -2.0}, ValueError, "atol=-2.0"),
+        ({"atol": float("inf")}, ValueError, "atol=inf"),
+        ({"atol": True}, TypeError, "atol.*True"),
         ({"max_iters": 0}, ValueError, "max_iters=0"),
         ({"max_iters": 2.5}, TypeError, "2.5"),
         ({"oversample": -1}, ValueError, "oversample=-1"),

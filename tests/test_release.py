@@ -29,15 +29,31 @@ def test_reproducible_for_a_generator(spiked):
     a = dl.release_rank_k(x, 3, epsilon=1.0, delta=1e-6, row_norm=c, generator=_g(5))
     b = dl.release_rank_k(x, 3, epsilon=1.0, delta=1e-6, row_norm=c, generator=_g(5))
     assert torch.equal(a.eigenvalues, b.eigenvalues) and torch.equal(a.eigenvectors, b.eigenvectors)
-    assert a.randomness == "user_generator"
+    assert a.randomness == "seeded" and not a.for_publication
 
 
-def test_default_randomness_is_os_seeded_and_fresh(spiked):
+def test_default_randomness_is_secure_and_fresh(spiked):
     x, c, _ = spiked
     a = dl.release_rank_k(x, 3, epsilon=1.0, delta=1e-6, row_norm=c)
     b = dl.release_rank_k(x, 3, epsilon=1.0, delta=1e-6, row_norm=c)
-    assert a.randomness == "os_seeded"
+    assert a.randomness == "secure" and a.for_publication
     assert not torch.equal(a.eigenvalues, b.eigenvalues)
+    # a seeded secure source is reproducible and marked not for publication
+    s1 = dl.release_rank_k(x, 3, epsilon=1.0, delta=1e-6, row_norm=c, generator=dl.SecureNormalSource.from_seed(4))
+    s2 = dl.release_rank_k(x, 3, epsilon=1.0, delta=1e-6, row_norm=c, generator=dl.SecureNormalSource.from_seed(4))
+    assert torch.equal(s1.eigenvalues, s2.eigenvalues) and s1.randomness == "seeded"
+
+
+def test_secure_noise_has_the_mechanism_variances():
+    # the secure source behind the mechanism: diagonal σ², off-diagonal σ²/2 (isotropic)
+    mech = dl.GaussianMechanism(2.0, 1.0)
+    e = mech.perturb(torch.zeros(700, 700, dtype=torch.float64), generator=dl.SecureNormalSource.from_seed(1))
+    assert torch.equal(e, e.T)
+    iu = torch.triu_indices(700, 700, offset=1)
+    off = e[iu[0], iu[1]]
+    assert float(off.var()) == pytest.approx(2.0, rel=0.01)
+    assert float(e.diagonal().var()) == pytest.approx(4.0, rel=0.12)
+    assert stats.kstest(off.numpy() / math.sqrt(2.0), "norm").pvalue > 1e-3
 
 
 @pytest.mark.parametrize("mechanism", ["gaussian", "complex"])

@@ -11,6 +11,9 @@ from ._accountant import PrivacyAccountant
 
 __all__ = ["calibrate_plan"]
 
+#: A plan is a list of releases, one calibration each: more than this is a mistake.
+_MAX_PLAN = 1_000_000
+
 
 def calibrate_plan(
     epsilon: float,
@@ -48,8 +51,8 @@ def calibrate_plan(
     delta = check_delta(delta)
     m = None
     if num_releases is not None:
-        if isinstance(num_releases, bool) or not isinstance(num_releases, int) or num_releases < 1:
-            raise ValueError(f"num_releases must be a positive integer, got {num_releases!r}")
+        if isinstance(num_releases, bool) or not isinstance(num_releases, int) or not 1 <= num_releases <= _MAX_PLAN:
+            raise ValueError(f"num_releases must be an integer in [1, {_MAX_PLAN}], got {num_releases!r}")
         m = num_releases
     if weights is not None:
         w = [check_positive(x, "weight") for x in weights]
@@ -67,8 +70,8 @@ def calibrate_plan(
     sens = list(sensitivities) if sensitivities is not None else [1.0] * m
     total_w = math.fsum(w)
     mu_total = gdp_mu(epsilon, delta)
-    shrink = 1.0
-    while True:
+    shrink, step = 1.0, 1e-12
+    for _ in range(200):
         mus = [mu_total * shrink * math.sqrt(wi / total_w) for wi in w]
         plan = tuple(
             NoiseCalibration("plan", s / mu, s, mu, gdp_epsilon(mu, delta), delta) for s, mu in zip(sens, mus)
@@ -76,4 +79,6 @@ def calibrate_plan(
         # Check with the accountant itself (the same arithmetic that will price the plan).
         if PrivacyAccountant(plan).delta(epsilon, method="gdp") <= delta:
             return plan
-        shrink *= 1.0 - 1e-12
+        shrink *= 1.0 - step  # the step doubles, so an extreme input cannot loop for long
+        step = min(2.0 * step, 0.5)
+    raise ValueError(f"cannot split epsilon={epsilon!r}, delta={delta!r} over {m} releases in floating point")

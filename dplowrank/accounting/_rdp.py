@@ -14,13 +14,14 @@ References
   ε = τ + log((α − 1)/α) − (log δ + log α)/(α − 1).
 
 Integer orders use the exact binomial sum; fractional orders integrate A_α numerically
-(scipy.integrate.quad on the log-shifted integrand), an independent route from the series
-used elsewhere, cross-checked against opacus in the tests.
+(Simpson's rule on the log-shifted integrand over a fine grid), an independent route from
+the series used elsewhere, cross-checked against opacus and mpmath in the tests.
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 from scipy import integrate
@@ -56,23 +57,18 @@ def _log_a_integer(q: float, z: float, alpha: int) -> float:
 
 def _log_a_fractional(q: float, z: float, alpha: float) -> float:
     s2 = z * z
-
-    def log_f(x: float) -> float:
-        # log of N(x; 0, z²) · ((1 − q) + q·exp((2x − 1)/(2z²)))^α
-        t = (2 * x - 1) / (2 * s2)
-        mix = np.logaddexp(math.log1p(-q), math.log(q) + t)
-        return -x * x / (2 * s2) - 0.5 * math.log(2 * math.pi * s2) + alpha * mix
-
-    # The integrand has up to two bumps: the (1 − q) part near x = 0 and the q part,
-    # ∝ exp(−(x − α)²/(2z²)), near x = α. Integrate across both with them as break points,
-    # after shifting by the largest log-value so nothing overflows.
+    # The integrand N(x; 0, z²)·((1 − q) + q·exp((2x − 1)/(2z²)))^α has up to two bumps: the
+    # (1 − q) part near x = 0 and the q part, ∝ exp(−(x − α)²/(2z²)), near x = α. Both lie
+    # well inside [−14z − 1, α + 14z + 1]; the log-integrand is evaluated on a fine grid,
+    # shifted by its maximum (nothing overflows) and integrated by Simpson's rule, whose
+    # error on these smooth bumps is far below 1e-10 relative (checked against mpmath).
     lo, hi = -14.0 * z - 1.0, alpha + 14.0 * z + 1.0
-    grid = np.linspace(lo, hi, 2001)
-    vals = np.array([log_f(x) for x in grid])
-    shift = float(vals.max())
-    points = sorted({0.0, 0.5, float(alpha), float(grid[int(np.argmax(vals))])})
-    val, _ = integrate.quad(lambda x: math.exp(log_f(x) - shift), lo, hi,
-                            points=points, limit=500, epsabs=0, epsrel=1e-13)
+    n = 2 * int(min(200_000, max(4_000, 40.0 * (hi - lo) / min(z, 1.0)))) + 1
+    x = np.linspace(lo, hi, n)
+    t = (2.0 * x - 1.0) / (2.0 * s2)
+    log_f = -x * x / (2.0 * s2) - 0.5 * math.log(2.0 * math.pi * s2) + alpha * np.logaddexp(math.log1p(-q), math.log(q) + t)
+    shift = float(log_f.max())
+    val = integrate.simpson(np.exp(log_f - shift), x=x)
     return shift + math.log(val)
 
 
@@ -98,14 +94,19 @@ def sampled_gaussian_rdp(sampling_probability: float, noise_multiplier: float, o
         return np.zeros_like(a)
     if q == 1.0:
         return gaussian_rdp(z, a)
-    out = np.empty_like(a)
-    for i, alpha in enumerate(a):
-        if float(alpha).is_integer():
-            log_a = _log_a_integer(q, z, int(alpha))
-        else:
-            log_a = _log_a_fractional(q, z, float(alpha))
-        out[i] = max(log_a, 0.0) / (alpha - 1.0)
-    return out
+    if z * z == 0.0:  # σ/Δ so small that z² underflows: nothing is hidden
+        return np.full_like(a, np.inf)
+    return np.array([_sampled_rdp_one(q, z, float(alpha)) for alpha in a])
+
+
+@lru_cache(maxsize=65536)
+def _sampled_rdp_one(q: float, z: float, alpha: float) -> float:
+    """RDP at one order (cached: DP-SGD histories repeat the same step many times)."""
+    if alpha.is_integer():
+        log_a = _log_a_integer(q, z, int(alpha))
+    else:
+        log_a = _log_a_fractional(q, z, alpha)
+    return max(log_a, 0.0) / (alpha - 1.0)
 
 
 def rdp_to_epsilon(rdp, orders, delta: float) -> tuple[float, float]:

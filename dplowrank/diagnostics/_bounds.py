@@ -35,7 +35,12 @@ def _spectrum(m) -> np.ndarray:
     """Eigenvalues, descending, of a matrix (Tensor/array of shape (d, d)) or a given spectrum."""
     if isinstance(m, torch.Tensor):
         m = m.detach().cpu().numpy()
-    a = np.asarray(m, dtype=float)
+    raw = np.asarray(m)
+    if raw.dtype == object or raw.dtype.kind not in "biuf":
+        raise TypeError(f"expected a real matrix or spectrum, got dtype {raw.dtype}")
+    a = raw.astype(float)
+    if not np.all(np.isfinite(a)):
+        raise ValueError("the matrix or spectrum has NaN or Inf entries")
     if a.ndim == 2:
         if a.shape[0] != a.shape[1]:
             raise ValueError(f"expected a square matrix, got shape {a.shape}")

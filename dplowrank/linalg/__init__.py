@@ -5,6 +5,6 @@ See :func:`topk_eigh` (dense or randomized block Lanczos) and :class:`EighResult
 
 from __future__ import annotations
 
-from ._eigsh import SOLVERS, EighResult, topk_eigh
+from ._eigsh import NOISE_ATOL_FRACTION, SOLVERS, EighResult, topk_eigh
 
-__all__ = ["SOLVERS", "EighResult", "topk_eigh"]
+__all__ = ["NOISE_ATOL_FRACTION", "SOLVERS", "EighResult", "topk_eigh"]

@@ -130,9 +130,17 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
     sigma = sens / gdp_mu(epsilon, delta)
     # Δ/σ can round to a μ one ulp above the bisection's safe end: step σ up until the
     # δ actually achieved by the returned σ is within the target.
-    while gdp_delta(sens / sigma, float(epsilon)) > delta:
-        sigma = math.nextafter(sigma, math.inf)
-    return sigma
+    step = 0.0
+    for _ in range(200):
+        if gdp_delta(sens / sigma, float(epsilon)) <= delta:
+            return sigma
+        # one ulp at first; the step doubles, so an extreme input cannot loop for long
+        step = max(2.0 * step, math.nextafter(sigma, math.inf) - sigma)
+        sigma += step
+    raise ValueError(
+        f"cannot calibrate a noise scale for epsilon={epsilon!r}, delta={delta!r}, "
+        f"sensitivity={sensitivity!r} in floating point"
+    )
 
 
 def classic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1.0) -> float:
@@ -278,11 +286,14 @@ def calibrate_noise(
     else:
         sigma = sens / check_positive(mu, "mu")
         method = "gdp"
+    if not (math.isfinite(sigma) and sigma > 0.0 and math.isfinite(sens / sigma)):
+        raise ValueError(
+            f"{method} calibration gives noise scale {sigma!r} for sensitivity {sens!r}, "
+            "which is not a usable positive finite number"
+        )
     mu_val = sens / sigma
     eps_out = gdp_epsilon(mu_val, delta) if delta is not None else None
     if epsilon is not None and eps_out is not None:
         # The bisection keeps σ on the safe side, so the exact ε can only be below target.
         eps_out = min(eps_out, float(epsilon))
-    if not np.isfinite(sigma) or sigma <= 0.0:
-        raise ValueError(f"calibration produced an invalid noise scale {sigma!r}")
     return NoiseCalibration(method, float(sigma), sens, float(mu_val), eps_out, delta)

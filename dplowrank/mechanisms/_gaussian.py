@@ -88,7 +88,7 @@ class GaussianMechanism:
         self,
         M: torch.Tensor,
         *,
-        generator: torch.Generator,
+        generator: "torch.Generator | SecureNormalSource",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
@@ -107,7 +107,7 @@ class GaussianMechanism:
         diag, off = self._stds()
         return noisy_symmetric(M, out, diag_std=diag, off_std=off, generator=generator)
 
-    def perturb_(self, M: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    def perturb_(self, M: torch.Tensor, *, generator: "torch.Generator | SecureNormalSource") -> torch.Tensor:
         """Add the noise to the symmetric matrix ``M`` (real, shape (d, d)) in place and return it.
 
         Noise is drawn in ``M``'s dtype on ``M``'s device; the same generator state gives the
@@ -168,7 +168,7 @@ class ComplexGaussianMechanism:
         self,
         M: torch.Tensor,
         *,
-        generator: torch.Generator,
+        generator: "torch.Generator | SecureNormalSource",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:

@@ -28,9 +28,15 @@ _BLOCK = 512
 _SEED_BOUND = 2**62
 
 
-def _block_generators(generator: torch.Generator, d: int, streams: int) -> list[list[torch.Generator]]:
-    """Per-block child generators, seeded in order from ``generator``."""
+def _block_generators(generator, d: int, streams: int) -> list[list]:
+    """Per-block sources: child torch generators seeded in order from ``generator``, or,
+    for a :class:`~dplowrank._secure.SecureNormalSource`, fresh numbered keystreams."""
+    from .._secure import SecureNormalSource
+
     nblocks = -(-d // _BLOCK)
+    if isinstance(generator, SecureNormalSource):
+        ids = generator.new_streams(nblocks * streams)
+        return [[(generator, ids[r * streams + j]) for j in range(streams)] for r in range(nblocks)]
     seeds = torch.randint(
         0, _SEED_BOUND, (nblocks, streams), generator=generator, device=generator.device
     ).tolist()
@@ -43,6 +49,15 @@ def _block_generators(generator: torch.Generator, d: int, streams: int) -> list[
             gens.append(g)
         out.append(gens)
     return out
+
+
+def _normal(shape: tuple[int, int], source, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Standard normals of ``shape`` from a child torch generator or a (secure source, stream)."""
+    if isinstance(source, tuple):
+        secure, stream = source
+        z = secure.normals(shape[0] * shape[1], stream=stream, dtype=dtype).view(shape)
+        return z.to(device, non_blocking=True)  # drawn on the CPU, moved block by block
+    return torch.randn(shape, generator=source, dtype=dtype, device=device)
 
 
 def _check(src: torch.Tensor, out: torch.Tensor) -> int:
@@ -72,15 +87,17 @@ def noisy_symmetric(
         i1 = min(d, i0 + _BLOCK)
         b = i1 - i0
         strip = src[i0:i1, i0:].to(device=dev, dtype=dt)  # shape: (b, d - i0); may be a view of src
-        g = torch.randn((b, d - i0), generator=gen[0], dtype=dt, device=dev)
+        g = _normal((b, d - i0), gen[0], dt, dev)
         head = torch.triu(strip[:, :b], diagonal=1).add_(torch.triu(g[:, :b], diagonal=1), alpha=off_std)
         diag = strip[:, :b].diagonal() + g[:, :b].diagonal() * diag_std
         head = head + head.T
         head.diagonal().copy_(diag)
-        rest = g[:, b:].mul_(off_std).add_(strip[:, b:])  # never writes into src
         out[i0:i1, i0:i1].copy_(head)
         if i1 < d:
-            out[i0:i1, i1:].copy_(rest)
+            # One pass: out = src + off·g, written in place (when src is out, each entry is
+            # read before it is written; nothing else reads this strip).
+            rest = out[i0:i1, i1:]  # shape: (b, d - i1)
+            torch.add(strip[:, b:], g[:, b:], alpha=off_std, out=rest)
             out[i1:, i0:i1].copy_(rest.T)
 
     run_blocks(block, [(i0, gens[r]) for r, i0 in enumerate(range(0, d, _BLOCK))], dev)
@@ -107,8 +124,8 @@ def noisy_hermitian(
         i1 = min(d, i0 + _BLOCK)
         b = i1 - i0
         strip = src[i0:i1, i0:].to(device=dev, dtype=rdt)
-        g_re = torch.randn((b, d - i0), generator=gen[0], dtype=rdt, device=dev)
-        g_im = torch.randn((b, d - i0), generator=gen[1], dtype=rdt, device=dev)
+        g_re = _normal((b, d - i0), gen[0], rdt, dev)
+        g_im = _normal((b, d - i0), gen[1], rdt, dev)
         re = torch.triu(strip[:, :b], diagonal=1).add_(torch.triu(g_re[:, :b], diagonal=1), alpha=off)
         im = torch.triu(g_im[:, :b], diagonal=1).mul_(off)
         head = torch.complex(re + re.T, im - im.T)
