@@ -38,7 +38,7 @@ def demo(k: int, epsilons: list[float], delta: float, repeats: int) -> str:
     ]
     lines = [
         f"dplowrank demo: private rank-{k} approximation of the Gram of {label}",
-        f"delta = {delta:g}; each row averages {repeats} releases drawn from the OS-seeded generator.",
+        f"delta = {delta:g}; each row averages {repeats} releases with secure noise (ChaCha20, key from os.urandom).",
         "captured = tr(V^T M V) / tr(V_k^T M V_k) (1 = optimal); error = ||M^_k - M_k||_F / ||M_k||_F",
         "(captured and error compare with the true Gram: analysis only, not private)",
         "",
