@@ -11,8 +11,9 @@ run alone), a spiked float64 Gram M (k directions at 3-8× the noise edge √(2d
   on two threads, as the library does) plus one product of the Gram with a (d, ⌈1.3k⌉)
   block; ``x floor`` = release / floor;
 * ``scipy``, ``numpy``: ``scipy.linalg.eigh(subset_by_index=top k)`` and
-  ``numpy.linalg.eigh`` of the same noisy matrix in the same dtype (one run; skipped
-  beyond d = 8192, numpy beyond ``--numpy-max``), and ``x scipy`` = scipy / release;
+  ``numpy.linalg.eigh`` of the same noisy matrix in the same dtype (the faster of one run
+  with their BLAS on all cores and one on a single core; skipped beyond d = 8192, numpy
+  beyond ``--numpy-max``), and ``x scipy`` = scipy / release;
 * ``lobpcg``, ``rsvd``: ``torch.lobpcg(largest=True)`` and sklearn's ``randomized_svd``
   (defaults: 10 oversamples, n_iter='auto') on the same noisy matrix, with their
   eigenvector errors;
@@ -40,10 +41,16 @@ Usage::
 
 from __future__ import annotations
 
+import os
+
+# This machine's cores are shared with other jobs; OpenMP's default spin-waiting then
+# stalls every parallel region (MKL's syevd at m = 768 took 9.4 s instead of 0.06 s).
+# Passive waiting keeps the timings about the work measured; set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import gc
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -94,6 +101,30 @@ def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
         _sync()
         best = min(best, time.perf_counter() - t0)
     return best, out
+
+
+def secure_time(fn: Callable[[], object], repeats: int) -> float | None:
+    """Best time of a release with the default secure noise source (``None`` when its
+    ``cryptography`` dependency is missing)."""
+    try:
+        return best_time(fn, repeats)[0]
+    except ImportError:
+        return None
+
+
+def best_blas(fn: Callable[[], object]) -> tuple[float, object]:
+    """One timed call of a numpy/scipy routine with its BLAS on all cores and one on one core
+    (threadpoolctl); the faster. OpenBLAS's threads spin-wait and stall when the cores are
+    shared with other jobs; one thread is then often faster, and this keeps the comparison
+    fair to scipy and numpy."""
+    t_all, out = best_time(fn, 1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - shipped with scikit-learn
+        return t_all, out
+    with threadpool_limits(limits=1, user_api="blas"):
+        t_one, out = best_time(fn, 1)
+    return min(t_all, t_one), out
 
 
 def _sync() -> None:
@@ -192,9 +223,11 @@ def fmt(x: float | None, spec: str = "8.3f") -> str:
 
 
 def release(gram, k, dtype, seed, **kw):
+    """The release timed here: a seeded torch generator (reproducible), or with
+    ``seed=None`` the library's default secure noise source."""
+    gen = None if seed is None else torch.Generator(device=gram.device).manual_seed(seed)
     return dl.release_rank_k(
-        gram, k, epsilon=EPS, delta=DELTA, sensitivity=1.0, dtype=dtype,
-        generator=torch.Generator(device=gram.device).manual_seed(seed), **kw,
+        gram, k, epsilon=EPS, delta=DELTA, sensitivity=1.0, dtype=dtype, generator=gen, **kw,
     )
 
 
@@ -202,7 +235,7 @@ def release(gram, k, dtype, seed, **kw):
 
 
 HEADER = (
-    f"{'d':>6} {'k':>3} {'dtype':>7} | {'release':>8} {'floor':>7} {'x floor':>7} | "
+    f"{'d':>6} {'k':>3} {'dtype':>7} | {'release':>8} {'floor':>7} {'x floor':>7} {'secure':>7} | "
     f"{'scipy':>8} {'x scipy':>7} {'numpy':>8} | {'lobpcg':>8} {'lob err':>8} "
     f"{'rsvd':>8} {'rsvd err':>8} | {'err':>8} {'it':>3} {'peak GB':>7}"
 )
@@ -220,6 +253,7 @@ def run_row(gram: torch.Tensor, k: int, dtype: torch.dtype, args, sigma: float) 
     parts = floor_parts(gram, k, dtype)
     times = interleaved([lambda: release(gram, k, dtype, seed)] + parts, repeats)
     t_rel, t_floor = times[0], min(times[1:-1]) + times[-1]
+    t_secure = secure_time(lambda: release(gram, k, dtype, None), repeats)
     del parts
 
     # the same noisy matrix, from the same seed
@@ -232,9 +266,9 @@ def run_row(gram: torch.Tensor, k: int, dtype: torch.dtype, args, sigma: float) 
     a = noisy.cpu().numpy()
     t_sp = t_np = None
     if d <= 8192:
-        t_sp, _ = best_time(lambda: sla.eigh(a, subset_by_index=[d - k, d - 1]), 1)
+        t_sp, _ = best_blas(lambda: sla.eigh(a, subset_by_index=[d - k, d - 1]))
     if d <= min(8192, args.numpy_max) and not args.no_numpy:
-        t_np, _ = best_time(lambda: np.linalg.eigh(a), 1)
+        t_np, _ = best_blas(lambda: np.linalg.eigh(a))
     _, v = sla.eigh(a.astype(np.float64), subset_by_index=[d - k, d - 1])
     v_ref = torch.from_numpy(np.ascontiguousarray(v[:, ::-1]))
     err = vec_error(rel.eigenvectors, v_ref)
@@ -254,12 +288,13 @@ def run_row(gram: torch.Tensor, k: int, dtype: torch.dtype, args, sigma: float) 
     if d <= args.rsvd_max:
         from sklearn.utils.extmath import randomized_svd
 
-        t_rs, (u_rs, _, _) = best_time(lambda: randomized_svd(a, k, random_state=0), 1)
+        t_rs, (u_rs, _, _) = best_blas(lambda: randomized_svd(a, k, random_state=0))
         rs_err = vec_error(torch.from_numpy(np.ascontiguousarray(u_rs)), v_ref)
     del noisy, a
     name = str(dtype).replace("torch.", "")
     print(
-        f"{d:>6} {k:>3} {name:>7} | {t_rel:8.3f} {t_floor:7.3f} {t_rel / t_floor:7.2f} | "
+        f"{d:>6} {k:>3} {name:>7} | {t_rel:8.3f} {t_floor:7.3f} {t_rel / t_floor:7.2f} "
+        f"{fmt(t_secure, '7.3f')} | "
         f"{fmt(t_sp)} {fmt(None if t_sp is None else t_sp / t_rel, '7.1f')} {fmt(t_np)} | "
         f"{fmt(t_lob)} {fmt(lob_err, '8.1e')} {fmt(t_rs)} {fmt(rs_err, '8.1e')} | "
         f"{err:8.1e} {solve.iterations:>3} {peak:7.2f}",
@@ -317,15 +352,19 @@ def run_big(args, sigma: float) -> None:
         r = float((noisy @ v - v * rel.eigenvalues.to(noisy.dtype)).norm(dim=0).max())
         gap = float(rel.eigenvalues[k - 1]) - (float(rel.spectrum[k]) + rel.spectrum_slack)
         bound = math.sqrt(k) * r / gap if gap > 0 else float("inf")
-        if t_noise is None:  # the buffer is scratch now: time the in-place noise on it
+        t_secure = None
+        if t_noise is None:  # the buffer is scratch now: time the in-place noise on it ...
             t_noise, _ = best_time(
                 lambda: dl.GaussianMechanism(sigma, 1.0).perturb_(
                     gram, generator=torch.Generator(device=dev).manual_seed(seed)),
                 1,
             )
+            # ... and a whole in-place release with the default secure noise source
+            t_secure = secure_time(lambda: release(gram, k, dtype, None, overwrite=True), 1)
         name = str(dtype).replace("torch.", "")
         print(
-            f"{d:>6} {k:>3} {name:>7} | {t_rel:8.3f} {t_floor:7.3f} {t_rel / t_floor:7.2f} | "
+            f"{d:>6} {k:>3} {name:>7} | {t_rel:8.3f} {t_floor:7.3f} {t_rel / t_floor:7.2f} "
+            f"{fmt(t_secure, '7.3f')} | "
             f"{'-':>8} {'-':>7} {'-':>8} | {'-':>8} {'-':>8} {'-':>8} {'-':>8} | "
             f"{bound:8.1e} {res.iterations:>3} {peak:7.2f}",
             flush=True,
@@ -362,8 +401,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"torch {torch.__version__} ({dev_name}), numpy {np.__version__}, scipy "
-        f"{scipy.__version__}; eps={EPS}, delta={DELTA}, sigma={sigma:.4f} (sensitivity 1); "
-        "times in s (release and floor: best of repeats; others: one run)"
+        f"{scipy.__version__}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load "
+        f"{os.getloadavg()[0]:.1f}; eps={EPS}, delta={DELTA}, sigma={sigma:.4f} (sensitivity 1); "
+        "times in s (release, secure and floor: best of repeats, interleaved; others: one run)"
     )
     print(HEADER)
     print("-" * len(HEADER))
@@ -377,8 +417,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.big or args.only_big:
             run_big(args, sigma)
     print(
-        "x floor = release / floor; x scipy = scipy / release (same dtype); err = max "
-        "eigenvector error vs float64 dense eigh of the same noisy matrix; it = solver steps."
+        "release: seeded torch generator; secure: the same release with the default secure "
+        "noise source; x floor = release / floor; x scipy = scipy / release (same dtype); err = "
+        "max eigenvector error vs float64 dense eigh of the same noisy matrix; it = solver steps."
     )
 
 
