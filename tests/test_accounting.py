@@ -303,3 +303,10 @@ def test_ledger_corruption_never_loads_as_fresh(tmp_path):
 def test_bad_input(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
+
+
+def test_plan_refuses_a_share_that_underflows():
+    """Found by the bad-input sweep: a weight ratio of 1e323 once gave μᵢ = 0 and a
+    ZeroDivisionError; now a clear error names the release."""
+    with pytest.raises(ValueError, match="release 1 .*zero share"):
+        dl.calibrate_plan(1.0, 0.5, weights=[4.0480450661462125e23, 1e-300])

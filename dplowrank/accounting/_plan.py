@@ -69,7 +69,17 @@ def calibrate_plan(
     w = list(weights) if weights is not None else [1.0] * m
     sens = list(sensitivities) if sensitivities is not None else [1.0] * m
     total_w = math.fsum(w)
+    if not math.isfinite(total_w):
+        raise ValueError(f"the weights sum to {total_w!r}; give finite relative shares")
     mu_total = gdp_mu(epsilon, delta)
+    for i, (wi, si) in enumerate(zip(w, sens)):
+        mu_i = mu_total * math.sqrt(wi / total_w)
+        if not (mu_i > 0.0 and math.isfinite(si / mu_i)):
+            raise ValueError(
+                f"release {i} (weight {wi!r} of a total {total_w!r}, sensitivity {si!r}) would "
+                "get a zero share of the budget (infinite noise) in floating point; give "
+                "weights within a ratio floating point can represent"
+            )
     shrink, step = 1.0, 1e-12
     for _ in range(200):
         mus = [mu_total * shrink * math.sqrt(wi / total_w) for wi in w]
