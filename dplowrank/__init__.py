@@ -42,6 +42,18 @@ from .mechanisms import (
     gram_sensitivity,
 )
 from .release import LowRankRelease, load_release, release_rank_k
+from .compress import (
+    ActivationStatistics,
+    LayerGroup,
+    LowRankLinear,
+    PrivateStatistics,
+    collect_statistics,
+    compress_model,
+    find_groups,
+    load_compressed,
+    release_statistics,
+    save_compressed,
+)
 
 __version__ = "0.1.0"
 
@@ -86,4 +98,15 @@ __all__ = [
     # linear algebra
     "topk_eigh",
     "EighResult",
+    # model compression (dplowrank.compress has the rest: adapters, factorisations, evaluation)
+    "find_groups",
+    "LayerGroup",
+    "collect_statistics",
+    "ActivationStatistics",
+    "release_statistics",
+    "PrivateStatistics",
+    "compress_model",
+    "LowRankLinear",
+    "save_compressed",
+    "load_compressed",
 ]

@@ -75,6 +75,27 @@ def spectrum(k: int, epsilon: float, delta: float, out: str, seed: int | None, m
     return f"{label}\n{report.table()}\n\nwrote {path}"
 
 
+def compress(epsilon: float, ratio: float, scope: str, delta: float, n_train: int, n_heldout: int,
+             seed: int | None, prior: bool, save: str | None) -> str:
+    """Compress all-MiniLM-L6-v2 privately from standard-library docstring sentences; the table."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in a package: never go online
+    from .compress._minilm import run_demo
+
+    methods = ("svd", "public_prior", "nonprivate", "private") + (("private_prior",) if prior else ())
+    out = run_demo(epsilons=[epsilon], ratios=[ratio], scopes=[scope], n_train=n_train, n_heldout=n_heldout,
+                   delta=delta, methods=methods, seed=seed, time_forward=False, save_dir=save,
+                   log=lambda line: print(line, flush=True))
+    source = "a seeded generator (reproducible, not for publication)" if seed is not None else \
+        "the secure default (ChaCha20, key from os.urandom)"
+    lines = ["", f"MiniLM-L6 ({scope} layers), parameter ratio {ratio:g}; private corpus: {n_train} "
+             f"docstring sentences, {n_heldout} held out; noise from {source}", out["table"]]
+    if out["saved"]:
+        lines.append(f"compressed model (last private row) saved to {out['saved']}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dplowrank", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,9 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mechanism", choices=["gaussian", "complex"], default="gaussian")
     p.add_argument("--out", default="spectrum.png")
     p.add_argument("--seed", type=int, default=None, help="seed a generator (reproducible, not for publication)")
+    p = sub.add_parser("compress", help="private compression of all-MiniLM-L6-v2 from docstring sentences")
+    p.add_argument("--epsilon", type=float, default=4.0, help="total epsilon for the whole model")
+    p.add_argument("--delta", type=float, default=1e-6)
+    p.add_argument("--ratio", type=float, default=0.6, help="parameter ratio of the compressed layers")
+    p.add_argument("--scope", choices=["ffn", "attention", "all"], default="ffn")
+    p.add_argument("--n-train", type=int, default=8000)
+    p.add_argument("--n-heldout", type=int, default=1000)
+    p.add_argument("--no-prior", action="store_true", help="skip the private row with the public prior")
+    p.add_argument("--save", default=None, help="directory for the compressed model (last private row)")
+    p.add_argument("--seed", type=int, default=None, help="seed a generator (reproducible, not for publication)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         print(demo(args.k, args.epsilons, args.delta, args.repeats))
     elif args.command == "spectrum":
         print(spectrum(args.k, args.epsilon, args.delta, args.out, args.seed, args.mechanism))
+    elif args.command == "compress":
+        print(compress(args.epsilon, args.ratio, args.scope, args.delta, args.n_train, args.n_heldout,
+                       args.seed, not args.no_prior, args.save))
     return 0

