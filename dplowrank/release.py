@@ -276,6 +276,7 @@ def _symmetry_tolerance(dtype: torch.dtype) -> float:
     return 64.0 * torch.finfo(dtype).eps
 
 
+_CHECK_STRIP_GPU = 4096  # rows per strip on a GPU
 _CHECK_BLOCK = 256  # tiles of 256² float64 (512 kB) stay in cache: 27 ms at d = 4096 against 36 ms for 512
 
 
@@ -284,32 +285,57 @@ def _check_gram(M: torch.Tensor) -> None:
 
     Each pair of blocks (I, J), J ≥ I, is read once: |M_IJ − M_JIᵀ| gives the asymmetry and
     max |M_IJ| the scale, whose NaN/Inf also flags non-finite entries (located afterwards).
+    On the CPU the pairs are 256² tiles (cache-sized) on the thread pool; on a GPU, row
+    strips whose figures stay on the device until one synchronisation at the end (a
+    synchronisation per tile cost 1 s at d = 32768 on an H100, against ~10 ms for the pass).
     """
     d = M.shape[0]
+    if M.device.type != "cpu":
+        figures = []
+        step = _CHECK_STRIP_GPU
+        for i0 in range(0, d, step):
+            i1 = min(d, i0 + step)
+            upper = M[i0:i1, i0:]
+            lo, hi = torch.aminmax(upper)
+            asym = (upper - M[i0:, i0:i1].T).abs().max()
+            figures.append(torch.stack([torch.maximum(-lo, hi), asym]))
+        _judge(M, torch.stack(figures).to("cpu", torch.float64).tolist())
+        return
 
-    def pair(i0: int, j0: int) -> tuple[float, float, tuple[int, int]]:
+    def pair(i0: int, j0: int) -> tuple[float, float]:
         i1, j1 = min(d, i0 + _CHECK_BLOCK), min(d, j0 + _CHECK_BLOCK)
         blk = M[i0:i1, j0:j1]
         lo, hi = torch.aminmax(blk)  # NaN and ±Inf propagate into the scale
         top = max(-float(lo), float(hi))
         if not math.isfinite(top):
-            return top, 0.0, (i0, j0)
+            return top, 0.0
         dlo, dhi = torch.aminmax(blk - M[j0:j1, i0:i1].T)
-        return top, max(-float(dlo), float(dhi)), (i0, j0)
+        return top, max(-float(dlo), float(dhi))
 
     starts = range(0, d, _CHECK_BLOCK)
-    results = run_blocks(pair, [(i0, j0) for i0 in starts for j0 in starts if j0 >= i0], M.device)
-    if not all(math.isfinite(top) for top, _, _ in results):
+    _judge(M, run_blocks(pair, [(i0, j0) for i0 in starts for j0 in starts if j0 >= i0], M.device))
+
+
+def _judge(M: torch.Tensor, figures) -> None:
+    """Raise the input error for M (shape (d, d)) from per-block figures ``(max |entry|,
+    max asymmetry)``; the offending entry is located only when there is one."""
+    if not all(math.isfinite(top) and math.isfinite(asym) for top, asym in figures):
         bad = torch.nonzero(~torch.isfinite(M))[0].tolist()
         raise ValueError(f"the Gram matrix has a NaN or Inf entry at {tuple(bad)}")
-    scale = max(top for top, _, _ in results)
-    _, worst, (i0, j0) = max(results, key=lambda t: t[1])
+    scale = max(top for top, _ in figures)
+    worst = max(asym for _, asym in figures)
     if worst > _symmetry_tolerance(M.dtype) * max(scale, 1e-300):
-        i1, j1 = min(d, i0 + _CHECK_BLOCK), min(d, j0 + _CHECK_BLOCK)
-        r, c = divmod(int((M[i0:i1, j0:j1] - M[j0:j1, i0:i1].T).abs().argmax()), j1 - j0)
-        i, j = i0 + r, j0 + c
+        d, best = M.shape[0], (-1.0, 0, 0)
+        for i0 in range(0, d, _CHECK_BLOCK):  # strip by strip: no d×d temporary
+            i1 = min(d, i0 + _CHECK_BLOCK)
+            diff = (M[i0:i1] - M[:, i0:i1].T).abs()  # shape: (i1 - i0, d)
+            val = float(diff.max())
+            if val > best[0]:
+                r, c = divmod(int(diff.argmax()), d)
+                best = (val, i0 + r, c)
+        val, i, j = best
         raise ValueError(
-            f"the Gram matrix must be symmetric: |M[{i},{j}] - M[{j},{i}]| = {worst:.3g} "
+            f"the Gram matrix must be symmetric: |M[{i},{j}] - M[{j},{i}]| = {val:.3g} "
             f"(largest entry {scale:.3g})"
         )
 

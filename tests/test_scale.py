@@ -305,6 +305,7 @@ def peak():
     raise SystemExit("no VmHWM in /proc/self/status")
 
 d, overwrite = int(sys.argv[1]), sys.argv[2] == "1"
+torch.set_num_threads(2)  # two noise workers, each with its strip in flight, on any machine
 g = torch.Generator().manual_seed(0)
 u, _ = torch.linalg.qr(torch.randn(d, 8, generator=g, dtype=torch.float64))
 w = u * torch.linspace(800.0, 400.0, 8, dtype=torch.float64)
@@ -335,8 +336,8 @@ def _peak_growth(d: int, overwrite: bool) -> int:
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 def test_in_place_release_needs_no_second_matrix():
     """Peak RSS growth over a d = 4096 float64 release: out of place it includes the noisy
-    copy (134 MB); in place only noise strips (512 rows per worker, ~40 MB here) and the
-    Krylov buffers (~25 MB), well under one matrix."""
+    copy (134 MB); in place only noise strips (512 rows per worker, two workers, ~40 MB here)
+    and the Krylov buffers (~25 MB), well under one matrix."""
     d = 4096
     nbytes = 8 * d * d
     grow_copy = _peak_growth(d, overwrite=False)
