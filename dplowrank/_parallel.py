@@ -2,7 +2,9 @@
 
 torch releases the GIL inside its kernels, so Python threads over independent blocks use
 all cores for work that torch itself runs on one (random draws, small reductions). On
-other devices the blocks run in order (the device is already asynchronous).
+other devices the blocks run in order (the device is already asynchronous), unless the
+blocks' work is mostly on the host (``host_work=True``: the secure noise source draws its
+keystream on the CPU for every device).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import torch
 __all__ = ["run_blocks"]
 
 
-def run_blocks(fn: Callable[..., Any], blocks: Sequence[tuple], device: torch.device) -> list:
-    """``[fn(*b) for b in blocks]``, on a thread pool when ``device`` is a multi-core CPU."""
-    if device.type == "cpu" and len(blocks) > 1 and torch.get_num_threads() > 1:
+def run_blocks(fn: Callable[..., Any], blocks: Sequence[tuple], device: torch.device, *,
+               host_work: bool = False) -> list:
+    """``[fn(*b) for b in blocks]``, on a thread pool when ``device`` is a multi-core CPU
+    (or whatever the device, with ``host_work=True``)."""
+    if (device.type == "cpu" or host_work) and len(blocks) > 1 and torch.get_num_threads() > 1:
         with ThreadPoolExecutor(max_workers=min(torch.get_num_threads(), len(blocks))) as pool:
             futures = [pool.submit(fn, *b) for b in blocks]
             return [f.result() for f in futures]

@@ -105,7 +105,9 @@ def release_statistics(
         Relative budget shares by group name (μ² ∝ weight; default equal).
     noise_shape : {"isotropic", "upper_triangular"}, default "isotropic"
     generator : torch.Generator, optional
-        Source of all noise (on the statistics' device); OS-seeded when omitted.
+        Seeded source of all noise (on the statistics' device; reproducible, the releases are
+        then marked not for publication). Default: the secure source (ChaCha20 keyed from
+        ``os.urandom``), as in :func:`dplowrank.release_rank_k`.
     budget : PrivacyBudget, optional
         Charged with every release; checked for the whole plan before any noise is drawn.
 

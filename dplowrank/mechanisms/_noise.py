@@ -10,7 +10,8 @@ right of its diagonal block into the column strip below it. So
 * ``src`` may be the output itself (in place) or another tensor of any dtype and device.
 
 Each block draws from its own generator, seeded from the caller's generator in block
-order, so the noise depends only on the caller's generator and d. On CPU the blocks run
+order, so the noise depends only on the caller's generator and d. On CPU (and, for the
+secure source, whose keystream is computed on the CPU, on any device) the blocks run
 on a thread pool (the strips written by different blocks never overlap); torch releases
 the GIL inside its kernels, which roughly halves the time of the draws on 2 cores.
 """
@@ -49,6 +50,13 @@ def _block_generators(generator, d: int, streams: int) -> list[list]:
             gens.append(g)
         out.append(gens)
     return out
+
+
+def _secure(generator) -> bool:
+    """Whether the draws come from the secure source (CPU keystream, whatever the device)."""
+    from .._secure import SecureNormalSource
+
+    return isinstance(generator, SecureNormalSource)
 
 
 def _normal(shape: tuple[int, int], source, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -100,7 +108,8 @@ def noisy_symmetric(
             torch.add(strip[:, b:], g[:, b:], alpha=off_std, out=rest)
             out[i1:, i0:i1].copy_(rest.T)
 
-    run_blocks(block, [(i0, gens[r]) for r, i0 in enumerate(range(0, d, _BLOCK))], dev)
+    run_blocks(block, [(i0, gens[r]) for r, i0 in enumerate(range(0, d, _BLOCK))], dev,
+               host_work=_secure(generator))
     return out
 
 
@@ -136,5 +145,6 @@ def noisy_hermitian(
             out[i0:i1, i1:].copy_(rest)
             out[i1:, i0:i1].copy_(rest.conj().T)
 
-    run_blocks(block, [(i0, gens[r]) for r, i0 in enumerate(range(0, d, _BLOCK))], dev)
+    run_blocks(block, [(i0, gens[r]) for r, i0 in enumerate(range(0, d, _BLOCK))], dev,
+               host_work=_secure(generator))
     return out
