@@ -519,3 +519,32 @@ def test_result_table_and_metadata_are_readable():
     assert res.parameters_after <= 0.5 * res.parameters_before
     with pytest.raises(TypeError, match="statistics"):
         compress_model(Toy(torch.Generator().manual_seed(1)), groups, ratio=0.5, statistics=object())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_pipeline_runs_on_cuda_and_matches_the_cpu():
+    """Statistics, release (CUDA generator) and factorisation on the GPU: the raw statistics
+    match the CPU's to float32 rounding, the release lives on the GPU, the compressed model runs
+    there, and the whole-model ε is the plan's."""
+    cpu_model = Toy(torch.Generator().manual_seed(21))
+    gpu_model = Toy(torch.Generator().manual_seed(21)).cuda()
+    batches = _batches(torch.Generator().manual_seed(22))
+    _, groups = _toy_groups(cpu_model)
+    cpu_stats = collect_statistics(cpu_model, batches, groups)
+    gpu_batches = [{k: v.cuda() for k, v in b.items()} for b in batches]
+    gpu_stats = collect_statistics(gpu_model, gpu_batches, groups)
+    def input_space(st):  # Q K Qᵀ: free of the SVD's sign choices, which differ by device
+        k, q = st.row_space_gram().cpu(), st.coordinates.basis
+        return k if q is None else q.cpu() @ k @ q.cpu().T
+
+    for st in cpu_stats:
+        torch.testing.assert_close(input_space(gpu_stats[st.group.name]), input_space(st), rtol=1e-4, atol=1e-5)
+    priv = release_statistics(gpu_stats, epsilon=4.0, delta=1e-6,
+                              generator=torch.Generator(device="cuda").manual_seed(0))
+    assert all(r.device.startswith("cuda") for r in priv.releases.values())
+    res = compress_model(gpu_model, groups, ratio=0.6, statistics=priv)
+    with torch.no_grad():
+        y = gpu_model(**gpu_batches[0])
+    assert y.is_cuda and torch.isfinite(y).all()
+    assert res.epsilon(1e-6) == pytest.approx(4.0, rel=1e-6)
