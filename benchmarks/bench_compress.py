@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from dplowrank.compress._minilm import run_demo
+from dplowrank.compress.minilm import run_demo
 
 
 def main() -> None:

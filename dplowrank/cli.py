@@ -81,7 +81,7 @@ def compress(epsilon: float, ratio: float, scope: str, delta: float, n_train: in
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in a package: never go online
-    from .compress._minilm import run_demo
+    from .compress.minilm import run_demo
 
     methods = ("svd", "public_prior", "nonprivate", "private") + (("private_prior",) if prior else ())
     out = run_demo(epsilons=[epsilon], ratios=[ratio], scopes=[scope], n_train=n_train, n_heldout=n_heldout,
