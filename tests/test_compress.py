@@ -465,6 +465,7 @@ def test_save_and_load_roundtrip_without_pickle(tmp_path):
     priv = release_statistics(stats, epsilon=3.0, delta=1e-6, generator=torch.Generator().manual_seed(0))
     res = compress_model(model, groups, ratio=0.5, statistics=priv, joint=True, allocation="energy")
     save_compressed(model, tmp_path / "m", metadata=res.metadata())
+    save_compressed(model, tmp_path / "m2")
     fresh = Toy(torch.Generator().manual_seed(99))
     load_compressed(fresh, tmp_path / "m")
     batch = _batches(gen, n_batches=1)[0]
@@ -480,6 +481,22 @@ def test_save_and_load_roundtrip_without_pickle(tmp_path):
     np.savez(tmp_path / "bad" / "weights.npz", a=np.zeros(1))
     with pytest.raises(ValueError, match="not a dplowrank"):
         load_compressed(Toy(gen), tmp_path / "bad")
+    # a config naming a torch attribute that is not a dtype is refused, not called
+    import json as _json
+
+    cfg = _json.loads((tmp_path / "m" / "compression.json").read_text())
+    cfg["dtypes"]["emb.weight"] = "load"
+    (tmp_path / "m" / "compression.json").write_text(_json.dumps(cfg))
+    with pytest.raises(ValueError, match="unknown dtype 'load'"):
+        load_compressed(Toy(gen), tmp_path / "m")
+    # a file for another architecture leaves the model untouched
+    for other, message in ((Toy(torch.Generator().manual_seed(5), h=10), "maps"),
+                           (Toy(torch.Generator().manual_seed(5), vocab=50), "does not fit this model")):
+        before = {k: v.clone() for k, v in other.state_dict().items()}
+        with pytest.raises(ValueError, match=message):
+            load_compressed(other, tmp_path / "m2")
+        assert isinstance(other.q, nn.Linear) and isinstance(other.up, nn.Linear)
+        assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
 
 
 def test_output_errors_and_embedding_agreement():

@@ -243,14 +243,29 @@ def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         down = None if owner is None else new[owner].down
         new[name] = LowRankLinear(e["in_features"], e["out_features"], e["rank"], bias=e["bias"], down=down,
                                   device=old.weight.device, dtype=old.weight.dtype)
-    replace_linears(model, new)
     state = {}
     for key, arr in arrays.items():
-        dt = getattr(torch, config["dtypes"].get(key, str(arr.dtype)))
+        dt_name = config["dtypes"].get(key, str(arr.dtype))
+        dt = getattr(torch, dt_name, None) if isinstance(dt_name, str) else None
+        if not isinstance(dt, torch.dtype):
+            raise ValueError(f"{os.fspath(path)!r}: entry {key!r} has an unknown dtype {dt_name!r}")
         state[key] = torch.from_numpy(arr).to(dt)
     for name, e in layers.items():
         if "shares_down_with" in e:
             state[f"{name}.down.weight"] = state[f"{e['shares_down_with']}.down.weight"]
+    originals = {name: mods[name] for name in new}
+    replace_linears(model, new)
+    # Every key and shape is checked before anything is copied: a file that does not fit
+    # leaves the model exactly as it was.
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        replace_linears(model, originals)
+        raise ValueError(
+            f"{os.fspath(path)!r} does not fit this model: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, other shapes {shapes[:5]}"
+        )
     model.load_state_dict(state, strict=True)
     model.compression_metadata = config.get("metadata", {})
     return model
