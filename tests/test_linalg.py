@@ -866,3 +866,57 @@ def test_next_eigenvalue_brackets_lambda_k_plus_1(seed, dtype):
     dense = topk_eigh(a, k, solver="dense")
     assert dense.next_eigenvalue == pytest.approx(float(lam[k]), rel=1e-4) and dense.next_residual == 0.0
     assert topk_eigh(a[:5, :5], 5, solver="dense").next_eigenvalue is None
+
+
+# --------------------------------------------------------------------------- bfloat16 warm start
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["spiked", "clustered"])
+def test_warm_start_keeps_the_stated_accuracy_and_saves_steps(dtype, kind):
+    """The bfloat16 warm start only chooses the first block: the returned pairs meet the same
+    residual target (checked in float64) and agree with dense eigh; on a spiked matrix it
+    needs fewer steps in A's dtype than a random start."""
+    d, k = 2100, 12
+    if kind == "spiked":
+        A = spiked(d, k, 31, dtype)
+    else:  # a 6-fold cluster at the top (its vectors are not unique, its span is), then a gap
+        s = torch.cat([torch.full((6,), 900.0), torch.linspace(850.0, 600.0, 10), torch.zeros(d - 16)])
+        A = (_from_spectrum(s.to(torch.float64), _gen(32)) + _noise(d, _gen(33), sigma=0.5)).to(dtype)
+    atol = 0.05
+    cold = topk_eigh(A, k, solver="lanczos", generator=_gen(1), atol=atol, warm_start=False)
+    warm = topk_eigh(A, k, solver="lanczos", generator=_gen(1), atol=atol, warm_start=True)
+    assert warm.converged and cold.converged
+    assert true_residual(A, warm) <= 1.05 * warm.tol * float(warm.eigenvalues.abs().max()) + 1e-3
+    w_ref, v_ref, _ = reference(A, k)
+    torch.testing.assert_close(warm.eigenvalues.to(torch.float64), w_ref, rtol=1e-5, atol=1e-3)
+    if kind == "spiked":
+        assert aligned_error(warm.eigenvectors, v_ref) <= 1e-3
+        assert warm.iterations < cold.iterations
+    else:
+        assert subspace_distance(warm.eigenvectors[:, :6], v_ref[:, :6]) <= 1e-3
+        assert subspace_distance(warm.eigenvectors, v_ref) <= 1e-3
+    assert warm.matvecs > warm.iterations * (k + max(8, k // 4))  # the bf16 products are counted
+
+
+def test_warm_start_is_skipped_when_the_copy_does_not_fit(monkeypatch):
+    from dplowrank import _memory
+    from dplowrank._memory import InsufficientMemoryError
+
+    def refuse(nbytes, device, what):
+        raise InsufficientMemoryError(f"no room for {what}")
+
+    monkeypatch.setattr(_memory, "check_allocation", refuse)
+    A = spiked(2100, 8, 34, torch.float32)
+    r = topk_eigh(A, 8, solver="lanczos", generator=_gen(2), atol=0.05, warm_start=True)
+    ref = topk_eigh(A, 8, solver="lanczos", generator=_gen(2), atol=0.05, warm_start=False)
+    assert torch.equal(r.eigenvectors, ref.eigenvectors) and r.matvecs == ref.matvecs
+
+
+def test_warm_start_is_ignored_for_complex_input_and_checked_for_type():
+    A = spiked(600, 4, 35, torch.complex64)
+    r = topk_eigh(A, 4, solver="lanczos", generator=_gen(3), warm_start=True)
+    ref = topk_eigh(A, 4, solver="lanczos", generator=_gen(3), warm_start=False)
+    assert torch.equal(r.eigenvectors, ref.eigenvectors)
+    with pytest.raises(TypeError, match="warm_start"):
+        topk_eigh(A, 4, warm_start="yes")
