@@ -73,12 +73,13 @@ def _toy_groups(model):
     return {g.name: g for g in groups}, groups
 
 
-def _batches(gen, n_batches=6, batch=5, max_len=7, vocab=40, pad_id=0):
+def _batches(gen, n_batches=6, batch=5, max_len=7, vocab=40, pad_id=0, min_len=1, low=1):
+    """Padded token batches: lengths in [min_len, max_len], ids in [low, vocab), then pad_id."""
     out = []
     for _ in range(n_batches):
-        lengths = torch.randint(1, max_len + 1, (batch,), generator=gen)
+        lengths = torch.randint(min_len, max_len + 1, (batch,), generator=gen)
         t = int(lengths.max())
-        ids = torch.randint(1, vocab, (batch, t), generator=gen)
+        ids = torch.randint(low, vocab, (batch, t), generator=gen)
         mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
         ids = torch.where(mask.bool(), ids, torch.full_like(ids, pad_id))
         out.append({"input_ids": ids, "attention_mask": mask})

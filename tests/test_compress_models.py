@@ -18,6 +18,8 @@ from dplowrank.compress import (
     save_compressed,
 )
 
+from tests.test_compress import _batches
+
 transformers = pytest.importorskip("transformers")
 
 
@@ -36,14 +38,8 @@ def _tiny_llama(seed):
 
 
 def _token_batches(gen, n=4, batch=6, max_len=10, vocab=60):
-    out = []
-    for _ in range(n):
-        lengths = torch.randint(2, max_len + 1, (batch,), generator=gen)
-        t = int(lengths.max())
-        ids = torch.randint(3, vocab, (batch, t), generator=gen)
-        mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
-        out.append({"input_ids": ids * mask, "attention_mask": mask})
-    return out
+    # ids from 3 up: the tiny models' special tokens stay out of the text
+    return _batches(gen, n_batches=n, batch=batch, max_len=max_len, vocab=vocab, min_len=2, low=3)
 
 
 def test_bert_adapter_groups_qkv_and_skips_the_pooler():
