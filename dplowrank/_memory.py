@@ -1,10 +1,15 @@
-"""Refusing allocations that cannot fit, before they are attempted (one place)."""
+"""Refusing allocations that cannot fit, before they are attempted (one place), and
+allocating the large CPU work buffers."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
+
 import torch
 
-__all__ = ["InsufficientMemoryError", "available_bytes", "check_allocation"]
+__all__ = ["InsufficientMemoryError", "available_bytes", "check_allocation", "empty"]
 
 
 class InsufficientMemoryError(ValueError):
@@ -45,3 +50,51 @@ def check_allocation(nbytes: int, device: torch.device, what: str) -> None:
             f"{what} needs about {_fmt(nbytes)} on {device}, but only {_fmt(free)} "
             "is available; nothing was allocated or charged"
         )
+
+
+# ---- large CPU buffers on transparent huge pages ------------------------------------
+
+_HUGE = 2 * 2**20  # the x86-64 / arm64 transparent huge page
+_HUGE_MIN_BYTES = 8 * 2**20  # below this the page faults are cheap either way
+_MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
+_madvise = None  # resolved once: the libc function, or False where there is none
+
+
+def _libc_madvise():
+    global _madvise
+    if _madvise is None:
+        _madvise = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                fn = libc.madvise
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                fn.restype = ctypes.c_int
+                _madvise = fn
+            except (OSError, AttributeError):  # pragma: no cover - no usable libc
+                _madvise = False
+    return _madvise
+
+
+def empty(shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.empty(shape)``, whose pages, for a large CPU tensor on Linux, are advised to be
+    transparent huge pages (``madvise(MADV_HUGEPAGE)``) before they are first touched.
+
+    A fresh d×d buffer is mapped by the kernel page by page on first write; with 4 kB pages
+    that is one fault per 4 kB (16,384 for 64 MB, 13.5 ms to allocate and fill on this
+    2-core machine against 1.3 ms to refill it). With 2 MB pages it is 512 times fewer
+    faults (5.3 ms). Where transparent huge pages are off or unsupported the advice is
+    ignored and this is plain ``torch.empty``; nothing else changes.
+    """
+    out = torch.empty(shape, dtype=dtype, device=device)
+    nbytes = out.numel() * out.element_size()
+    if out.device.type != "cpu" or nbytes < _HUGE_MIN_BYTES:
+        return out
+    fn = _libc_madvise()
+    if fn:
+        start = out.data_ptr()
+        lo = (start + _HUGE - 1) // _HUGE * _HUGE  # the 2 MB-aligned interior of the buffer
+        hi = (start + nbytes) // _HUGE * _HUGE
+        if hi > lo:
+            fn(lo, hi - lo, _MADV_HUGEPAGE)  # advice only: a failure changes nothing
+    return out

@@ -392,3 +392,47 @@ def test_cuda_dense_solver_on_ill_conditioned_float32():
     assert r.eigenvalues.dtype == torch.float32
     V = r.eigenvectors.double()
     assert float((V.T @ V - torch.eye(10, dtype=torch.float64, device="cuda")).abs().max()) < 1e-4
+
+
+# ---- large CPU buffers on transparent huge pages -----------------------------------
+
+
+def _vm_flags(addr: int) -> list[str] | None:
+    """The VmFlags of the mapping of this process that holds ``addr`` (Linux only)."""
+    try:
+        with open("/proc/self/smaps") as fh:
+            inside = False
+            for line in fh:
+                head = line.split()[0]
+                if "-" in head and ":" not in head:
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    inside = lo <= addr < hi
+                elif inside and line.startswith("VmFlags:"):
+                    return line.split()[1:]
+    except OSError:
+        return None
+    return None
+
+
+def test_large_buffers_are_advised_huge_pages_and_small_ones_are_plain():
+    from dplowrank import _memory
+
+    if _memory._libc_madvise() is False or _vm_flags(id(object())) is None:
+        pytest.skip("needs Linux with madvise and /proc/self/smaps")
+    big = _memory.empty((2048, 2048), dtype=torch.float32, device=torch.device("cpu"))
+    assert big.shape == (2048, 2048) and big.dtype == torch.float32
+    inner = (big.data_ptr() // _memory._HUGE + 1) * _memory._HUGE  # inside the advised part
+    flags = _vm_flags(inner)
+    assert flags is not None and "hg" in flags, flags
+    small = _memory.empty((64, 64), dtype=torch.float64, device=torch.device("cpu"))
+    assert small.shape == (64, 64) and small.dtype == torch.float64
+    big.fill_(1.5)  # the memory is ordinary memory
+    assert float(big.sum()) == 1.5 * 2048 * 2048
+
+
+def test_without_madvise_it_is_plain_empty(monkeypatch):
+    from dplowrank import _memory
+
+    monkeypatch.setattr(_memory, "_madvise", False)
+    t = _memory.empty((2048, 2048), dtype=torch.float64, device=torch.device("cpu"))
+    assert t.shape == (2048, 2048) and t.dtype == torch.float64 and t.device.type == "cpu"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._memory import empty
 from .._validation import check_choice, check_positive
 from ..accounting._events import GaussianEvent
 from ._noise import noisy_hermitian, noisy_symmetric
@@ -103,7 +104,7 @@ class GaussianMechanism:
         if M.is_complex():
             raise TypeError(f"GaussianMechanism needs a real matrix, got dtype {M.dtype}")
         dtype, device = _target(M, dtype, device)
-        out = torch.empty(M.shape, dtype=dtype, device=device)
+        out = empty(tuple(M.shape), dtype=dtype, device=device)
         diag, off = self._stds()
         return noisy_symmetric(M, out, diag_std=diag, off_std=off, generator=generator)
 
@@ -183,5 +184,5 @@ class ComplexGaussianMechanism:
             raise TypeError(f"ComplexGaussianMechanism takes a real matrix, got dtype {M.dtype}")
         dtype, device = _target(M, dtype, device)
         cdt = torch.complex64 if dtype == torch.float32 else torch.complex128
-        out = torch.empty(M.shape, dtype=cdt, device=device)
+        out = empty(tuple(M.shape), dtype=cdt, device=device)
         return noisy_hermitian(M, out, scale=self.noise_scale, generator=generator)
