@@ -11,11 +11,16 @@ Methods (all give valid upper bounds; "auto" takes the smallest valid one):
 * ``"rdp"`` — Rényi DP summed over a grid of orders (opacus' grid by default), covering
   Poisson-subsampled Gaussian steps (Mironov, Talwar & Zhang 2019), converted with the
   same Prop. 12 as opacus does.
+
+Degenerate events are priced first and explicitly (as dp_accounting does): a Gaussian with
+z = ∞ and a Poisson-sampled step with q = 0 cost nothing; a step with q = 1 is the plain
+Gaussian release. A z so small that μ² = 1/z² overflows in floating point costs ε = ∞.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -49,10 +54,20 @@ def as_event(obj: object) -> PrivacyEvent:
     raise TypeError(f"not a privacy event, release or mechanism: {obj!r} of type {type(obj).__name__}")
 
 
-def _leaves(event: PrivacyEvent, count: int = 1) -> Iterable[tuple[PrivacyEvent, int]]:
-    """(Gaussian or Poisson-sampled event, multiplicity) pairs of a composition."""
-    if isinstance(event, (GaussianEvent, PoissonSampledEvent)):
-        if count:
+def _leaves(event: PrivacyEvent, count: int = 1) -> Iterable[tuple[GaussianEvent | PoissonSampledEvent, int]]:
+    """(Gaussian or Poisson-sampled event, multiplicity) pairs of a composition.
+
+    Zero-cost leaves (z = ∞, q = 0, count 0) are left out and a step with q = 1 is
+    replaced by its Gaussian, so what remains is priced by the methods valid for it.
+    """
+    if isinstance(event, GaussianEvent):
+        if count and not math.isinf(event.noise_multiplier):
+            yield event, count
+    elif isinstance(event, PoissonSampledEvent):
+        q = event.sampling_probability
+        if q == 1.0:
+            yield from _leaves(event.event, count)
+        elif q > 0.0 and count and not math.isinf(event.event.noise_multiplier):
             yield event, count
     elif isinstance(event, SelfComposedEvent):
         yield from _leaves(event.event, count * event.count)
@@ -61,6 +76,32 @@ def _leaves(event: PrivacyEvent, count: int = 1) -> Iterable[tuple[PrivacyEvent,
             yield from _leaves(e, count)
     else:  # pragma: no cover - _check_event rejects these earlier
         raise TypeError(f"not a privacy event: {event!r}")
+
+
+#: Counts below this convert to float without overflow (the fast path of _sum_mu2).
+_BIG_COUNT = 2**1000
+
+
+def _as_float(n: int) -> float:
+    """A multiplicity as a float (``inf`` past the float range, where ``float(n)`` raises)."""
+    try:
+        return float(n)
+    except OverflowError:
+        return math.inf
+
+
+def _sum_mu2(pairs: Iterable[tuple[float, int]]) -> float:
+    """Σ nᵢ μᵢ² over (μᵢ, nᵢ) pairs in the order given: the one place the GDP total is computed.
+
+    ``μ*μ`` overflows to ``inf`` where ``μ**2`` would raise ``OverflowError``; a μ² that
+    underflows to 0 adds nothing (and never meets an infinite count as ∞·0).
+    """
+    total = 0.0
+    for mu, n in pairs:
+        m2 = mu * mu
+        if m2:
+            total += n * m2 if n < _BIG_COUNT else _as_float(n) * m2
+    return total
 
 
 def _zcdp_epsilon(rho: float, delta: float) -> float:
@@ -132,8 +173,9 @@ class PrivacyAccountant:
     def add(self, release_or_event: object, count: int = 1) -> "PrivacyAccountant":
         """Record ``count`` applications of an event (or of a release's ``privacy_event``)."""
         event = as_event(release_or_event)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
             raise ValueError(f"count must be a positive integer, got {count!r}")
+        count = int(count)
         self._events.append(event if count == 1 else SelfComposedEvent(event, count))
         return self
 
@@ -153,14 +195,21 @@ class PrivacyAccountant:
         return ComposedEvent(tuple(self._events))
 
     # ---- per-method quantities --------------------------------------------------------
+    def _free(self) -> bool:
+        """Whether nothing recorded costs anything (no events, or only z = ∞, q = 0, count 0)."""
+        return next(iter(_leaves(self.composed_event())), None) is None
+
     def _gaussian_only(self) -> bool:
         return all(isinstance(e, GaussianEvent) for e, _ in _leaves(self.composed_event()))
 
     def mu(self) -> float | None:
-        """Total GDP μ = √(Σ μᵢ²), or ``None`` when a subsampled event makes GDP inexact."""
+        """Total GDP μ = √(Σ μᵢ²), or ``None`` when a subsampled event makes GDP inexact.
+
+        ``inf`` when the sum overflows (a release with almost no noise): ε is then ∞.
+        """
         if not self._gaussian_only():
             return None
-        return math.sqrt(sum(n * e.mu**2 for e, n in _leaves(self.composed_event())))
+        return math.sqrt(_sum_mu2((e.mu, n) for e, n in _leaves(self.composed_event())))
 
     def rho(self) -> float | None:
         """Total zCDP ρ = Σ μᵢ²/2, or ``None`` for subsampled events."""
@@ -173,9 +222,11 @@ class PrivacyAccountant:
         total = np.zeros_like(a)
         for e, n in _leaves(self.composed_event()):
             if isinstance(e, GaussianEvent):
-                total += n * gaussian_rdp(e.noise_multiplier, a)
+                r = gaussian_rdp(e.noise_multiplier, a)
             else:
-                total += n * sampled_gaussian_rdp(e.sampling_probability, e.event.noise_multiplier, a)
+                r = sampled_gaussian_rdp(e.sampling_probability, e.event.noise_multiplier, a)
+            with np.errstate(over="ignore", invalid="ignore"):
+                total += np.where(r > 0.0, _as_float(n) * r, 0.0)  # never ∞·0
         return total
 
     def valid_methods(self) -> tuple[str, ...]:
@@ -205,28 +256,34 @@ class PrivacyAccountant:
             "auto" returns the smallest ε over the valid methods.
         """
         delta = check_delta(delta)
+        methods = self._resolve(method)
+        if self._free():
+            return 0.0
         out = math.inf
-        for m in self._resolve(method):
+        for m in methods:
             if m == "gdp":
                 out = min(out, gdp_epsilon(self.mu(), delta))
             elif m == "zcdp":
                 out = min(out, _zcdp_epsilon(self.rho(), delta))
             else:
                 out = min(out, rdp_to_epsilon(self.rdp(), self._orders, delta)[0])
-        return out if self._events else 0.0
+        return out
 
     def delta(self, epsilon: float, method: str = "auto") -> float:
         """δ such that everything recorded is (ε, δ)-DP ("auto": the smallest valid one)."""
         epsilon = check_positive(epsilon, "epsilon", allow_zero=True)
+        methods = self._resolve(method)
+        if self._free():
+            return 0.0
         out = 1.0
-        for m in self._resolve(method):
+        for m in methods:
             if m == "gdp":
                 out = min(out, gdp_delta(self.mu(), epsilon))
             elif m == "zcdp":
                 out = min(out, _zcdp_delta(self.rho(), epsilon))
             else:
                 out = min(out, rdp_to_delta(self.rdp(), self._orders, epsilon)[0])
-        return out if self._events else 0.0
+        return out
 
     def report(self, delta: float) -> dict[str, float]:
         """ε(δ) by every valid method, e.g. ``{"gdp": 4.65, "zcdp": 4.9, "rdp": 5.02}``."""

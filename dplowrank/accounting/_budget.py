@@ -1,12 +1,27 @@
-"""A privacy budget that releases consult before any noise is drawn, and that survives restarts."""
+"""A privacy budget that releases consult before any noise is drawn, and that survives restarts.
+
+Processes that share one ledger file take turns: :meth:`PrivacyBudget.spend` holds an
+exclusive ``flock`` on a lock file next to the ledger (``<ledger>.lock``) while it re-reads
+the ledger, prices the new event and writes the result, so two processes cannot both spend
+the same remaining budget. ``flock`` is advisory and local: it does not protect a ledger on
+a network file system that ignores it, nor one edited by other programs; without
+``fcntl`` (Windows) the lock is skipped.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 from .._io import atomic_write_bytes
 from .._validation import check_choice, check_delta, check_epsilon
@@ -24,6 +39,11 @@ class BudgetExceededError(ValueError):
     """A release would take the total privacy cost past the budget; nothing was charged."""
 
 
+def _clip(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _digest(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -36,7 +56,8 @@ class PrivacyBudget:
     when the total would exceed ε at δ. The check compares δ(ε_budget) of the composition
     with δ_budget, which is exact for Gaussian releases (no bisection tolerance can let a
     release slip over). With ``path``, the ledger is written atomically after every charge
-    and a restarted process resumes it with :meth:`load`.
+    and a restarted process resumes it with :meth:`load`; processes sharing the file take
+    turns under a file lock, and each spend first adopts what the others have charged.
 
     Parameters
     ----------
@@ -74,6 +95,8 @@ class PrivacyBudget:
         self.method = check_choice(method, "method", METHODS)
         self._acc = PrivacyAccountant(orders=orders)
         self.path = None if path is None else Path(path)
+        if self.path is not None and self.path.is_dir():
+            raise ValueError(f"the budget ledger path {str(self.path)!r} is a directory; give a file path")
         if self.path is not None and self.path.exists():
             raise FileExistsError(
                 f"a budget ledger already exists at {str(self.path)!r}; resume it with "
@@ -98,27 +121,81 @@ class PrivacyBudget:
         return len(acc) == 0 or acc.delta(self.epsilon, self.method) <= self.delta
 
     def can_afford(self, release_or_event: object, count: int = 1) -> bool:
-        """Whether charging the event would keep the total within the budget."""
-        trial = self._acc.copy().add(as_event(release_or_event), count)
-        return self._within(trial)
+        """Whether charging the event would keep the total within the budget.
+
+        With a ``path``, what other processes have charged to the ledger is adopted first.
+        """
+        event = as_event(release_or_event)
+        with self._locked():
+            self._refresh()
+            trial = self._acc.copy().add(event, count)
+            return self._within(trial)
 
     def spend(self, release_or_event: object, count: int = 1) -> None:
         """Charge an event, or raise :class:`BudgetExceededError` and charge nothing.
 
-        With a ``path`` the new ledger is on disk before this returns; if writing fails the
-        charge is not made in memory either (and the caller must not release).
+        With a ``path`` the ledger is locked, re-read (adopting charges made by other
+        processes), priced with the new event and rewritten before this returns; if writing
+        fails the charge is not made in memory either (and the caller must not release).
         """
         event = as_event(release_or_event)
-        trial = self._acc.copy().add(event, count)
-        if not self._within(trial):
-            raise BudgetExceededError(
-                f"this release would bring the total to epsilon={trial.epsilon(self.delta, self.method):.10g} "
-                f"at delta={self.delta:g}, over the budget epsilon={self.epsilon:g} "
-                f"(spent so far: {self.spent_epsilon():.10g}); nothing was charged"
+        with self._locked():
+            self._refresh()
+            trial = self._acc.copy().add(event, count)
+            if not self._within(trial):
+                raise BudgetExceededError(
+                    f"this release would bring the total to epsilon={trial.epsilon(self.delta, self.method):.10g} "
+                    f"at delta={self.delta:g}, over the budget epsilon={self.epsilon:g} "
+                    f"(spent so far: {self.spent_epsilon():.10g}); nothing was charged"
+                )
+            if self.path is not None:
+                self._write(self.path, trial)
+            self._acc = trial
+
+    # ---- sharing a ledger between processes --------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold an exclusive ``flock`` on ``<ledger>.lock`` (nothing without a path or ``fcntl``)."""
+        if self.path is None or fcntl is None:
+            yield
+            return
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def _refresh(self) -> None:
+        """Adopt what other processes charged to the ledger on disk (call with the lock held).
+
+        The file must be this budget's ledger: the same ε, δ, method and orders, and a
+        ledger that extends the events held here. Anything else raises ``ValueError``
+        (and a ledger that disappeared after charges ``FileNotFoundError``).
+        """
+        if self.path is None:
+            return
+        if not self.path.exists():
+            if len(self._acc):
+                raise FileNotFoundError(
+                    f"the budget ledger {str(self.path)!r} has disappeared after charges were written to it"
+                )
+            return
+        disk = type(self).load(self.path)
+        mine, theirs = self._acc.events, disk._acc.events
+        if ((disk.epsilon, disk.delta, disk.method, disk._acc.orders)
+                != (self.epsilon, self.delta, self.method, self._acc.orders)):
+            raise ValueError(
+                f"the budget ledger {str(self.path)!r} now holds a different budget "
+                f"(epsilon={disk.epsilon!r}, delta={disk.delta!r}, method={disk.method!r}); refusing to spend"
             )
-        if self.path is not None:
-            self._write(self.path, trial)
-        self._acc = trial
+        if theirs[: len(mine)] != mine:
+            raise ValueError(
+                f"the budget ledger {str(self.path)!r} no longer extends the {len(mine)} events charged "
+                "by this budget; refusing to spend"
+            )
+        self._acc = disk._acc
 
     def remaining_mu(self) -> float | None:
         """The GDP μ a further Gaussian release may still use (``None`` if the ledger is not pure Gaussian).
@@ -154,40 +231,84 @@ class PrivacyBudget:
     def _write(self, path: Path, acc: PrivacyAccountant) -> None:
         payload = self._payload(acc)
         doc = {"ledger": payload, "sha256": _digest(payload)}
-        atomic_write_bytes(path, json.dumps(doc, indent=1, sort_keys=True).encode())
+        # allow_nan=False: the ledger is standard JSON (events spell an infinite z "inf").
+        atomic_write_bytes(path, json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode())
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the ledger atomically (to ``path``, default the budget's own path) and return the path."""
+        """Write the ledger atomically (to ``path``, default the budget's own path) and return the path.
+
+        Saving to the budget's own path first adopts what other processes charged to it.
+        """
         target = Path(path) if path is not None else self.path
         if target is None:
             raise ValueError("no path: pass save(path) or create the budget with path=")
-        self._write(target, self._acc)
+        if self.path is not None and target == self.path:
+            with self._locked():  # never overwrite what another process charged meanwhile
+                self._refresh()
+                self._write(target, self._acc)
+        else:
+            self._write(target, self._acc)
         return target
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PrivacyBudget":
         """Resume a ledger written by :meth:`save` or by a budget with ``path``.
 
-        A missing file raises ``FileNotFoundError``; a damaged, truncated or tampered one
-        raises ``ValueError``. Neither ever yields a fresh (empty) budget.
+        Parameters
+        ----------
+        path : str or PathLike
+            The ledger file.
+
+        Returns
+        -------
+        PrivacyBudget
+            The budget with every charge in the ledger; later spends write to ``path``.
+
+        Raises
+        ------
+        FileNotFoundError
+            If there is no file at ``path``.
+        ValueError
+            If ``path`` is a directory, or the file is damaged, truncated, tampered with,
+            not a ledger, or a ledger whose fields are missing or invalid. The message
+            names the file. A ledger never loads as a fresh (empty) budget.
         """
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"the budget ledger path {str(path)!r} is a directory, not a ledger file")
         raw = path.read_bytes()
         try:
-            doc = json.loads(raw)
-            payload, digest = doc["ledger"], doc["sha256"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"the budget ledger {str(path)!r} is damaged or not a ledger: {exc}") from exc
+            return cls._parse(raw, path)
+        except FileNotFoundError:  # pragma: no cover - _parse reads nothing from disk
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
+            if isinstance(exc, ValueError) and str(path) in str(exc):
+                raise
+            raise ValueError(
+                f"the budget ledger {str(path)!r} is damaged or not a ledger: {type(exc).__name__}: {_clip(exc)}"
+            ) from exc
+
+    @classmethod
+    def _parse(cls, raw: bytes, path: Path) -> "PrivacyBudget":
+        doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
+        payload, digest = doc["ledger"], doc["sha256"]
         if not isinstance(payload, dict) or _digest(payload) != digest:
             raise ValueError(f"the budget ledger {str(path)!r} failed its checksum: it is corrupted")
         if payload.get("format") != _FORMAT or payload.get("version") != _VERSION:
             raise ValueError(f"{str(path)!r} is not a version-{_VERSION} dplowrank budget ledger")
+        events = payload["events"]
+        if not isinstance(events, list):
+            raise ValueError(f"'events' must be a list, got {type(events).__name__}")
+        orders = payload["orders"]
+        if not isinstance(orders, list):
+            raise ValueError(f"'orders' must be a list, got {type(orders).__name__}")
         budget = cls.__new__(cls)
         budget.epsilon = check_epsilon(payload["epsilon"])
         budget.delta = check_delta(payload["delta"])
         budget.method = check_choice(payload["method"], "method", METHODS)
-        budget._acc = PrivacyAccountant([event_from_dict(e) for e in payload["events"]],
-                                        orders=payload["orders"])
+        budget._acc = PrivacyAccountant([event_from_dict(e) for e in events], orders=orders)
         budget.path = path
         return budget
 

@@ -5,6 +5,10 @@ The classes mirror dp_accounting's ``DpEvent`` family (``GaussianDpEvent``,
 bridge in :mod:`dplowrank.accounting.bridges` is a one-to-one translation. Each event has
 a JSON form (``to_dict`` / :func:`event_from_dict`) that round-trips exactly; reading an
 unknown or malformed form raises ``ValueError`` rather than guessing.
+
+The JSON form is standard JSON (RFC 8259, no ``Infinity`` or ``NaN`` tokens): the one
+non-finite value an event can hold, the noise multiplier ``math.inf`` of a release that
+reveals nothing, is written as the string ``"inf"``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ __all__ = [
     "PrivacyEvent",
     "event_from_dict",
 ]
+
+#: Serialised events nest at most this deep (a guard against hostile files, far above any real plan).
+_MAX_DEPTH = 100
+
+#: How ``math.inf`` is spelled in the JSON form (standard JSON has no infinity).
+_INF = "inf"
 
 
 def _real(name: str, value: object) -> float:
@@ -45,7 +55,9 @@ class GaussianEvent:
     Parameters
     ----------
     noise_multiplier : float
-        z = σ/Δ > 0 (``math.inf`` for a release that reveals nothing).
+        z = σ/Δ > 0 (``math.inf`` for a release that reveals nothing, serialised as
+        ``"inf"``). A z so small that μ² = 1/z² overflows is accepted and priced at
+        ε = ∞ (nothing is hidden), never an ``OverflowError``.
     """
 
     noise_multiplier: float
@@ -63,7 +75,8 @@ class GaussianEvent:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict that :func:`event_from_dict` reads back exactly."""
-        return {"type": "gaussian", "noise_multiplier": self.noise_multiplier}
+        z = self.noise_multiplier
+        return {"type": "gaussian", "noise_multiplier": _INF if math.isinf(z) else z}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +85,15 @@ class PoissonSampledEvent:
 
     One DP-SGD step is ``PoissonSampledEvent(q, GaussianEvent(z))``. Mirrors
     ``dp_accounting.PoissonSampledDpEvent``; only Gaussian inner events are priced.
+    The accountant prices q = 1 as the plain Gaussian release and q = 0 as nothing
+    (so GDP and zCDP stay available for them).
+
+    Parameters
+    ----------
+    sampling_probability : float
+        q in [0, 1], the probability that each record is in the subsample.
+    event : GaussianEvent
+        The mechanism run on the subsample.
     """
 
     sampling_probability: float
@@ -94,7 +116,15 @@ class PoissonSampledEvent:
 
 @dataclass(frozen=True, slots=True)
 class SelfComposedEvent:
-    """``event`` composed with itself ``count`` times (mirrors ``SelfComposedDpEvent``)."""
+    """``event`` composed with itself ``count`` times (mirrors ``SelfComposedDpEvent``).
+
+    Parameters
+    ----------
+    event : PrivacyEvent
+        The repeated event.
+    count : int
+        How many times, ≥ 0 (any integral type, e.g. ``numpy.int64``).
+    """
 
     event: "PrivacyEvent"
     count: int
@@ -111,7 +141,13 @@ class SelfComposedEvent:
 
 @dataclass(frozen=True, slots=True)
 class ComposedEvent:
-    """Several events composed (mirrors ``ComposedDpEvent``)."""
+    """Several events composed (mirrors ``ComposedDpEvent``).
+
+    Parameters
+    ----------
+    events : iterable of PrivacyEvent
+        Stored as a tuple.
+    """
 
     events: tuple
 
@@ -135,21 +171,53 @@ def _check_event(e: object) -> None:
 
 
 def event_from_dict(obj: object) -> PrivacyEvent:
-    """Rebuild an event written by ``to_dict``; unknown or malformed input raises ``ValueError``."""
+    """Rebuild an event written by ``to_dict``.
+
+    Parameters
+    ----------
+    obj : dict
+        A serialised event (as parsed from JSON).
+
+    Returns
+    -------
+    PrivacyEvent
+
+    Raises
+    ------
+    ValueError
+        For an unknown type, a missing or ill-typed field, or nesting deeper than
+        100 levels.
+    """
+    return _from_dict(obj, 0)
+
+
+def _from_dict(obj: object, depth: int) -> PrivacyEvent:
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"serialised privacy event nested deeper than {_MAX_DEPTH} levels")
     if not isinstance(obj, dict) or "type" not in obj:
-        raise ValueError(f"not a serialised privacy event: {obj!r}")
+        raise ValueError(f"not a serialised privacy event: {_short(obj)}")
     kind = obj["type"]
     try:
         if kind == "gaussian":
-            return GaussianEvent(obj["noise_multiplier"])
+            z = obj["noise_multiplier"]
+            return GaussianEvent(math.inf if z == _INF else z)
         if kind == "poisson_sampled":
-            return PoissonSampledEvent(obj["sampling_probability"], event_from_dict(obj["event"]))
+            return PoissonSampledEvent(obj["sampling_probability"], _from_dict(obj["event"], depth + 1))
         if kind == "self_composed":
-            return SelfComposedEvent(event_from_dict(obj["event"]), obj["count"])
+            return SelfComposedEvent(_from_dict(obj["event"], depth + 1), obj["count"])
         if kind == "composed":
             if not isinstance(obj["events"], list):
-                raise ValueError(f"'events' must be a list, got {obj['events']!r}")
-            return ComposedEvent(tuple(event_from_dict(e) for e in obj["events"]))
+                raise ValueError(f"'events' must be a list, got {_short(obj['events'])}")
+            return ComposedEvent(tuple(_from_dict(e, depth + 1) for e in obj["events"]))
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"malformed privacy event {obj!r}: {exc}") from exc
-    raise ValueError(f"unknown privacy event type {kind!r}")
+        raise ValueError(f"malformed privacy event {_short(obj)}: {exc}") from exc
+    raise ValueError(f"unknown privacy event type {_short(kind)}")
+
+
+def _short(obj: object, limit: int = 200) -> str:
+    """``repr(obj)`` cut to ``limit`` characters (error messages about hostile input stay short)."""
+    try:
+        text = repr(obj)
+    except RecursionError:
+        return f"<{type(obj).__name__} nested too deep to show>"
+    return text if len(text) <= limit else text[:limit] + "..."

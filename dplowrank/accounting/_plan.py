@@ -1,18 +1,32 @@
-"""Splitting a total (ε, δ) over a plan of Gaussian releases."""
+"""Splitting a total (ε, δ) over a plan of Gaussian releases.
+
+Gaussian releases compose exactly in GDP: μ² adds (Dong, Roth & Su 2019, arXiv:1905.02383,
+Cor. 3.3), and μ-GDP is (ε, δ)-DP exactly when δ(ε; μ) ≤ δ (Balle & Wang 2018,
+arXiv:1805.06530, Thm 8). So a plan is one bisection for the total μ, a split of μ², one
+check of the composition, and one ε per *distinct* μ (a vectorised bisection), however many
+releases share it.
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
+import numbers
 from collections.abc import Sequence
 
+import numpy as np
+from scipy.special import log_ndtr
+
 from .._validation import check_delta, check_epsilon, check_positive
-from ..mechanisms._calibration import NoiseCalibration, gdp_epsilon, gdp_mu
-from ._accountant import PrivacyAccountant
+from ..mechanisms._calibration import NoiseCalibration, gdp_delta, gdp_epsilon, gdp_mu
+from ._accountant import _sum_mu2
 
 __all__ = ["calibrate_plan"]
 
 #: A plan is a list of releases, one calibration each: more than this is a mistake.
 _MAX_PLAN = 1_000_000
+_BISECT_STEPS = 200
+_ULP = 2.0**-52
 
 
 def calibrate_plan(
@@ -28,32 +42,55 @@ def calibrate_plan(
     Gaussian releases compose exactly in GDP (μ² adds; Dong, Roth & Su 2019, Cor. 3.3), so
     the total μ = gdp_mu(ε, δ) is split as μᵢ = μ·√(wᵢ/Σw): a release with twice the
     weight gets twice the μ² share (√2 less noise relative to its sensitivity). Then
-    σᵢ = Δᵢ/μᵢ. The result is checked against the exact δ(ε) curve and nudged toward more
-    noise if rounding would overshoot.
+    σᵢ = Δᵢ/μᵢ. The events of the plan are checked against the exact δ(ε) curve, both in
+    the accountant's own arithmetic and with a bound that holds for any order of
+    summation, and all μᵢ are nudged down together if rounding would overshoot.
 
     Parameters
     ----------
     epsilon, delta : float
-        The total budget.
+        The total budget: ε > 0, δ in (0, 1).
     num_releases : int, optional
-        m equal shares (give this, or ``weights``, or ``sensitivities``).
+        m equal shares (give this, or ``weights``, or ``sensitivities``). Any integral
+        type (e.g. ``numpy.int64``), 1 ≤ m ≤ 1,000,000.
     weights : sequence of float, optional
-        Positive relative shares, one per release.
+        Positive finite relative shares, one per release (any scale: they are divided
+        by their maximum first).
     sensitivities : sequence of float, optional
         Δᵢ of each release (default 1, so σᵢ is the noise multiplier).
 
     Returns
     -------
     tuple of NoiseCalibration
-        One per release; each one's ``epsilon`` is that release's cost alone at ``delta``.
+        One per release; each one's ``epsilon`` is that release's cost alone at ``delta``
+        (never below the exact value).
+
+    Raises
+    ------
+    ValueError
+        For an invalid budget, count, weight or sensitivity, or a share that underflows
+        to zero in floating point.
+
+    References
+    ----------
+    Dong, Roth & Su 2019, "Gaussian Differential Privacy", arXiv:1905.02383, Cor. 3.3.
+    Balle & Wang 2018, "Improving the Gaussian Mechanism for Differential Privacy",
+    arXiv:1805.06530, Thm 8.
+
+    Examples
+    --------
+    >>> plan = calibrate_plan(1.0, 1e-6, weights=[2, 1, 1])
+    >>> [round(c.noise_multiplier, 3) for c in plan]
+    [5.975, 8.449, 8.449]
     """
     epsilon = check_epsilon(epsilon)
     delta = check_delta(delta)
     m = None
     if num_releases is not None:
-        if isinstance(num_releases, bool) or not isinstance(num_releases, int) or not 1 <= num_releases <= _MAX_PLAN:
+        if (isinstance(num_releases, bool) or not isinstance(num_releases, numbers.Integral)
+                or not 1 <= num_releases <= _MAX_PLAN):
             raise ValueError(f"num_releases must be an integer in [1, {_MAX_PLAN}], got {num_releases!r}")
-        m = num_releases
+        m = int(num_releases)
     if weights is not None:
         w = [check_positive(x, "weight") for x in weights]
         if m is not None and len(w) != m:
@@ -66,29 +103,125 @@ def calibrate_plan(
         m = len(sens)
     if not m:
         raise ValueError("give num_releases, weights or sensitivities (at least one release)")
-    w = list(weights) if weights is not None else [1.0] * m
-    sens = list(sensitivities) if sensitivities is not None else [1.0] * m
-    total_w = math.fsum(w)
-    if not math.isfinite(total_w):
-        raise ValueError(f"the weights sum to {total_w!r}; give finite relative shares")
-    mu_total = gdp_mu(epsilon, delta)
-    for i, (wi, si) in enumerate(zip(w, sens)):
-        mu_i = mu_total * math.sqrt(wi / total_w)
-        if not (mu_i > 0.0 and math.isfinite(si / mu_i)):
+    if m > _MAX_PLAN:
+        raise ValueError(f"a plan has at most {_MAX_PLAN} releases, got {m}")
+    if weights is None:
+        roots = [math.sqrt(1.0 / m)] * m
+    else:
+        roots = _share_roots(w)
+    if sensitivities is None:
+        sens = [1.0] * m
+    return _plan(epsilon, delta, roots, sens)
+
+
+def _share_roots(w: list[float]) -> list[float]:
+    """√(wᵢ/Σw), with the weights divided by their maximum first (so Σ cannot overflow)."""
+    top = max(w)
+    scaled = [x / top for x in w]  # in (0, 1], one of them exactly 1
+    total = math.fsum(scaled)  # in [1, m]
+    cache: dict[float, float] = {}
+    out = []
+    for wi, x in zip(w, scaled):
+        share = x / total
+        r = cache.get(share)
+        if r is None:
+            r = cache[share] = math.sqrt(share)
+        if r == 0.0:
             raise ValueError(
-                f"release {i} (weight {wi!r} of a total {total_w!r}, sensitivity {si!r}) would "
-                "get a zero share of the budget (infinite noise) in floating point; give "
-                "weights within a ratio floating point can represent"
+                f"release {len(out)} (weight {wi!r}, largest weight {top!r}) would get a "
+                "zero share of the budget (infinite noise) in floating point; give weights within "
+                "a ratio floating point can represent"
             )
-    shrink, step = 1.0, 1e-12
-    for _ in range(200):
-        mus = [mu_total * shrink * math.sqrt(wi / total_w) for wi in w]
-        plan = tuple(
-            NoiseCalibration("plan", s / mu, s, mu, gdp_epsilon(mu, delta), delta) for s, mu in zip(sens, mus)
+        out.append(r)
+    return out
+
+
+def _plan(epsilon: float, delta: float, roots: list[float], sens: list[float]) -> tuple[NoiseCalibration, ...]:
+    m = len(roots)
+    mu_total = gdp_mu(epsilon, delta)
+    r_arr, s_arr = np.asarray(roots), np.asarray(sens)  # shape: (m,)
+    with np.errstate(divide="ignore", over="ignore"):
+        z = s_arr / (mu_total * r_arr) / s_arr
+    bad = ~((r_arr > 0.0) & np.isfinite(z) & (z > 0.0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"release {i} (share {roots[i] ** 2!r} of the budget, sensitivity {sens[i]!r}) would get a "
+            "zero share of the budget (infinite noise) in floating point; give weights within a "
+            "ratio floating point can represent"
         )
-        # Check with the accountant itself (the same arithmetic that will price the plan).
-        if PrivacyAccountant(plan).delta(epsilon, method="gdp") <= delta:
-            return plan
+    # Start below μ by the any-order summation slack of _fits, so the first check passes.
+    shrink, step = (1.0 + (m + 2) * _ULP) ** -0.5 * (1.0 - 4.0 * _ULP), 1e-12
+    for _ in range(_BISECT_STEPS):
+        mus = mu_total * shrink * r_arr  # shape: (m,)
+        sigmas = s_arr / mus
+        if _fits(s_arr, sigmas, epsilon, delta):
+            break
         shrink *= 1.0 - step  # the step doubles, so an extreme input cannot loop for long
         step = min(2.0 * step, 0.5)
-    raise ValueError(f"cannot split epsilon={epsilon!r}, delta={delta!r} over {m} releases in floating point")
+    else:
+        raise ValueError(f"cannot split epsilon={epsilon!r}, delta={delta!r} over {m} releases in floating point")
+    mus_l = mus.tolist()
+    distinct = list(dict.fromkeys(mus_l))
+    eps_of = dict(zip(distinct, _gdp_epsilon_many(distinct, delta)))
+    return tuple(
+        NoiseCalibration("plan", sg, s, mu, eps_of[mu], delta) for sg, s, mu in zip(sigmas.tolist(), sens, mus_l)
+    )
+
+
+def _fits(s_arr: np.ndarray, sigmas: np.ndarray, epsilon: float, delta: float) -> bool:
+    """Whether the plan's events compose to (ε, δ)-DP.
+
+    Each release is priced as its event, ``GaussianEvent(σᵢ/Δᵢ)`` with μ = 1/(σᵢ/Δᵢ), as the
+    accountant will price it (NumPy's division is IEEE-exact, as Python's). Two checks: the
+    accountant's own sum (``_sum_mu2``, in plan order), and an upper bound on Σμ² for *any*
+    order of summation or grouping: a recursive sum of m non-negative terms is within a
+    factor 1 + (m − 1)u of the exact one (Higham 2002, "Accuracy and Stability of Numerical
+    Algorithms", Eq. (4.4)), and ``math.fsum`` within 1 + u.
+    """
+    emus = (1.0 / (sigmas / s_arr)).tolist()
+    if gdp_delta(math.sqrt(_sum_mu2(zip(emus, itertools.repeat(1)))), epsilon) > delta:
+        return False
+    bound = math.fsum(e * e for e in emus) * (1.0 + (len(emus) + 2) * _ULP)
+    return gdp_delta(math.sqrt(bound), epsilon) <= delta
+
+
+def _gdp_delta_many(mu: np.ndarray, eps: np.ndarray | float) -> np.ndarray:
+    """``gdp_delta`` elementwise (same formula: Balle & Wang 2018, Thm 8), for μ > 0 finite."""
+    a = log_ndtr(mu / 2.0 - eps / mu)
+    b = eps + log_ndtr(-mu / 2.0 - eps / mu)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(b >= a, 0.0, np.exp(a) * -np.expm1(b - a))
+
+
+def _gdp_epsilon_many(mus: Sequence[float], delta: float) -> list[float]:
+    """``gdp_epsilon(μ, δ)`` for many finite μ > 0 at once: the same bisection, vectorised.
+
+    Each element follows the scalar bisection's path (bracket [0, 1] doubled until it
+    holds the root, then halved until the midpoint equals an end) and returns the
+    conservative (high) end. NumPy's ``exp`` may differ from ``math.exp`` in the last
+    bit, so each result is finally checked with the scalar ``gdp_delta``; the rare one
+    that fails is recomputed by the scalar ``gdp_epsilon``.
+    """
+    mu = np.asarray(mus, dtype=float)  # shape: (k,)
+    zero = _gdp_delta_many(mu, 0.0) <= delta
+    active = ~zero
+    lo, hi = np.zeros_like(mu), np.ones_like(mu)
+    while True:
+        up = active & (_gdp_delta_many(mu, hi) > delta)
+        if not up.any():
+            break
+        lo, hi = np.where(up, hi, lo), np.where(up, 2.0 * hi, hi)
+    for _ in range(_BISECT_STEPS):
+        mid = 0.5 * (lo + hi)
+        live = active & (mid > lo) & (mid < hi)
+        if not live.any():
+            break
+        ok = _gdp_delta_many(mu, mid) <= delta
+        hi = np.where(live & ok, mid, hi)
+        lo = np.where(live & ~ok, mid, lo)
+    out = np.where(zero, 0.0, hi).tolist()
+    for i, (m_i, e_i) in enumerate(zip(mus, out)):
+        if gdp_delta(m_i, e_i) > delta:
+            out[i] = gdp_epsilon(m_i, delta)
+    return out

@@ -13,6 +13,8 @@ The core package never imports these libraries; only calling these functions doe
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 from ._accountant import PrivacyAccountant, as_event
@@ -71,6 +73,23 @@ def from_opacus(accountant: Any) -> ComposedEvent:
     opacus accountants (RDP, PRV, GDP) keep ``history`` as a list of
     ``(noise_multiplier, sample_rate, num_steps)``; each entry becomes ``num_steps``
     Poisson-sampled Gaussian steps (plain Gaussian releases when the sample rate is 1).
+
+    Parameters
+    ----------
+    accountant : opacus.accountants.IAccountant
+        Anything with such a ``history``.
+
+    Returns
+    -------
+    ComposedEvent
+
+    Raises
+    ------
+    TypeError
+        If ``accountant`` has no ``history``.
+    ValueError
+        For an entry that is not a triple, or whose step count is not a whole number
+        ≥ 0 (a fractional count is refused, never truncated).
     """
     history = getattr(accountant, "history", None)
     if history is None:
@@ -81,9 +100,24 @@ def from_opacus(accountant: Any) -> ComposedEvent:
             z, q, steps = entry
         except (TypeError, ValueError) as exc:
             raise ValueError(f"unexpected opacus history entry {entry!r}") from exc
-        step = GaussianEvent(float(z)) if float(q) == 1.0 else PoissonSampledEvent(float(q), GaussianEvent(float(z)))
-        out.append(SelfComposedEvent(step, int(steps)))
+        z, q = float(z), float(q)
+        step = GaussianEvent(z) if q == 1.0 else PoissonSampledEvent(q, GaussianEvent(z))
+        out.append(SelfComposedEvent(step, _step_count(steps, entry)))
     return ComposedEvent(tuple(out))
+
+
+def _step_count(steps: object, entry: object) -> int:
+    """``steps`` as an int if it is a whole number ≥ 0 (``numpy.int64``, ``500.0``), else ``ValueError``."""
+    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):
+        n = int(steps)
+    elif isinstance(steps, numbers.Real) and not isinstance(steps, bool) and math.isfinite(steps) \
+            and float(steps).is_integer():
+        n = int(steps)
+    else:
+        raise ValueError(f"the number of steps must be a whole number, got {steps!r} in opacus history entry {entry!r}")
+    if n < 0:
+        raise ValueError(f"the number of steps must be >= 0, got {steps!r} in opacus history entry {entry!r}")
+    return n
 
 
 def pld_epsilon(obj: Any, delta: float, *, value_discretization_interval: float = 1e-4) -> float:
