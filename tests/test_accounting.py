@@ -140,6 +140,8 @@ def test_event_json_round_trips(event):
         (lambda: dl.calibrate_plan(1.0, 1e-6), ValueError, "give num_releases"),
         (lambda: dl.calibrate_plan(1.0, 1e-6, weights=[1.0, -1.0]), ValueError, "got -1.0"),
         (lambda: dl.calibrate_plan(1.0, 1e-6, num_releases=2, weights=[1.0]), ValueError, "1 weights"),
+        (lambda: dl.calibrate_plan(1.0, 1e-6, weights=5), TypeError, "weights must be a sequence.*got 5"),
+        (lambda: dl.calibrate_plan(1.0, 1e-6, sensitivities="ab"), TypeError, "sensitivities must be a sequence"),
         (lambda: dl.release_rank_k(np.ones((3, 3)), 1, epsilon=1.0, delta=1e-6, row_norm=1.0, budget=1.0),
          TypeError, "budget must be a PrivacyBudget"),
     ],
@@ -201,18 +203,25 @@ def test_vectorised_gdp_epsilon_is_the_scalar_one(mus, log_delta):
 
 def test_plan_is_fast_and_exact_for_many_releases():
     """Not a timing test (benchmarks/bench_accounting.py times it): 1,000 equal shares need one
-    ε bisection, and the plan spends the whole budget and no more."""
+    ε bisection (the audit found 2,000), and the plan spends the whole budget and no more."""
     from unittest import mock
 
     from dplowrank.accounting import _plan
 
-    with mock.patch.object(_plan, "_gdp_epsilon_many", wraps=_plan._gdp_epsilon_many) as spy:
+    with mock.patch.object(_plan, "gdp_epsilon", wraps=_plan.gdp_epsilon) as spy:
         plan = dl.calibrate_plan(1.0, 1e-6, num_releases=1000)
-    assert spy.call_count == 1 and len(spy.call_args.args[0]) == 1
+    assert spy.call_count == 1
     acc = PrivacyAccountant(plan)
     assert acc.epsilon(1e-6) <= 1.0 and acc.epsilon(1e-6) == pytest.approx(1.0, rel=1e-9)
-    assert plan[0].epsilon == dl.gaussian_epsilon(plan[0].noise_scale, 1e-6) or \
-        plan[0].epsilon == pytest.approx(dl.gaussian_epsilon(plan[0].noise_scale, 1e-6), rel=1e-12)
+    assert plan[0].epsilon == dl.gaussian_epsilon(plan[0].noise_scale, 1e-6)
+    # many distinct shares: one vectorised bisection, the same values as the scalar one
+    w = np.random.default_rng(0).uniform(0.5, 2.0, size=300).tolist()
+    with mock.patch.object(_plan, "_gdp_epsilon_many", wraps=_plan._gdp_epsilon_many) as vec:
+        plan = dl.calibrate_plan(1.0, 1e-6, weights=w)
+    assert vec.call_count == 1 and len(vec.call_args.args[0]) == 300
+    for c in plan[:20]:
+        assert c.epsilon == pytest.approx(dl.gaussian_epsilon(c.noise_scale, 1e-6), rel=1e-13)
+    assert PrivacyAccountant(plan).delta(1.0) <= 1e-6
 
 
 def test_plan_weights_of_any_scale():

@@ -75,6 +75,7 @@ class PrivacyBudget:
 
     Examples
     --------
+    >>> from dplowrank.accounting import GaussianEvent
     >>> budget = PrivacyBudget(epsilon=2.0, delta=1e-6)
     >>> budget.spend(GaussianEvent(4.0))
     >>> budget.spent_epsilon() < 2.0
