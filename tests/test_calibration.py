@@ -145,3 +145,11 @@ def test_gdp_edges():
     assert gdp_epsilon(math.inf, 1e-5) == math.inf
     assert gdp_epsilon(1e-9, 1e-5) == 0.0
     assert gdp_mu(1.0, 1e-5) == pytest.approx(1 / 3.7306316, rel=1e-6)
+
+
+def test_rho_of_a_tiny_noise_scale_is_infinite_not_an_error():
+    from dplowrank.mechanisms._calibration import NoiseCalibration
+
+    cal = NoiseCalibration("fixed", 1e-200, 1.0, 1e200, None, None)
+    assert cal.rho == float("inf")
+    assert NoiseCalibration("fixed", 2.0, 1.0, 0.5, None, None).rho == 0.125

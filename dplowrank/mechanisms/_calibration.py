@@ -222,8 +222,8 @@ class NoiseCalibration:
 
     @property
     def rho(self) -> float:
-        """zCDP parameter ρ = Δ²/(2σ²) (Bun & Steinke 2016, Prop. 1.6)."""
-        return 0.5 * self.mu**2
+        """zCDP parameter ρ = Δ²/(2σ²) (Bun & Steinke 2016, Prop. 1.6); ``inf`` where μ² overflows."""
+        return 0.5 * self.mu * self.mu  # a float product overflows to inf; ``**`` would raise
 
 
 def calibrate_noise(
