@@ -2,7 +2,7 @@
 
 Every random draw in dplowrank takes an explicit source. Privacy noise
 (:func:`resolve_noise_source`) comes, when the caller gives nothing, from a
-:class:`~dplowrank._secure.SecureNormalSource` (ChaCha20 keyed from ``os.urandom``): the
+:class:`~dplowrank._secure.SecureNormalSource` (AES-256-CTR keyed from ``os.urandom``): the
 release is marked ``"secure"``. A caller's :class:`torch.Generator` (or a seeded secure
 source) makes the release reproducible and marks it ``"seeded"``: not for publication.
 Randomness that does not protect anything (the eigensolver's starting block, the analysis
@@ -80,8 +80,10 @@ def resolve_noise_source(generator: object, device: torch.device | str):
     noise : torch.Generator or SecureNormalSource
         What the mechanism draws its noise from.
     solver : torch.Generator
-        For the eigensolver's random start (not privacy-relevant); the caller's generator
-        when one was given, so the whole release is reproducible.
+        For the eigensolver's random start (not privacy-relevant): the caller's generator
+        when one was given, seeded from a seeded source's key
+        (:meth:`~dplowrank._secure.SecureNormalSource.solver_seed`), so that the whole
+        release is reproducible, and seeded from the OS otherwise.
     label : {"secure", "seeded"}
     """
     from ._secure import SecureNormalSource
@@ -89,6 +91,12 @@ def resolve_noise_source(generator: object, device: torch.device | str):
     if generator is None:
         return SecureNormalSource(), resolve_generator(None, device)[0], SECURE
     if isinstance(generator, SecureNormalSource):
-        return generator, resolve_generator(None, device)[0], SEEDED if generator.seeded else SECURE
+        if not generator.seeded:
+            return generator, resolve_generator(None, device)[0], SECURE
+        # A seeded source makes the whole release reproducible: the solver's start comes
+        # from the same key (a reserved keystream, disjoint from the noise streams).
+        solver = torch.Generator(device=torch.device(device))
+        solver.manual_seed(generator.solver_seed())
+        return generator, solver, SEEDED
     gen, _ = resolve_generator(generator, device)
     return gen, gen, SEEDED

@@ -1,21 +1,49 @@
-"""Cryptographically secure Gaussian noise: a ChaCha20 keystream turned into normals.
+"""Cryptographically secure Gaussian noise: an AES-256-CTR keystream turned into normals.
 
 Why: torch's generators (Mersenne Twister on CPU, Philox on CUDA) are fast and good for
 statistics but not cryptographic: their state can be recovered from enough outputs, and a
 64-bit seed is a small secret. A release that will be published draws its noise here.
 
-How (per block of noise, so blocks can run in parallel and reproducibly):
+How (per numbered stream, so blocks of noise can run in parallel and reproducibly):
 
-1. ChaCha20 (RFC 8439, through the ``cryptography`` package) with a 256-bit key from
-   ``os.urandom`` and the block's stream number as nonce produces the keystream.
-2. Each 64-bit word gives a uniform on the 2⁻⁵² grid of [0, 1) (float32 output: each 32-bit
-   word one on the 2⁻²³ grid, and the arithmetic below in float32).
-3. Box–Muller turns uniform pairs into standard normals (r = √(−2 ln(1 − u₁)), θ = 2πu₂).
+1. AES-256 in counter mode (NIST SP 800-38A, through the ``cryptography`` package, AES-NI
+   where the CPU has it) with a 256-bit key from ``os.urandom``. The 128-bit initial
+   counter block is (stream number, 64 bits) ‖ (block counter, 64 bits): distinct streams
+   never share a counter block, and one stream would need 2⁶⁴ blocks to wrap.
+2. Keystream words become uniforms. float64: each 64-bit word keeps 52 bits, a uniform on
+   the grid {j·2⁻⁵² : 1 ≤ j ≤ 2⁵²} ⊂ (0, 1] (exact). float32 output: each 32-bit word w
+   becomes (fl32(w) + ½)·2⁻³², a uniform on (0, 1] to float32 precision whose smallest value
+   is 2⁻³³ (rounding w to 24 significant bits moves it by at most a relative 2⁻²⁴).
+3. Box–Muller turns a (radius, angle) pair of uniforms into two independent normals:
+   r = √(−2 ln u₁), θ = 2πu₂, Z = r cos θ and Z' = r sin θ. The smallest u₁ caps one draw:
+   |Z| ≤ √(2·52 ln 2) = 8.49 in float64 (reached with probability 2⁻⁵²) and
+   √(2·33 ln 2) = 6.76 in float32 (2⁻³³); the cap is the only departure from the normal
+   distribution beyond rounding.
 4. Hardening against floating-point attacks on the sampler (Holohan & Braghin 2021,
    "Secure Random Sampling in Differential Privacy", arXiv:2107.10138): every released
-   normal is the normalised sum (Z₁ + … + Z_m)/√m of ``combine`` = m independent draws, which
-   is exactly standard normal in distribution and smears the lattice structure that a single
-   floating-point Box–Muller draw leaves in its low-order bits.
+   normal is the normalised sum (Z₁ + … + Z_m)/√m of ``combine`` = m draws from m
+   *different* Box–Muller pairs (never the cosine and sine of one pair, whose sum is a
+   single rotated draw and smooths nothing; this holds for every n, including n = 1),
+   which is exactly standard normal in distribution and smears the lattice structure that
+   one floating-point draw leaves in its low-order bits. The 1/√m is folded into the
+   radius: r/√m = √(−(2/m) ln u₁).
+
+Precision: float64 noise is computed in float64 throughout. float32 noise is computed in
+float32 (uniforms, logarithm, cosine, sum), so each draw carries float32 rounding (a few
+2⁻²⁴ relative): the precision of the float32 matrix it is added to, where the release rounds
+M + σZ to float32 anyway. The combining smooths the draws' lattice at that precision; a
+release that needs the float64 guarantee uses ``dtype=float64``.
+
+Speed: the work runs in chunks of :data:`_CHUNK` outputs whose buffers (keystream,
+uniforms, Box–Muller, sum) stay in the core's L2 cache, and the output is written once.
+The arithmetic is numpy on whole chunks (numpy never forks threads and releases the GIL
+inside each call); only float64 cosine and sine, which numpy computes with scalar libm,
+are torch's vectorised kernels on slices of :data:`_TRIG_SLICE` elements, below the size at
+which torch forks an OpenMP team (forking one per small call on a thread-pool worker costs
+more than the work, badly so on a busy machine). cryptography 50.0.2 (the version measured)
+releases the GIL during the cipher call, so the noise blocks of
+``dplowrank._parallel.run_blocks`` draw their keystreams in parallel; with a version that
+holds it, the cipher calls serialise but still overlap the other blocks' arithmetic.
 
 A *seeded* source (:meth:`SecureNormalSource.from_seed`) derives the key from a seed: it is
 reproducible, and releases made with it are marked not for publication.
@@ -34,17 +62,27 @@ import torch
 __all__ = ["SecureNormalSource"]
 
 _TWO_PI = 2.0 * math.pi
+#: Outputs per cache-resident chunk, by output dtype: part of the output's definition (a
+#: seeded source's numbers depend on it). Large enough that the GIL changes hands rarely
+#: (every numpy call releases it), small enough that a chunk's buffers stay in L2.
+_CHUNK = {torch.float32: 65536, torch.float64: 32768}
+#: float64 cos/sin run in torch slices of this many elements (serial in torch below 2049).
+_TRIG_SLICE = 2048
+#: Stream numbers at or above this are reserved for :meth:`SecureNormalSource.solver_seed`.
+_SOLVER_STREAMS = 2**63
+_F64_ONE = np.uint64(0x3FF0000000000000)
 
 
 class SecureNormalSource:
-    """Standard normal draws from a ChaCha20 keystream, in independent numbered streams.
+    """Standard normal draws from an AES-256-CTR keystream, in independent numbered streams.
 
     Parameters
     ----------
     key : bytes, optional
-        32-byte ChaCha20 key; default ``os.urandom(32)``.
+        32-byte AES-256 key; default ``os.urandom(32)``.
     combine : int, default 2
-        m: each output is (Z₁ + … + Z_m)/√m (Holohan & Braghin 2021).
+        m: each output is (Z₁ + … + Z_m)/√m over m different Box–Muller pairs
+        (Holohan & Braghin 2021).
 
     Attributes
     ----------
@@ -54,7 +92,7 @@ class SecureNormalSource:
 
     def __init__(self, key: bytes | None = None, *, combine: int = 2, _seeded: bool = False) -> None:
         try:
-            from cryptography.hazmat.primitives.ciphers import Cipher, algorithms  # noqa: F401
+            from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: F401
         except ImportError as exc:  # pragma: no cover - a declared dependency
             raise ImportError("secure noise needs the 'cryptography' package") from exc
         if key is None:
@@ -67,6 +105,7 @@ class SecureNormalSource:
         self.combine = combine
         self.seeded = bool(_seeded)
         self._next = 0
+        self._next_solver = _SOLVER_STREAMS
         self._lock = threading.Lock()
 
     @classmethod
@@ -79,67 +118,168 @@ class SecureNormalSource:
         """Reserve ``count`` fresh stream numbers (thread-safe; never reused by this source)."""
         with self._lock:
             start = self._next
+            if start + count > _SOLVER_STREAMS:  # pragma: no cover - 2⁶³ streams
+                raise RuntimeError("this SecureNormalSource has used up its noise streams")
             self._next += count
         return list(range(start, start + count))
 
-    def _uniforms(self, stream: int, n: int, dtype: torch.dtype) -> torch.Tensor:
-        """``n`` uniforms on the grid {1 + j·2⁻ᵖ} ⊂ [1, 2) from the keystream of ``stream``.
+    def solver_seed(self) -> int:
+        """A 64-bit seed for non-private randomness (the eigensolver's start) from this key.
 
-        float64: 64-bit words, p = 52; float32: 32-bit words, p = 23 (all mantissa bits random).
+        Each call takes the next stream of a range reserved for this purpose (disjoint from
+        the noise streams), so a seeded source makes a whole release reproducible and two
+        calls give different seeds.
         """
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+        with self._lock:
+            stream = self._next_solver
+            self._next_solver += 1
+        word = np.frombuffer(self._keystream(self._encryptor(stream), 8, bytearray(24)), dtype="<u8", count=1)
+        return int(word[0])
 
-        single = dtype == torch.float32
-        width = 4 if single else 8
-        # cryptography's ChaCha20 nonce: 4-byte little-endian block counter, then 12-byte nonce
-        nonce = (0).to_bytes(4, "little") + int(stream).to_bytes(12, "little")
-        enc = Cipher(algorithms.ChaCha20(self._key, nonce), mode=None).encryptor()
-        buf = bytearray(width * n + 64)  # update_into wants room for one more block
-        written = enc.update_into(bytes(width * n), buf)
-        if single:
-            words = np.frombuffer(buf, dtype="<u4", count=written // 4)
-            np.right_shift(words, np.uint32(9), out=words)
-            np.bitwise_or(words, np.uint32(0x3F800000), out=words)
-            return torch.from_numpy(words.view(np.float32))
-        words = np.frombuffer(buf, dtype="<u8", count=written // 8)
-        # keep 52 random bits as the mantissa under exponent 0 (all in place)
-        np.right_shift(words, np.uint64(12), out=words)
-        np.bitwise_or(words, np.uint64(0x3FF0000000000000), out=words)
-        return torch.from_numpy(words.view(np.float64))
+    # ---- the keystream -----------------------------------------------------------------
+
+    def _encryptor(self, stream: int):
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        if not 0 <= int(stream) < 2**64:
+            raise ValueError(f"stream must be in [0, 2**64), got {stream}")
+        counter = int(stream).to_bytes(8, "big") + bytes(8)  # (stream ‖ block counter)
+        return Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
+
+    @staticmethod
+    def _keystream(enc, nbytes: int, buf):
+        """The next ``nbytes`` of ``enc``'s keystream into ``buf`` (a writable buffer of at
+        least nbytes + 15 bytes, as ``update_into`` requires)."""
+        enc.update_into(memoryview(_zeros(nbytes))[:nbytes], buf)
+        return buf
+
+    # ---- normals -----------------------------------------------------------------------
 
     def normals(self, n: int, *, stream: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """``n`` standard normals from stream number ``stream``, Tensor of shape (n,) on the CPU.
 
-        The same (key, stream, n, combine, dtype) always gives the same numbers; distinct streams are
-        independent keystreams. With m = ``combine``, n·m Box–Muller normals are drawn and
-        output i sums draws from m *different* Box–Muller pairs (never the cosine and sine of
-        one pair, whose sum would be a single rotated Box–Muller draw and smooth nothing).
+        The same (key, stream, n, combine, dtype) always gives the same numbers; distinct
+        streams are independent keystreams. float32 output is computed in float32, any
+        other dtype in float64 and cast. Each output combines draws from ``combine``
+        different Box–Muller pairs, even for n = 1.
         """
-        m = self.combine
-        pairs = (n * m + 1) // 2
-        # float32 output is computed in float32 from 23-bit uniforms; anything else in float64
-        work = torch.float32 if dtype == torch.float32 else torch.float64
-        v = self._uniforms(stream, 2 * pairs, work)
-        v1, theta = v[:pairs], v[pairs:]
-        r = v1.neg_().add_(2.0).log_().mul_(-2.0).sqrt_()  # 2 − v₁ ∈ (0, 1]: no log(0)
-        theta.sub_(1.0).mul_(_TWO_PI)
-        cos = torch.cos(theta).mul_(r)  # shape: (pairs,), independent N(0, 1)
-        sin = theta.sin_().mul_(r)  # shape: (pairs,), independent of cos and of each other
-        if m == 1:
-            z = torch.cat([cos, sin])[:n]
-        elif m == 2:
-            # output i = (cos of pair i + sin of pair i − 1)/√2: two different pairs
-            z = cos[:n]
-            z[1:].add_(sin[: n - 1])
-            z[0].add_(sin[n - 1])
-            z.mul_(1.0 / math.sqrt(2.0))
-        else:
-            draws = torch.cat([cos, sin])[: n * m].view(m, n)
-            z = draws[0].clone()
-            for j in range(1, m):
-                z.add_(torch.roll(draws[j], shifts=j))  # row j's draw i comes from another pair
-            z.mul_(1.0 / math.sqrt(m))
-        return z.to(dtype)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a real floating torch.dtype, got {dtype!r}")
+        single = dtype == torch.float32
+        work = torch.float32 if single else torch.float64
+        out = torch.empty(n, dtype=work)
+        if n == 0:
+            return out if dtype == work else out.to(dtype)
+        enc = self._encryptor(stream)
+        dst = out.numpy()
+        size = _CHUNK[work]
+        kernel = _Chunk(min(n, size), self.combine, single)
+        for c0 in range(0, n, size):
+            c = min(size, n - c0)
+            if c != kernel.c:  # the shorter last chunk
+                kernel = _Chunk(c, self.combine, single)
+            self._keystream(enc, kernel.nbytes, kernel.raw)
+            kernel.convert(dst[c0 : c0 + c])
+        return out if dtype == work else out.to(dtype)
 
     def __repr__(self) -> str:
         return f"SecureNormalSource(combine={self.combine}, seeded={self.seeded})"
+
+
+_ZEROS = bytes(0)
+
+
+def _zeros(nbytes: int) -> bytes:
+    """A shared read-only buffer of at least ``nbytes`` zero bytes (the plaintext)."""
+    global _ZEROS
+    if len(_ZEROS) < nbytes:
+        _ZEROS = bytes(max(nbytes, 2 * len(_ZEROS)))
+    return _ZEROS
+
+
+def _layout(c: int, m: int) -> tuple[int, int]:
+    """(rows, cols) of the Box–Muller pairs behind ``c`` outputs combining ``m`` draws.
+
+    m = 1: one row of ⌈c/2⌉ pairs, cosines then sines. m ≥ 2: ⌈m/2⌉ rows of max(c, 2)
+    pairs; output i takes the cosines of pairs (j, i), j < ⌈m/2⌉, and the sines of pairs
+    (j, (i + 1) mod cols), j < ⌊m/2⌋: m different pairs, because cols ≥ 2.
+    """
+    if m == 1:
+        return 1, (c + 1) // 2
+    return (m + 1) // 2, max(c, 2)
+
+
+class _Chunk:
+    """Buffers for turning the keystream behind ``c`` outputs into normals (reused per chunk).
+
+    All arithmetic is numpy except the float64 cosine and sine (torch on slices of
+    :data:`_TRIG_SLICE` elements); see the module docstring. Cosines and sines share one
+    buffer so that one call scales both by the radius (each numpy call is a GIL hand-off
+    between the noise blocks' threads: the fewer, the better on a busy machine).
+    """
+
+    def __init__(self, c: int, m: int, single: bool) -> None:
+        rows, cols = _layout(c, m)
+        self.c, self.m, self.rows, self.cols, self.single = c, m, rows, cols, single
+        word = np.uint32 if single else np.uint64
+        self.nbytes = 2 * rows * cols * np.dtype(word).itemsize
+        self.raw = np.empty(self.nbytes + 16, dtype=np.uint8)  # the cipher wants 15 spare bytes
+        self.words = self.raw[: self.nbytes].view(word)  # shape: (2·rows·cols,)
+        # shape: (2, rows, cols): radius uniforms (then r/√m), angle uniforms (then θ)
+        f = np.empty(2 * rows * cols, dtype=np.float32) if single else self.words.view(np.float64)
+        self.f = f.reshape(2, rows, cols)
+        self.trig = np.empty((2, rows, cols), dtype=f.dtype)  # cos θ, sin θ (then times r/√m)
+        if single:
+            self._scale = np.array([2.0**-32, _TWO_PI * 2.0**-32], dtype=np.float32).reshape(2, 1, 1)
+        else:
+            th = torch.from_numpy(self.f[1].reshape(-1))
+            cos, sin = (torch.from_numpy(t.reshape(-1)) for t in self.trig)
+            self._slices = list(zip(th.split(_TRIG_SLICE), cos.split(_TRIG_SLICE), sin.split(_TRIG_SLICE)))
+
+    def convert(self, out: np.ndarray) -> None:
+        """Fill ``out`` (shape (c,)) from the keystream words in ``self.raw`` (overwritten)."""
+        c, m, cols = self.c, self.m, self.cols
+        u, theta, trig = self.f[0], self.f[1], self.trig
+        if self.single:
+            np.copyto(self.f.reshape(-1), self.words, casting="unsafe")  # rounds w to 24 bits
+            np.multiply(self.f, self._scale, out=self.f)  # u = fl(w)·2⁻³², θ = 2π·fl(w)·2⁻³²
+            np.add(u, 2.0**-33, out=u)  # (0, 1], smallest 2⁻³³
+            np.cos(theta, out=trig[0])
+            np.sin(theta, out=trig[1])
+        else:
+            w = self.words
+            # 52 random bits as the mantissa under exponent 0: v ∈ [1, 2) on the 2⁻⁵² grid
+            np.right_shift(w, np.uint64(12), out=w)
+            np.bitwise_or(w, _F64_ONE, out=w)
+            np.subtract(u, 1.0 - 2.0**-52, out=u)  # exact: u = j·2⁻⁵², 1 ≤ j ≤ 2⁵², ln u finite
+            np.multiply(theta, _TWO_PI, out=theta)  # 2πv ∈ [2π, 4π): θ = 2π(v − 1) up to a period
+            for th, co, si in self._slices:
+                torch.cos(th, out=co)
+                torch.sin(th, out=si)
+        np.log(u, out=u)
+        np.multiply(u, -2.0 / m, out=u)
+        np.sqrt(u, out=u)  # r/√m, shape: (rows, cols)
+        np.multiply(trig, u, out=trig)  # the draws r·cos θ/√m and r·sin θ/√m
+        if m == 1:
+            out[:cols] = trig[0, 0]
+            out[cols:] = trig[1, 0, : c - cols]
+            return
+        half = m // 2
+        a = trig[0, 0] if self.rows == 1 else trig[0].sum(axis=0)
+        b = trig[1, 0] if half == 1 else trig[1, :half].sum(axis=0)
+        # output i = a[i] + b[(i + 1) mod cols]: the last output wraps around
+        np.add(a[: c - 1], b[1:c], out=out[: c - 1])
+        out[c - 1] = a[c - 1] + b[c % cols]
+
+
+def _normals_from_words(words: np.ndarray, c: int, m: int, out: torch.Tensor) -> None:
+    """Test seam: the normals behind given keystream words (uint32: float32, else float64).
+
+    ``words`` has shape (2·rows·cols,) (see :func:`_layout`): first the radius uniforms,
+    then the angles; ``out`` is a Tensor of shape (c,) of the matching dtype.
+    """
+    kernel = _Chunk(c, m, words.dtype.itemsize == 4)
+    kernel.words[:] = words
+    kernel.convert(out.numpy())
