@@ -1,4 +1,6 @@
-"""Secure noise source: distribution tests (moments, KS), independence, determinism of streams."""
+"""Secure noise source: distribution tests (moments, KS), independence, determinism of streams,
+the AES-CTR counter layout, the Holohan–Braghin combining (distinct pairs for every n), and
+reproducibility of seeded releases."""
 
 import math
 
@@ -7,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from dplowrank._secure import SecureNormalSource
+from dplowrank._secure import _CHUNK, SecureNormalSource, _layout, _normals_from_words
 
 N = 400_000
 
@@ -56,6 +58,115 @@ def test_secure_source_rejects_bad_input():
         SecureNormalSource(b"short")
     with pytest.raises(ValueError, match="combine must be a positive integer, got 0"):
         SecureNormalSource(combine=0)
+    with pytest.raises(ValueError, match="n must be a non-negative integer, got -1"):
+        SecureNormalSource().normals(-1, stream=0)
+    assert SecureNormalSource().normals(0, stream=0).shape == (0,)
+    with pytest.raises(TypeError, match="dtype must be a real floating torch.dtype, got 'float32'"):
+        SecureNormalSource().normals(3, stream=0, dtype="float32")
+    with pytest.raises(ValueError, match="stream must be in"):
+        SecureNormalSource().normals(3, stream=2**64)
+
+
+def test_keystream_is_aes256_of_the_counter_blocks():
+    """Block j of stream s is AES-256_k(s ‖ j) (64-bit big-endian halves), computed here
+    independently with ECB: the streams never share a counter block."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = bytes(range(32))
+    src = SecureNormalSource(key)
+    ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    for stream in (0, 1, 2**40 + 3):
+        blocks = b"".join(stream.to_bytes(8, "big") + j.to_bytes(8, "big") for j in range(5))
+        got = bytes(src._keystream(src._encryptor(stream), 80, bytearray(96))[:80])
+        assert got == ecb.update(blocks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("combine", [1, 2, 3])
+def test_normals_are_the_documented_function_of_the_keystream(dtype, combine):
+    """normals() is _normals_from_words applied chunk by chunk to the stream's keystream
+    (so the distinct-pairs test below, which goes through the same kernel, covers it)."""
+    src = SecureNormalSource.from_seed(11, combine=combine)
+    size = _CHUNK[dtype]
+    n = size + 5  # a full chunk and a short last one
+    got = src.normals(n, stream=9, dtype=dtype)
+    enc = src._encryptor(9)
+    width, word = (4, "<u4") if dtype == torch.float32 else (8, "<u8")
+    want = torch.empty(n, dtype=dtype)
+    for c0 in range(0, n, size):
+        c = min(size, n - c0)
+        rows, cols = _layout(c, combine)
+        nbytes = 2 * rows * cols * width
+        words = np.frombuffer(src._keystream(enc, nbytes, bytearray(nbytes + 16)), dtype=word, count=nbytes // width)
+        _normals_from_words(words.astype(words.dtype.newbyteorder("=")), c, combine, want[c0 : c0 + c])
+    assert torch.equal(got, want)
+
+
+def _contributions(n, m, dtype):
+    """For each output of a request of n normals, the set of (pair, "cos"/"sin") draws in it.
+
+    Switches one Box–Muller pair on at a time through crafted keystream words: every other
+    pair gets the radius uniform u = 1 (r = 0), the chosen one u at its minimum (r > 0), and
+    all angles θ = 0 (only cosines are nonzero) or θ = π/2 (only sines)."""
+    rows, cols = _layout(n, m)
+    pairs = rows * cols
+    if dtype == torch.float64:
+        word, r_off, r_on, angle = np.uint64, 2**64 - 1, 0, {"cos": 0, "sin": 2**62}
+    else:
+        word, r_off, r_on, angle = np.uint32, 2**32 - 1, 0, {"cos": 0, "sin": 2**30}
+    used = [set() for _ in range(n)]
+    for p in range(pairs):
+        for kind, a in angle.items():
+            words = np.empty(2 * pairs, dtype=word)
+            words[:pairs] = r_off
+            words[p] = r_on
+            words[pairs:] = a
+            z = torch.empty(n, dtype=dtype)
+            _normals_from_words(words, n, m, z)
+            for i in np.flatnonzero(np.abs(z.numpy()) > 1e-3):
+                used[i].add((p, kind))
+    return used
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("combine", [1, 2, 3, 4, 5])
+def test_combined_draws_come_from_distinct_pairs_for_small_n(combine, dtype):
+    """Holohan–Braghin hardening holds for every request size, n = 1 included: each output
+    sums `combine` draws from `combine` different Box–Muller pairs, and no draw is shared
+    between outputs (so the outputs stay independent)."""
+    for n in list(range(1, 10)) + [16, 17]:
+        used = _contributions(n, combine, dtype)
+        seen = set()
+        for i, draws in enumerate(used):
+            assert len(draws) == combine, (n, i, draws)
+            assert len({p for p, _ in draws}) == combine, (n, i, draws)  # distinct pairs
+            assert not draws & seen, (n, i, draws)
+            seen |= draws
+
+
+def test_solver_seed_is_reproducible_and_separate_from_the_noise_streams():
+    a, b = SecureNormalSource.from_seed(4), SecureNormalSource.from_seed(4)
+    seeds = [a.solver_seed(), a.solver_seed()]
+    assert seeds == [b.solver_seed(), b.solver_seed()]
+    assert seeds[0] != seeds[1] and 0 <= min(seeds) and max(seeds) < 2**64
+    assert seeds[0] != SecureNormalSource.from_seed(5).solver_seed()
+    assert a.new_streams(2) == [0, 1]  # the noise streams are untouched
+
+
+def test_seeded_secure_releases_are_bit_identical_at_large_d():
+    """Regression: the solver's random start came from the OS even for a seeded source, so
+    two lanczos releases from from_seed(4) at d = 2048 differed (by 5.6e-6)."""
+    import dplowrank as dl
+
+    d = 2048
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(d, 3, generator=g, dtype=torch.float64))[0].T
+    # three planted directions with well separated eigenvalues (600, 300, 100): quick to solve
+    rows = torch.cat([basis[0].repeat(600, 1), basis[1].repeat(300, 1), basis[2].repeat(100, 1)])
+    a, b = (dl.release_rank_k(rows, 2, epsilon=2.0, delta=1e-6, row_norm=1.0, solver="lanczos",
+                              generator=SecureNormalSource.from_seed(4)) for _ in range(2))
+    assert a.randomness == "seeded" and not a.for_publication
+    assert torch.equal(a.eigenvalues, b.eigenvalues) and torch.equal(a.eigenvectors, b.eigenvectors)
 
 
 @pytest.mark.gpu
