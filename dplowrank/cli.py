@@ -38,7 +38,7 @@ def demo(k: int, epsilons: list[float], delta: float, repeats: int) -> str:
     ]
     lines = [
         f"dplowrank demo: private rank-{k} approximation of the Gram of {label}",
-        f"delta = {delta:g}; each row averages {repeats} releases with secure noise (ChaCha20, key from os.urandom).",
+        f"delta = {delta:g}; each row averages {repeats} releases with secure noise (AES-256-CTR, key from os.urandom).",
         "captured = tr(V^T M V) / tr(V_k^T M V_k) (1 = optimal); error = ||M^_k - M_k||_F / ||M_k||_F",
         "(captured and error compare with the true Gram: analysis only, not private)",
         "",
@@ -88,7 +88,7 @@ def compress(epsilon: float, ratio: float, scope: str, delta: float, n_train: in
                    delta=delta, methods=methods, seed=seed, time_forward=False, save_dir=save,
                    log=lambda line: print(line, flush=True))
     source = "a seeded generator (reproducible, not for publication)" if seed is not None else \
-        "the secure default (ChaCha20, key from os.urandom)"
+        "the secure default (AES-256-CTR, key from os.urandom)"
     lines = ["", f"MiniLM-L6 ({scope} layers), parameter ratio {ratio:g}; private corpus: {n_train} "
              f"docstring sentences, {n_heldout} held out; noise from {source}", out["table"]]
     if out["saved"]:

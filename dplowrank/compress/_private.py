@@ -106,7 +106,7 @@ def release_statistics(
     noise_shape : {"isotropic", "upper_triangular"}, default "isotropic"
     generator : torch.Generator, optional
         Seeded source of all noise (on the statistics' device; reproducible, the releases are
-        then marked not for publication). Default: the secure source (ChaCha20 keyed from
+        then marked not for publication). Default: the secure source (AES-256-CTR keyed from
         ``os.urandom``), as in :func:`dplowrank.release_rank_k`.
     budget : PrivacyBudget, optional
         Charged with every release; checked for the whole plan before any noise is drawn.
