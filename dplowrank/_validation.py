@@ -11,6 +11,7 @@ __all__ = [
     "check_positive",
     "check_k",
     "check_choice",
+    "check_dense_input",
 ]
 
 
@@ -58,6 +59,25 @@ def check_k(k: object, d: int) -> int:
 
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
     """Return ``value`` after checking it is one of ``choices``."""
-    if value not in choices:
+    # Only a str can be a choice: testing ``in`` with an array or tensor would compare
+    # elementwise (and raise an unrelated error) instead of refusing it.
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return str(value)
+
+
+def check_dense_input(x: object, name: str) -> None:
+    """Refuse tensors whose values cannot be read: a sparse layout or the ``meta`` device.
+
+    Anything else passes through (conversion to a tensor, and its own errors, come later).
+    Raises ``TypeError`` for a sparse (COO, CSR, ...) tensor and ``ValueError`` for a tensor on
+    the meta device, each naming the argument and what it got.
+    """
+    import torch  # local: this module is otherwise pure Python
+
+    if not isinstance(x, torch.Tensor):
+        return
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}; call .to_dense() first")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a tensor on the 'meta' device, which holds no values (shape {tuple(x.shape)})")

@@ -217,31 +217,72 @@ class GramAccumulator:
                         ) -> tuple["GramAccumulator", object]:
         """Restore an accumulator written by :meth:`save_checkpoint`; returns ``(acc, cursor)``.
 
-        A damaged, truncated or altered file raises ``ValueError`` (never a fresh accumulator);
-        a missing one ``FileNotFoundError``.
+        A damaged, truncated or altered file, a directory, or a file whose fields are missing or
+        invalid raises ``ValueError`` naming the file (and the field); never a fresh accumulator.
+        A missing file raises ``FileNotFoundError``.
         """
-        raw = Path(path).read_bytes()
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"the checkpoint path {os.fspath(path)!r} is a directory, not a checkpoint file")
+        raw = path.read_bytes()  # FileNotFoundError for a missing file
         try:
             n = int.from_bytes(raw[:8], "little")
             meta = json.loads(raw[8:8 + n])
             gram = raw[8 + n:]
             digest = meta.pop("sha256")
             ok = hashlib.sha256(json.dumps(meta, sort_keys=True).encode() + gram).hexdigest() == digest
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ValueError(f"{os.fspath(path)!r} is not a readable GramAccumulator checkpoint: {exc}") from exc
         if not ok:
             raise ValueError(f"the checkpoint {os.fspath(path)!r} failed its checksum: it is damaged")
         if meta.get("format") != _CKPT_FORMAT:
             raise ValueError(f"{os.fspath(path)!r} is not a GramAccumulator checkpoint")
-        dev = as_device(device) or as_device(meta["device"])
-        acc = cls(row_norm=meta["row_norm"], dim=meta["dim"], neighbour=meta["neighbour"])
-        acc._device = dev
-        if gram:
+        # A valid checksum proves the file is intact, not that it was written by save_checkpoint:
+        # every field is checked before it is used, and any failure names the file and the field.
+        field = "version"
+        try:
+            if meta.get("version") != 1:
+                raise ValueError(f"unsupported version {meta.get('version')!r}")
+            for field in ("row_norm", "neighbour", "dim", "n_rows", "n_clipped", "device", "cursor"):
+                if field not in meta:
+                    raise ValueError("the field is missing")
+            field = "dim"
             d = meta["dim"]
-            arr = np.frombuffer(gram, dtype="<f8").reshape(d, d).copy()
+            if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+                raise ValueError(f"must be null or a positive integer, got {d!r}")
+            field = "n_rows"
+            n_rows, n_clipped = meta["n_rows"], meta["n_clipped"]
+            if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 0:
+                raise ValueError(f"must be a non-negative integer, got {n_rows!r}")
+            field = "n_clipped"
+            if isinstance(n_clipped, bool) or not isinstance(n_clipped, int) or not 0 <= n_clipped <= n_rows:
+                raise ValueError(f"must be an integer in [0, n_rows={n_rows}], got {n_clipped!r}")
+            field = "device"
+            if meta["device"] is not None and not isinstance(meta["device"], str):
+                raise ValueError(f"must be null or a str, got {meta['device']!r}")
+            dev = as_device(device) or as_device(meta["device"])  # pass device= to load elsewhere
+            field = "row_norm"
+            row_norm = check_positive(meta["row_norm"], "row_norm")
+            field = "neighbour"
+            neighbour = check_choice(meta["neighbour"], "neighbour", NEIGHBOURS)
+            acc = cls(row_norm=row_norm, dim=d, neighbour=neighbour)
+            field = "gram"
+            arr = None
+            if gram:
+                if d is None or len(gram) != 8 * d * d:
+                    raise ValueError(f"{len(gram)} bytes do not hold a float64 Gram of dimension {d!r}")
+                arr = np.frombuffer(gram, dtype="<f8").reshape(d, d).copy()
+                if not np.isfinite(arr).all():
+                    raise ValueError("it has a NaN or Inf entry")
+            elif n_rows:
+                raise ValueError(f"it is empty but n_rows is {n_rows}")
+        except (ValueError, TypeError) as exc:  # ValueError and TypeError from the checks above
+            raise ValueError(f"the checkpoint {os.fspath(path)!r} has an invalid field {field!r}: {exc}") from exc
+        acc._device = dev
+        if arr is not None:
             acc._gram = torch.from_numpy(arr).to(dev or "cpu")
             acc._device = acc._gram.device
-        acc.n_rows, acc.n_clipped = int(meta["n_rows"]), int(meta["n_clipped"])
+        acc.n_rows, acc.n_clipped = n_rows, n_clipped
         return acc, meta["cursor"]
 
     def __repr__(self) -> str:

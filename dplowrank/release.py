@@ -21,9 +21,9 @@ import torch
 from ._io import atomic_write_bytes
 from ._memory import check_allocation
 from ._parallel import run_blocks
-from ._random import SECURE, _device_key, resolve_noise_source
+from ._random import SECURE, SEEDED, _device_key, resolve_noise_source
 from ._tensor import as_device, as_tensor
-from ._validation import check_choice, check_k
+from ._validation import check_choice, check_dense_input, check_k, check_positive
 from .accounting._budget import PrivacyBudget
 from .accounting._events import GaussianEvent
 from .gram import GramAccumulator
@@ -234,39 +234,88 @@ class LowRankRelease:
 def load_release(path: str | os.PathLike, *, device: torch.device | str | None = None) -> LowRankRelease:
     """Read a :class:`LowRankRelease` from a file written by :meth:`LowRankRelease.save`.
 
-    Raises ``ValueError`` for a file that is not a dplowrank release or is damaged.
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError``, naming the file (and
+    the field), for one that is not a dplowrank release, is damaged, or holds a field of the
+    wrong type or range.
     """
     dev = as_device(device) or torch.device("cpu")
+    name = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no release file at {name!r}")
     try:
         with np.load(path, allow_pickle=False) as f:
-            data = {name: f[name] for name in f.files}
+            data = {key: f[key] for key in f.files}
         meta = json.loads(str(data.pop("metadata")))
     except Exception as exc:  # any failure to parse (bad zip, truncation, objects) is one error
-        raise ValueError(f"{os.fspath(path)!r} is not a readable dplowrank release: {exc}") from exc
+        raise ValueError(f"{name!r} is not a readable dplowrank release: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not a dplowrank release file")
+        raise ValueError(f"{name!r} is not a dplowrank release file")
     if meta.get("version") != _FORMAT_VERSION:
-        raise ValueError(f"unsupported release format version {meta.get('version')!r} in {os.fspath(path)!r}")
+        raise ValueError(f"unsupported release format version {meta.get('version')!r} in {name!r}")
     try:
-        vals = torch.from_numpy(data["eigenvalues"]).to(dev)
-        vecs = torch.from_numpy(data["eigenvectors"]).to(dev)
-        spectrum = torch.from_numpy(data["spectrum"]).to(dev) if "spectrum" in data else None
-        h_vals = h_vecs = None
-        if "hermitian_eigenvectors" in data:
-            h_vals = torch.from_numpy(data["hermitian_eigenvalues"]).to(dev)
-            h_vecs = torch.from_numpy(data["hermitian_eigenvectors"]).to(dev)
-        if vals.ndim != 1 or vecs.ndim != 2 or vecs.shape[1] != vals.shape[0]:
-            raise ValueError(f"inconsistent shapes {tuple(vals.shape)} and {tuple(vecs.shape)}")
-        fields = {k: meta[k] for k in (
-            "mechanism", "noise_shape", "neighbour", "sensitivity", "noise_scale", "calibration",
-            "epsilon", "delta", "psd", "solver", "dtype", "device", "randomness", "converged", "extra")}
-        fields["spectrum_slack"] = float(meta.get("spectrum_slack", 0.0))
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"{os.fspath(path)!r} is a damaged dplowrank release: {exc}") from exc
-    return LowRankRelease(
-        eigenvalues=vals, eigenvectors=vecs, hermitian_eigenvalues=h_vals,
-        hermitian_eigenvectors=h_vecs, spectrum=spectrum, **fields,
-    )
+        fields = _release_fields(meta)
+        arrays = _release_arrays(data)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"{name!r} is a damaged dplowrank release: {exc}") from exc
+    return LowRankRelease(**{k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()},
+                          **fields)
+
+
+_STR_FIELDS = {
+    "mechanism": MECHANISMS, "noise_shape": ("isotropic", "upper_triangular", "hermitian"),
+    "randomness": (SECURE, SEEDED), "dtype": tuple(_DTYPES),
+    "neighbour": None, "calibration": None, "solver": None, "device": None,
+}
+
+
+def _release_fields(meta: dict) -> dict:
+    """The metadata of a saved release, each field checked (``KeyError``/``ValueError``/``TypeError`` name it)."""
+    out = {}
+    for key, choices in _STR_FIELDS.items():
+        v = meta[key]
+        if not isinstance(v, str) or (choices is not None and v not in choices):
+            raise ValueError(f"field {key!r} must be " + (f"one of {choices}" if choices else "a str") + f", got {v!r}")
+        out[key] = v
+    for key in ("sensitivity", "noise_scale"):
+        out[key] = check_positive(meta[key], f"field {key!r}")
+    for key in ("epsilon", "delta"):  # ε = 0 is possible (a tiny μ at a large δ)
+        v = meta[key]
+        out[key] = None if v is None else check_positive(v, f"field {key!r}", allow_zero=key == "epsilon")
+    if out["delta"] is not None and not out["delta"] < 1.0:
+        raise ValueError(f"field 'delta' must be < 1, got {out['delta']!r}")
+    for key in ("psd", "converged"):
+        if not isinstance(meta[key], bool):
+            raise ValueError(f"field {key!r} must be a bool, got {meta[key]!r}")
+        out[key] = meta[key]
+    if not isinstance(meta["extra"], dict):
+        raise ValueError(f"field 'extra' must be an object, got {meta['extra']!r}")
+    out["extra"] = meta["extra"]
+    out["spectrum_slack"] = check_positive(meta.get("spectrum_slack", 0.0), "field 'spectrum_slack'", allow_zero=True)
+    return out
+
+
+def _release_arrays(data: dict) -> dict:
+    """The arrays of a saved release as tensors, with their kinds and shapes checked."""
+
+    def real(key, ndim):
+        a = data[key]
+        if a.dtype.kind != "f" or a.ndim != ndim:
+            raise ValueError(f"array {key!r} must be a real float array with {ndim} dimensions, "
+                             f"got dtype {a.dtype} and shape {a.shape}")
+        return torch.from_numpy(a)
+
+    vals, vecs = real("eigenvalues", 1), real("eigenvectors", 2)
+    if vecs.shape[1] != vals.shape[0]:
+        raise ValueError(f"inconsistent shapes {tuple(vals.shape)} and {tuple(vecs.shape)}")
+    out = {"eigenvalues": vals, "eigenvectors": vecs, "hermitian_eigenvalues": None,
+           "hermitian_eigenvectors": None, "spectrum": real("spectrum", 1) if "spectrum" in data else None}
+    if "hermitian_eigenvectors" in data or "hermitian_eigenvalues" in data:
+        h_vals, h_vecs = real("hermitian_eigenvalues", 1), data["hermitian_eigenvectors"]
+        if h_vecs.dtype.kind != "c" or tuple(h_vecs.shape) != tuple(vecs.shape) or h_vals.shape != vals.shape:
+            raise ValueError(f"array 'hermitian_eigenvectors' must be complex of shape {tuple(vecs.shape)} "
+                             f"(with {vals.shape[0]} eigenvalues), got dtype {h_vecs.dtype} and shape {h_vecs.shape}")
+        out["hermitian_eigenvalues"], out["hermitian_eigenvectors"] = h_vals, torch.from_numpy(h_vecs)
+    return out
 
 
 # ---- the front door -----------------------------------------------------------------
@@ -280,11 +329,13 @@ _CHECK_STRIP_GPU = 4096  # rows per strip on a GPU
 _CHECK_BLOCK = 256  # tiles of 256² float64 (512 kB) stay in cache: 27 ms at d = 4096 against 36 ms for 512
 
 
-def _check_gram(M: torch.Tensor) -> None:
+def _check_gram(M: torch.Tensor) -> float:
     """Raise unless M (shape (d, d)) is finite and symmetric to rounding; one blocked pass.
 
-    Each pair of blocks (I, J), J ≥ I, is read once: |M_IJ − M_JIᵀ| gives the asymmetry and
-    max |M_IJ| the scale, whose NaN/Inf also flags non-finite entries (located afterwards).
+    Returns max |M_ij|, which the release reuses to check that the noisy matrix fits its
+    working dtype (:func:`_check_range`). Each pair of blocks (I, J), J ≥ I, is read once:
+    |M_IJ − M_JIᵀ| gives the asymmetry and max |M_IJ| the scale, whose NaN/Inf also flags
+    non-finite entries (located afterwards).
     On the CPU the pairs are 256² tiles (cache-sized) on the thread pool; on a GPU, row
     strips whose figures stay on the device until one synchronisation at the end (a
     synchronisation per tile cost 1 s at d = 32768 on an H100, against ~10 ms for the pass).
@@ -299,8 +350,7 @@ def _check_gram(M: torch.Tensor) -> None:
             lo, hi = torch.aminmax(upper)
             asym = (upper - M[i0:, i0:i1].T).abs().max()
             figures.append(torch.stack([torch.maximum(-lo, hi), asym]))
-        _judge(M, torch.stack(figures).to("cpu", torch.float64).tolist())
-        return
+        return _judge(M, torch.stack(figures).to("cpu", torch.float64).tolist())
 
     def pair(i0: int, j0: int) -> tuple[float, float]:
         i1, j1 = min(d, i0 + _CHECK_BLOCK), min(d, j0 + _CHECK_BLOCK)
@@ -313,12 +363,13 @@ def _check_gram(M: torch.Tensor) -> None:
         return top, max(-float(dlo), float(dhi))
 
     starts = range(0, d, _CHECK_BLOCK)
-    _judge(M, run_blocks(pair, [(i0, j0) for i0 in starts for j0 in starts if j0 >= i0], M.device))
+    return _judge(M, run_blocks(pair, [(i0, j0) for i0 in starts for j0 in starts if j0 >= i0], M.device))
 
 
-def _judge(M: torch.Tensor, figures) -> None:
+def _judge(M: torch.Tensor, figures) -> float:
     """Raise the input error for M (shape (d, d)) from per-block figures ``(max |entry|,
-    max asymmetry)``; the offending entry is located only when there is one."""
+    max asymmetry)``; the offending entry is located only when there is one. Returns the
+    largest |entry|."""
     if not all(math.isfinite(top) and math.isfinite(asym) for top, asym in figures):
         bad = torch.nonzero(~torch.isfinite(M))[0].tolist()
         raise ValueError(f"the Gram matrix has a NaN or Inf entry at {tuple(bad)}")
@@ -338,21 +389,55 @@ def _judge(M: torch.Tensor, figures) -> None:
             f"the Gram matrix must be symmetric: |M[{i},{j}] - M[{j},{i}]| = {val:.3g} "
             f"(largest entry {scale:.3g})"
         )
+    return scale
+
+
+def _check_range(scale: float, sigma: float, d: int, dtype: torch.dtype) -> None:
+    """Refuse a release whose noisy matrix would not be representable in ``dtype``.
+
+    Called before the budget is charged. ``scale`` is max |M_ij| of the (finite) Gram. The
+    noisy entries are M_ij + E_ij with E_ij ~ N(0, σ²) (σ²/2 off the diagonal), and the
+    noise's eigenvalues reach 2σ√d, so max |M| + 8σ√d must stay below the largest finite
+    number of ``dtype``: otherwise the noise or the solver would overflow (a float32 Gram of
+    1e300 used to raise LinAlgError, a σ of 1e300 a RuntimeError, both after the charge).
+    σ must also be a normal number of ``dtype``: a σ that flushes to zero or to a subnormal
+    would leave the matrix without its noise.
+    """
+    info = torch.finfo(dtype)
+    name = str(dtype).replace("torch.", "")
+    if not math.isfinite(scale) or scale > info.max:
+        raise ValueError(
+            f"the Gram matrix's largest entry {scale:.3g} does not fit {name} (largest finite "
+            f"{info.max:.3g}); rescale the data or use dtype='float64'"
+        )
+    if not info.tiny <= sigma <= info.max:
+        raise ValueError(
+            f"the noise scale sigma={sigma:.3g} is not a normal {name} number (range "
+            f"[{info.tiny:.3g}, {info.max:.3g}]); rescale the data (sensitivity) or use dtype='float64'"
+        )
+    reach = scale + 8.0 * sigma * math.sqrt(d)
+    if not (math.isfinite(reach) and reach <= info.max):
+        raise ValueError(
+            f"the noisy matrix would overflow {name}: largest entry {scale:.3g} plus noise of scale "
+            f"sigma={sigma:.3g} at d={d} reaches about {reach:.3g} (largest finite {info.max:.3g}); "
+            "rescale the data (sensitivity) or use dtype='float64'"
+        )
 
 
 def _resolve_matrix(data, row_norm, sensitivity, neighbour, device):
-    """Return (raw Gram, Frobenius sensitivity, neighbour label) without copying user data."""
+    """Return (raw Gram, Frobenius sensitivity, neighbour label, max |entry|) without copying user data."""
     if isinstance(data, GramAccumulator):
         if row_norm is not None or sensitivity is not None:
             raise ValueError(
                 "a GramAccumulator carries its own row_norm and sensitivity; do not pass "
                 f"row_norm={row_norm!r} or sensitivity={sensitivity!r}"
             )
-        if neighbour is not None and neighbour != data.neighbour:
+        if neighbour is not None and check_choice(neighbour, "neighbour", NEIGHBOURS) != data.neighbour:
             raise ValueError(
                 f"neighbour={neighbour!r} differs from the accumulator's {data.neighbour!r}"
             )
-        return data.gram, data.sensitivity, data.neighbour
+        gram = data.gram
+        return gram, data.sensitivity, data.neighbour, _psd_scale(gram)
     if row_norm is not None and sensitivity is not None:
         raise ValueError(
             "give row_norm (data are rows) or sensitivity (data is a Gram matrix), not both"
@@ -363,25 +448,35 @@ def _resolve_matrix(data, row_norm, sensitivity, neighbour, device):
             "norm C), or sensitivity=Δ when data is a Gram matrix; dplowrank never derives a "
             "bound from the data"
         )
-    x = as_tensor(data, "data")
+    check_dense_input(data, "data")
+    try:
+        x = as_tensor(data, "data")
+    except ValueError as exc:  # e.g. a ragged nested list
+        raise ValueError(f"data could not be read as a 2-D array: {exc}") from exc
+    x = x.detach()  # the release never differentiates; a view, so overwrite= still writes into data
     if x.ndim != 2:
         raise ValueError(f"data must be a 2-D array, got shape {tuple(x.shape)}")
     if row_norm is not None:
         nb = "add_remove" if neighbour is None else check_choice(neighbour, "neighbour", NEIGHBOURS)
         acc = GramAccumulator(row_norm=row_norm, neighbour=nb, device=device or x.device)
         acc.update(x)
-        return acc.gram, acc.sensitivity, nb
-    from ._validation import check_positive
-
+        return acc.gram, acc.sensitivity, nb, _psd_scale(acc.gram)
     sens = check_positive(sensitivity, "sensitivity")
     if x.shape[0] != x.shape[1]:
         raise ValueError(
             f"with sensitivity=, data must be a square (d, d) Gram matrix, got shape {tuple(x.shape)}; "
             "for rows pass row_norm= instead"
         )
-    _check_gram(x)
+    if x.shape[0] == 0:
+        raise ValueError("with sensitivity=, data must be a non-empty Gram matrix, got shape (0, 0)")
+    scale = _check_gram(x)
     nb = "declared" if neighbour is None else check_choice(neighbour, "neighbour", NEIGHBOURS)
-    return x, sens, nb
+    return x, sens, nb, scale
+
+
+def _psd_scale(gram: torch.Tensor) -> float:
+    """max |M_ij| of a Gram Σ xxᵀ: its largest diagonal entry (|M_ij| ≤ √(M_ii M_jj)), NaN/Inf kept."""
+    return float(gram.diagonal().max()) if gram.shape[0] else 0.0
 
 
 def _realify(h_vals: torch.Tensor, h_vecs: torch.Tensor, k: int):
@@ -535,10 +630,12 @@ def release_rank_k(
             if dtype not in _DTYPES:
                 raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
             dtype = _DTYPES[dtype]
+        elif not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype or a str, got {dtype!r} of type {type(dtype).__name__}")
         elif dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     dev = as_device(device)
-    gram, sens, nb = _resolve_matrix(data, row_norm, sensitivity, neighbour, dev)
+    gram, sens, nb, scale = _resolve_matrix(data, row_norm, sensitivity, neighbour, dev)
     d = gram.shape[0]
     k = check_k(k, d)
     cal = calibrate_noise(
@@ -561,6 +658,7 @@ def release_rank_k(
     if not in_place:
         itemsize = torch.finfo(work_dtype).bits // 8 * (2 if mechanism == "complex" else 1)
         check_allocation(itemsize * d * d, dev, f"the noisy {d}x{d} matrix of this release")
+    _check_range(scale, cal.noise_scale, d, work_dtype)
     if budget is not None:
         budget.spend(cal.event)  # raises BudgetExceededError before any noise is drawn
     if overwrite and isinstance(data, GramAccumulator):

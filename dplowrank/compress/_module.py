@@ -6,11 +6,13 @@ shared-input group compressed jointly (Peng et al., arXiv:2402.16319) share one 
 module (V), which is stored once.
 
 Files (:func:`save_compressed`) are a JSON description plus an ``.npz`` of tensors, read
-back with ``allow_pickle=False``: no arbitrary object is ever unpickled.
+back with ``allow_pickle=False``: no arbitrary object is ever unpickled. The description
+records the SHA-256 of the ``.npz``, so a mismatched pair is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write_files
 
 __all__ = ["LowRankLinear", "replace_linears", "save_compressed", "load_compressed", "count_parameters"]
 
@@ -184,13 +186,23 @@ def _layout(model: nn.Module) -> dict:
 def save_compressed(model: nn.Module, path: str | os.PathLike, *, metadata: Mapping | None = None) -> Path:
     """Write a model with :class:`LowRankLinear` layers to the directory ``path``.
 
-    ``compression.json`` records each low-rank layer (shapes, rank, shared down-projections)
-    and ``metadata`` (e.g. the privacy cost; JSON-serialisable); ``weights.npz`` holds the
-    whole state dict (a shared down-projection once). Load with :func:`load_compressed` into
-    a fresh instance of the original architecture.
+    ``compression.json`` records each low-rank layer (shapes, rank, shared down-projections),
+    ``metadata`` (e.g. the privacy cost; JSON-serialisable) and the SHA-256 of the weights;
+    ``weights.npz`` holds the whole state dict (a shared down-projection once). Load with
+    :func:`load_compressed` into a fresh instance of the original architecture.
+
+    Both files are serialised before anything is written, so bad ``metadata`` (``TypeError``)
+    or a ``path`` that is a file (``ValueError``) leaves the disk untouched. They are then
+    written to temporary files and renamed into place, the config last; a crash between the
+    two renames leaves a pair whose checksums disagree, which :func:`load_compressed` refuses.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping (or None), got {type(metadata).__name__}")
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{os.fspath(path)!r} is a file; save_compressed writes a directory")
     layers = _layout(model)
     skip = {f"{n}.down.weight" for n, e in layers.items() if "shares_down_with" in e}
     arrays, dtypes = {}, {}
@@ -202,13 +214,55 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, *, metadata: Mapp
         if t.dtype == torch.bfloat16:
             t = t.to(torch.float32)
         arrays[key] = t.numpy()
-    config = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": layers, "dtypes": dtypes,
-              "metadata": dict(metadata or {})}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(path / _WEIGHTS, buf.getvalue())
-    atomic_write_bytes(path / _CONFIG, json.dumps(config, indent=1, sort_keys=True).encode())
+    weights = buf.getvalue()
+    config = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": layers, "dtypes": dtypes,
+              "metadata": dict(metadata or {}), "weights_sha256": hashlib.sha256(weights).hexdigest()}
+    try:
+        text = json.dumps(config, indent=1, sort_keys=True).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metadata must be JSON-serialisable: {exc}") from exc
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_files({path / _WEIGHTS: weights, path / _CONFIG: text})
     return path
+
+
+def _check_config(config: object, where: str) -> dict:
+    """Check the schema of a ``compression.json``; ``ValueError`` names the file and the field."""
+    if not isinstance(config, dict) or config.get("format") != _FORMAT:
+        raise ValueError(f"{where!r} is not a dplowrank compressed model")
+    if config.get("version") != _FORMAT_VERSION:
+        raise ValueError(f"unsupported compressed-model version {config.get('version')!r} in {where!r}")
+
+    def bad(field: str, why: str) -> ValueError:
+        return ValueError(f"{where!r} has an invalid compression.json: field {field!r} {why}")
+
+    layers, dtypes = config.get("layers"), config.get("dtypes")
+    if not isinstance(layers, dict):
+        raise bad("layers", f"must be an object, got {layers!r:.80}")
+    for name, e in layers.items():
+        if not isinstance(e, dict):
+            raise bad(f"layers.{name}", f"must be an object, got {e!r:.80}")
+        for key in ("in_features", "out_features", "rank"):
+            v = e.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(f"layers.{name}.{key}", f"must be a positive integer, got {v!r:.80}")
+        if not isinstance(e.get("bias"), bool):
+            raise bad(f"layers.{name}.bias", f"must be a bool, got {e.get('bias')!r:.80}")
+        owner = e.get("shares_down_with")
+        if owner is not None and (not isinstance(owner, str) or owner not in layers or owner == name):
+            raise bad(f"layers.{name}.shares_down_with", f"must name another saved layer, got {owner!r:.80}")
+        if owner is not None and "shares_down_with" in layers[owner]:
+            raise bad(f"layers.{name}.shares_down_with", f"names {owner!r}, which itself shares another's")
+    if not isinstance(dtypes, dict) or not all(isinstance(v, str) for v in dtypes.values()):
+        raise bad("dtypes", f"must be an object of str, got {dtypes!r:.80}")
+    if not isinstance(config.get("metadata", {}), dict):
+        raise bad("metadata", f"must be an object, got {config.get('metadata')!r:.80}")
+    digest = config.get("weights_sha256")
+    if digest is not None and not isinstance(digest, str):
+        raise bad("weights_sha256", f"must be a str, got {digest!r:.80}")
+    return config
 
 
 def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -217,18 +271,33 @@ def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     The named linears of ``model`` are replaced by :class:`LowRankLinear` of the saved
     shapes (with shared down-projections re-tied) and the saved state dict is loaded
     strictly. Returns ``model`` (modified in place); its metadata is ``model.compression_metadata``.
+
+    Raises ``TypeError`` when ``model`` is not an ``nn.Module`` and ``ValueError``, naming the
+    directory, when the files are missing, damaged, do not belong together (the weights'
+    SHA-256 differs from the one in the config: e.g. a save interrupted between its two
+    renames) or do not fit ``model``; the model is then left as it was.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     path = Path(path)
+    where = os.fspath(path)
     try:
         config = json.loads((path / _CONFIG).read_text())
-        with np.load(path / _WEIGHTS, allow_pickle=False) as f:
+        weights = (path / _WEIGHTS).read_bytes()
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{where!r} is not a readable compressed model: {exc}") from exc
+    config = _check_config(config, where)
+    digest = config.get("weights_sha256")
+    if digest is not None and hashlib.sha256(weights).hexdigest() != digest:
+        raise ValueError(
+            f"{where!r}: {_WEIGHTS} does not match {_CONFIG} (SHA-256 differs): the pair comes from "
+            "two different saves (an interrupted save_compressed?) or was altered"
+        )
+    try:
+        with np.load(io.BytesIO(weights), allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{os.fspath(path)!r} is not a readable compressed model: {exc}") from exc
-    if not isinstance(config, dict) or config.get("format") != _FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not a dplowrank compressed model")
-    if config.get("version") != _FORMAT_VERSION:
-        raise ValueError(f"unsupported compressed-model version {config.get('version')!r}")
+    except Exception as exc:  # bad zip, truncation, pickled objects: one error
+        raise ValueError(f"{where!r} has unreadable weights: {exc}") from exc
     layers = config["layers"]
     mods = dict(model.named_modules())
     new: dict[str, LowRankLinear] = {}
@@ -238,21 +307,22 @@ def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         if not isinstance(old, nn.Linear):
             raise ValueError(f"the model has no nn.Linear named {name!r} to hold a saved low-rank layer")
         owner = e.get("shares_down_with")
-        if owner is not None and owner not in new:
-            raise ValueError(f"layer {name!r} shares the down-projection of {owner!r}, which the file does not hold")
         down = None if owner is None else new[owner].down
         new[name] = LowRankLinear(e["in_features"], e["out_features"], e["rank"], bias=e["bias"], down=down,
                                   device=old.weight.device, dtype=old.weight.dtype)
     state = {}
     for key, arr in arrays.items():
         dt_name = config["dtypes"].get(key, str(arr.dtype))
-        dt = getattr(torch, dt_name, None) if isinstance(dt_name, str) else None
-        if not isinstance(dt, torch.dtype):
-            raise ValueError(f"{os.fspath(path)!r}: entry {key!r} has an unknown dtype {dt_name!r}")
+        dt = getattr(torch, dt_name, None)
+        if not isinstance(dt, torch.dtype) or arr.dtype.kind not in "biufc":
+            raise ValueError(f"{where!r}: entry {key!r} has an unknown dtype {dt_name!r} (stored as {arr.dtype})")
         state[key] = torch.from_numpy(arr).to(dt)
     for name, e in layers.items():
         if "shares_down_with" in e:
-            state[f"{name}.down.weight"] = state[f"{e['shares_down_with']}.down.weight"]
+            src = f"{e['shares_down_with']}.down.weight"
+            if src not in state:
+                raise ValueError(f"{where!r}: the weights lack {src!r}, which {name!r} shares")
+            state[f"{name}.down.weight"] = state[src]
     originals = {name: mods[name] for name in new}
     replace_linears(model, new)
     # Every key and shape is checked before anything is copied: a file that does not fit
@@ -263,7 +333,7 @@ def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if missing or unexpected or shapes:
         replace_linears(model, originals)
         raise ValueError(
-            f"{os.fspath(path)!r} does not fit this model: missing {missing[:5]}, unexpected "
+            f"{where!r} does not fit this model: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}, other shapes {shapes[:5]}"
         )
     model.load_state_dict(state, strict=True)

@@ -10,7 +10,7 @@ works; :data:`BERT` and :data:`LLAMA` are ready-made.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -62,8 +62,12 @@ class LayerGroup:
 def _compile(patterns: Sequence[str], what: str) -> list[re.Pattern]:
     if isinstance(patterns, str):
         patterns = (patterns,)
+    if isinstance(patterns, (bytes, bytearray)) or not isinstance(patterns, Iterable):
+        raise TypeError(f"{what} must be a str or a sequence of str, got {type(patterns).__name__}")
     out = []
     for p in patterns:
+        if not isinstance(p, str):
+            raise TypeError(f"{what} patterns must be str, got {p!r} of type {type(p).__name__}")
         try:
             out.append(re.compile(p))
         except re.error as exc:
@@ -102,9 +106,13 @@ def find_groups(
     Raises
     ------
     ValueError
-        When no module matches, a matched module is not an ``nn.Linear``, or the members of a
-        shared group disagree on ``in_features``.
+        When no module matches, a matched module is not an ``nn.Linear``, a pattern is not a
+        valid regular expression, or the members of a shared group disagree on ``in_features``.
+    TypeError
+        When ``model`` is not an ``nn.Module`` or a pattern is not a str.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inc, exc = _compile(include, "include"), _compile(exclude, "exclude")
     sha = _compile(shared, "shared")
     for p in sha:
