@@ -18,6 +18,7 @@ from dplowrank.diagnostics import (
     noise_norm_bound,
     re_analyze_gauss_bound,
 )
+from dplowrank.diagnostics._montecarlo import _draw_errors
 
 
 def _g(seed):
@@ -59,6 +60,7 @@ def test_deterministic_bounds_hold_on_every_draw(mechanism, shape, seed):
         spiked_matrix(d, [400, 300, 200, 150], seed),
         spiked_matrix(d, list(rng.uniform(0, 50, size=d)), seed),
         spiked_matrix(d, [100, 100.1, 99.9, 5], seed),
+        spiked_matrix(d, [60, -5, -40, -41], seed),  # indefinite: ‖M − M_k‖₂ is max(|σ_{k+1}|, |σ_d|)
     ]
     for m in mats:
         for k in (1, 3, 5):
@@ -68,6 +70,61 @@ def test_deterministic_bounds_hold_on_every_draw(mechanism, shape, seed):
             assert chk.hold_rates["deterministic_frobenius"] == 1.0
             if mechanism == "gaussian":
                 assert chk.hold_rates["captured_variance"] == 1.0
+
+
+def _swap_example(k, e=1.0, shortfall=1e-6, extra=2):
+    """M = s(I_k ⊕ 0), E = e(−I_k ⊕ I_k ⊕ 0) with s = 2e(1 − shortfall): the noise swaps the top-k
+    subspace, the worst case of the deterministic bounds (shape (d, d), d = 2k + extra)."""
+    d = 2 * k + extra
+    s = 2 * e * (1 - shortfall)
+    m = torch.diag(torch.tensor([s] * k + [0.0] * (d - k), dtype=torch.float64))
+    noise = torch.diag(torch.tensor([-e] * k + [e] * k + [0.0] * extra, dtype=torch.float64))
+    return m, noise
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_deterministic_bounds_are_attained(k):
+    # The constants are not loose: on the swap example the measured error / bound is ≈ 1
+    # (spectral, captured variance) and ≈ √(5/8) (Frobenius), so any smaller constant fails
+    # and a larger one would be caught by the lower limits.
+    m, noise = _swap_example(k)
+    m_k = m.clone()  # rank k already
+    e_norm, frob, spec, vecs = _draw_errors(m, m_k, m + noise, k)
+    assert e_norm == pytest.approx(1.0)
+    tail = 0.0  # σ_{k+1} = 0
+    r_spec = spec / deterministic_spectral_bound(tail, e_norm)
+    r_frob = frob / deterministic_frobenius_bound(k, tail, e_norm)
+    loss = float(torch.trace(m)) - float(torch.trace(vecs.T @ m @ vecs))
+    r_cap = loss / analyze_gauss_captured_variance_bound(k, e_norm)
+    assert 0.999 < r_spec <= 1.0
+    assert math.sqrt(5 / 8) - 1e-3 < r_frob <= 1.0
+    assert 0.999 < r_cap <= 1.0
+
+
+def test_complex_realification_needs_its_factor():
+    # The Hermitian output meets its bound 2(σ_{k+1} + ‖Z‖) with ratio ≈ 1 on the swap example;
+    # the realified real output can exceed that undoubled bound (a 4×4 example found by a
+    # local search over M and Z, kept away from eigenvalue ties), so the factor 2 is needed.
+    k = 2
+    m, noise = _swap_example(k)
+    z = noise.to(torch.complex128)
+    z[0, 1], z[1, 0] = 1e-3j, -1e-3j
+    e_norm = float(torch.linalg.matrix_norm(z, ord=2))
+    w, v = torch.linalg.eigh(m.to(torch.complex128) + z)
+    h_k = (v[:, -k:] * w[-k:].to(v.dtype)) @ v[:, -k:].conj().T
+    assert 0.99 < float(torch.linalg.matrix_norm(h_k - m, ord=2)) / deterministic_spectral_bound(0.0, e_norm) <= 1.0
+
+    m = torch.diag(torch.tensor([4.565, 2.013, 0.028, 0.0], dtype=torch.float64))
+    re = torch.tensor([[-1.838, 0.0, 0.018, 0.071], [0.0, 0.88, 0.0, 0.274],
+                       [0.018, 0.0, 2.0, 0.05], [0.071, 0.274, 0.05, 0.023]], dtype=torch.float64)
+    im = torch.tensor([[0.0, 0.799, 0.004, 0.146], [-0.799, 0.0, -0.028, -0.001],
+                       [-0.004, 0.028, 0.0, -0.088], [-0.146, 0.001, 0.088, 0.0]], dtype=torch.float64)
+    m_k = torch.diag(torch.tensor([4.565, 2.013, 0.0, 0.0], dtype=torch.float64))
+    e_norm, frob, spec, _ = _draw_errors(m, m_k, m + torch.complex(re, im), k)
+    tail = 0.028
+    assert spec / deterministic_spectral_bound(tail, e_norm) > 1.05  # undoubled: violated
+    assert spec <= deterministic_spectral_bound(tail, e_norm, realified=True)
+    assert frob <= deterministic_frobenius_bound(k, tail, e_norm, realified=True)
 
 
 def test_high_probability_bounds_hold_at_the_stated_rate():
@@ -85,21 +142,56 @@ def test_high_probability_bounds_hold_at_the_stated_rate():
 def test_bound_formulas():
     s = np.array([10.0, 6.0, 3.0, 1.0])
     assert deterministic_spectral_bound(3.0, 2.0) == 10.0
+    assert deterministic_spectral_bound(3.0, 2.0, realified=True) == 20.0
     assert deterministic_frobenius_bound(2, 3.0, 2.0) == pytest.approx(2 * 10.0)
     assert analyze_gauss_captured_variance_bound(3, 2.0) == 12.0
-    assert mangoubi_vishnoi_bound(s, 2, 4, 0.5) == pytest.approx(math.sqrt(8) * 0.5 * 6.0 / 3.0)
+    # library constants C_MV = C_RAG = 2 (see dplowrank/diagnostics/_theorems.py)
+    assert mangoubi_vishnoi_bound(s, 2, 4, 0.5) == pytest.approx(2 * math.sqrt(8) * 0.5 * 6.0 / 3.0)
+    assert mangoubi_vishnoi_bound(s, 2, 4, 0.5, constant=1.0) == pytest.approx(math.sqrt(8) * 0.5 * 6.0 / 3.0)
     # RAG: i ≤ k pairs inside the top-k contribute 1, pairs across contribute σᵢ²/(σᵢ − σⱼ)²
     expect = 1 + (10 / 7) ** 2 + (10 / 9) ** 2 + (6 / 3) ** 2 + (6 / 5) ** 2
-    assert re_analyze_gauss_bound(s, 2, 1.0) == pytest.approx(math.sqrt(expect))
+    assert re_analyze_gauss_bound(s, 2, 1.0, constant=1.0) == pytest.approx(math.sqrt(expect))
+    # upper-triangular noise has twice the off-diagonal variance: σ_iso = √2σ
+    assert re_analyze_gauss_bound(s, 2, 1.0, noise_shape="upper_triangular") == pytest.approx(
+        math.sqrt(2) * re_analyze_gauss_bound(s, 2, 1.0))
     assert mangoubi_vishnoi_bound(np.array([2.0, 2.0, 1.0]), 1, 3, 1.0) == math.inf
+    with pytest.raises(ValueError, match="complex mechanism"):
+        mangoubi_vishnoi_bound(s, 2, 4, 0.5, noise_shape="isotropic")
+    with pytest.raises(ValueError, match="real noise"):
+        re_analyze_gauss_bound(s, 2, 1.0, noise_shape="hermitian")
     tb = dl.theory_bounds(np.diag(s), 2, noise_scale=0.01)
-    assert tb.mv_condition and tb.rag_condition and not tb.realified
+    assert tb.rag_condition and tb.mv_condition is None and tb.mangoubi_vishnoi is None and not tb.realified
     tb = dl.theory_bounds(np.diag(s), 2, noise_scale=1.0, noise_shape="hermitian")
-    assert not tb.mv_condition and tb.realified
+    assert tb.mv_condition is False and tb.rag_condition is None and tb.captured_variance_loss is None
+    assert tb.realified and tb.spectral == 2 * deterministic_spectral_bound(3.0, tb.noise_norm)
+    # an indefinite M: the tail ‖M − M_k‖₂ is the largest |eigenvalue| outside the top k
+    tb = dl.theory_bounds(np.array([5.0, 1.0, -4.0]), 1, noise_scale=0.1)
+    assert tb.spectral == pytest.approx(2 * (4.0 + tb.noise_norm))
     with pytest.raises(ValueError, match="failure_probability"):
         noise_norm_bound("isotropic", 10, 1.0, 0.0)
     with pytest.raises(ValueError, match="'goe'"):
         noise_edge("goe", 10, 1.0)
+
+
+@pytest.mark.parametrize("mechanism, shape", [("gaussian", "isotropic"), ("gaussian", "upper_triangular"),
+                                              ("complex", "isotropic")])
+def test_expected_error_bounds_hold_for_every_noise_shape(mechanism, shape):
+    # Spiked model meeting the gap condition: the covering theorem's bound (library constant 2,
+    # σ_iso = √2σ for upper-triangular) is above the mean error, and not vacuously: the ratio
+    # is ≈ 0.5 for every shape. Without the √2 the upper-triangular ratio would be ≈ 0.7.
+    d, sigma, trials = 40, 1.0, 24
+    edge = math.sqrt(d) * sigma
+    m = spiked_matrix(d, [200 * edge, 150 * edge, 100 * edge], seed=4)
+    chk = dl.check_bounds(m, 3, noise_scale=sigma, mechanism=mechanism, noise_shape=shape, trials=trials,
+                          generator=_g(9), progress_bar=False)
+    theorem = "mangoubi_vishnoi" if mechanism == "complex" else "re_analyze_gauss"
+    assert set(chk.conditions) == {theorem} and chk.conditions[theorem]
+    assert ("mangoubi_vishnoi" in chk.bounds) == (mechanism == "complex")
+    ratio = chk.ratios[theorem]
+    assert 0.4 < ratio <= 0.6, ratio
+    # the stated rate: by Markov, P(error > bound/β) ≤ β; here every draw is under bound/β
+    beta = 0.2
+    assert np.mean(chk.frobenius_errors <= chk.bounds[theorem] / beta) >= 1 - beta
 
 
 def _release_from_spectrum(spectrum, d, sigma, shape="isotropic"):
@@ -144,14 +236,17 @@ def test_gap_conditions_met_barely_met_not_met():
 @pytest.mark.parametrize("mechanism", ["gaussian", "complex"])
 @pytest.mark.parametrize("planted", [1, 3, 6])
 def test_recommended_k_recovers_the_planted_k(mechanism, planted):
+    # clear gaps: ≥ 8 GUE edges = 16√dσ apart, above every threshold plus the Weyl margin 2B
     d, sigma = 80, 2.0
     edge = 2 * math.sqrt(d) * sigma
-    spikes = list(np.linspace(40, 20, planted) * edge)
+    spikes = list(np.linspace(60, 20, planted) * edge)
     m = spiked_matrix(d, spikes, seed=planted)
     for seed in range(5):
         r = dl.release_rank_k(m, 10, sensitivity=1.0, noise_scale=sigma, mechanism=mechanism, generator=_g(seed))
         rep = r.diagnose()
         assert rep.recommended_k == planted
+        assert rep.recommended_by == ("mangoubi_vishnoi" if mechanism == "complex" else "re_analyze_gauss")
+        assert rep.recommended_k_by_theorem == {"mangoubi_vishnoi": planted, "re_analyze_gauss": planted}
         assert rep.spectrum.shape == (11,)
         lo, hi = rep.eigenvalue_intervals[:planted].T
         assert np.all(lo <= spikes) and np.all(np.array(spikes) <= hi)  # the truth is inside (w.h.p.)
@@ -164,6 +259,49 @@ def test_pure_noise_recommends_nothing():
                           generator=_g(0))
     assert r.diagnose().recommended_k == 0
     assert "no k <= 5" in r.report()
+
+
+@pytest.mark.parametrize("k", [5, 6])
+def test_pure_noise_at_full_rank_recommends_nothing(k):
+    # k = d has no λ_{d+1}: the d-th gap is σ_d − 0, and pure noise does not clear it
+    r = dl.release_rank_k(torch.zeros(6, 6, dtype=torch.float64), k, sensitivity=1.0, noise_scale=1.0,
+                          generator=_g(1))
+    rep = r.diagnose()
+    assert rep.recommended_k == 0
+    assert all(v == 0 for v in rep.recommended_k_by_theorem.values())
+    # a full-rank matrix far above the noise is supported at k = d
+    big = torch.diag(torch.tensor([4000.0, 3000, 2000, 1000, 600, 300], dtype=torch.float64))
+    r = dl.release_rank_k(big, 6, sensitivity=1.0, noise_scale=1.0, generator=_g(2))
+    assert r.diagnose().recommended_k == 6
+
+
+@pytest.mark.parametrize("shape", ["isotropic", "upper_triangular", "hermitian"])
+def test_recommended_k_near_the_threshold(shape):
+    # Planted k = 3 of a released k = 5; gaps a hair above / below threshold + 2B (the Weyl margin).
+    from dplowrank.diagnostics._theorems import gap_threshold
+
+    d, sigma, beta = 100, 1.0, 0.05
+    b = noise_norm_bound(shape, d, sigma, beta)
+    theorem = "mangoubi_vishnoi" if shape == "hermitian" else "re_analyze_gauss"
+    need = gap_threshold(theorem, d, sigma, shape) + 2 * b
+    assert need == pytest.approx((4 if shape == "hermitian" else 8 * (math.sqrt(2) if shape == "upper_triangular"
+                                                                      else 1)) * math.sqrt(d) * sigma + 2 * b)
+
+    def rec(gaps):
+        spec = 10_000.0 - np.concatenate([[0.0], np.cumsum(gaps)])
+        return _release_from_spectrum(list(spec), d, sigma, shape).diagnose(failure_probability=beta)
+
+    eps = 1e-6 * need
+    above = [need + eps] * 3 + [1.0, 1.0]
+    rep = rec(above)
+    assert rep.recommended_k == 3 and rep.recommended_by == theorem
+    assert rep.condition(theorem).status != "met"  # the released k = 5 has a noise-sized last gap
+    below_k = list(above)
+    below_k[2] = need - eps  # the 3rd gap just misses
+    assert rec(below_k).recommended_k == 2
+    below_2 = list(above)
+    below_2[1] = need - eps  # an inner gap just misses: RAG needs every gap, MV only the k-th
+    assert rec(below_2).recommended_k == (3 if theorem == "mangoubi_vishnoi" else 1)
 
 
 def test_complex_noise_repels_the_smallest_gap_more():
@@ -196,6 +334,15 @@ def test_spectrum_plot_is_a_valid_png(tmp_path):
     out = plot_error_vs_epsilon([1, 2, 4], {"gaussian": [0.3, 0.15, 0.08], "complex": [0.28, 0.14, 0.07]},
                                 tmp_path / "err.png", width_px=640, height_px=480)
     assert _png_size(out) == (640, 480)
+
+
+def test_repulsion_plot_is_a_valid_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from dplowrank.diagnostics.plots import plot_gap_repulsion
+
+    res = dl.gap_repulsion(spiked_matrix(12, [100.0] * 3, seed=2), 3, noise_scale=1.0, trials=40, generator=_g(3))
+    out = plot_gap_repulsion(res, tmp_path / "repulsion.png", width_px=640, height_px=400)
+    assert _png_size(out) == (640, 400)
 
 
 def test_cli_writes_the_spectrum_png(tmp_path):

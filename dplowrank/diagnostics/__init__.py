@@ -10,7 +10,7 @@ from ._bounds import (
     theory_bounds,
 )
 from ._montecarlo import BoundCheck, RepulsionResult, check_bounds, gap_repulsion
-from ._noise import noise_edge, noise_lipschitz, noise_norm_bound
+from ._noise import isotropic_equivalent_scale, noise_edge, noise_lipschitz, noise_norm_bound
 from ._report import GapCondition, GapReport, diagnose
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "deterministic_spectral_bound",
     "diagnose",
     "gap_repulsion",
+    "isotropic_equivalent_scale",
     "mangoubi_vishnoi_bound",
     "noise_edge",
     "noise_lipschitz",

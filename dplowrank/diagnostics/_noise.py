@@ -2,13 +2,23 @@
 
 For the three noise shapes (σ = noise scale, d = dimension):
 
-==================  ===================  ===============  ==========================
-shape               off-diagonal law      edge  c·√d·σ     Lipschitz constant L
-==================  ===================  ===============  ==========================
-isotropic (GOE)     N(0, σ²/2)           √2·√d·σ          σ
-upper_triangular    N(0, σ²)             2·√d·σ           √2·σ
-hermitian (GUE)     Re, Im ~ N(0, σ²/2)  2·√d·σ           σ
-==================  ===================  ===============  ==========================
+==================  ===================  ===============  ==========================  ============
+shape               off-diagonal law      edge  c·√d·σ     Lipschitz constant L        σ_iso
+==================  ===================  ===============  ==========================  ============
+isotropic (GOE)     N(0, σ²/2)           √2·√d·σ          σ                           σ
+upper_triangular    N(0, σ²)             2·√d·σ           √2·σ                        √2·σ
+hermitian (GUE)     Re, Im ~ N(0, σ²/2)  2·√d·σ           σ                           σ
+==================  ===================  ===============  ==========================  ============
+
+(The laws are those drawn by ``dplowrank.mechanisms``: ``noisy_symmetric`` with
+off_std = σ/√2 (isotropic) or σ (upper-triangular), and ``noisy_hermitian``.)
+
+σ_iso is the scale of the isotropic (GOE) noise with the same off-diagonal variance per
+real component: √2 × the off-diagonal standard deviation. It is the scale at which the
+eigenvector terms of the perturbation-theory bounds act: to first order the top-k
+eigenvectors move by Σ_j uⱼᵀEuᵢ/(σᵢ − σⱼ)·uⱼ, and for orthonormal u, v the variance of
+uᵀEv is σ_iso²/2 for the isotropic shape and at most that for the upper-triangular one
+(it is σ²(1 − Σₗ uₗ²vₗ²), whose supremum over directions is σ² = σ_iso²/2).
 
 Edge: E λ_max(E) ≤ c√dσ for every d, by the Sudakov–Fernique comparison of the process
 u ↦ uᵀEu with u ↦ c'σ⟨g, u⟩ (the increments of the first are bounded by those of the
@@ -30,17 +40,24 @@ import math
 
 from .._validation import check_choice, check_positive
 
-__all__ = ["SHAPES", "noise_edge", "noise_lipschitz", "noise_norm_bound"]
+__all__ = ["SHAPES", "isotropic_equivalent_scale", "noise_edge", "noise_lipschitz", "noise_norm_bound"]
 
 SHAPES = ("isotropic", "upper_triangular", "hermitian")
 _EDGE = {"isotropic": math.sqrt(2.0), "upper_triangular": 2.0, "hermitian": 2.0}
 _LIP = {"isotropic": 1.0, "upper_triangular": math.sqrt(2.0), "hermitian": 1.0}
+_ISO = {"isotropic": 1.0, "upper_triangular": math.sqrt(2.0), "hermitian": 1.0}
 
 
 def noise_edge(noise_shape: str, d: int, noise_scale: float) -> float:
     """c·√d·σ: the expected spectral norm bound (semicircle edge) of the noise."""
     check_choice(noise_shape, "noise_shape", SHAPES)
     return _EDGE[noise_shape] * math.sqrt(d) * check_positive(noise_scale, "noise_scale")
+
+
+def isotropic_equivalent_scale(noise_shape: str, noise_scale: float) -> float:
+    """σ_iso: the isotropic (GOE) scale with the same off-diagonal variance (see the module docstring)."""
+    check_choice(noise_shape, "noise_shape", SHAPES)
+    return _ISO[noise_shape] * check_positive(noise_scale, "noise_scale")
 
 
 def noise_lipschitz(noise_shape: str, noise_scale: float) -> float:

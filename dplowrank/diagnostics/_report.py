@@ -6,22 +6,30 @@ shape, this reports how large the noise is, what the true eigenvalues and gaps c
 true matrix meets, and the largest k the data support. Nothing here touches private data,
 so none of it costs privacy.
 
-Gap conditions (thresholds on the true gaps; the papers' constants are implicit, ours are
-stated):
+Gap conditions (thresholds on the true gaps; what the papers leave implicit and what the
+library picks is in ``_theorems``):
 
-* ``"mangoubi_vishnoi"`` (complex mechanism, arXiv:2306.16648): the single gap
-  σ_k − σ_{k+1} ≥ 2·edge, edge = 2√dσ the GUE edge — i.e. 4√dσ, so the gap exceeds the
-  whole width of the noise spectrum.
-* ``"re_analyze_gauss"`` (real mechanism, arXiv:2211.06418): every gap σᵢ − σᵢ₊₁, i ≤ k,
-  at least 8√dσ.
-* ``"analyze_gauss"`` (real, Dwork et al. 2014): no gap condition (captured-variance bound).
+* ``"mangoubi_vishnoi"`` (covers the complex mechanism, arXiv:2306.16648): the single gap
+  σ_k − σ_{k+1} ≥ 4√dσ, twice the GUE edge 2√dσ.
+* ``"re_analyze_gauss"`` (covers the real mechanisms, arXiv:2211.06418): every gap
+  σᵢ − σᵢ₊₁, i ≤ k, at least 8√d·σ_iso, σ_iso = σ (isotropic) or √2σ (upper-triangular:
+  the library's extension at the GOE scale with the same off-diagonal variance).
+* ``"analyze_gauss"`` (real mechanisms, Dwork et al. 2014): no gap condition (captured-variance
+  bound).
 
-A condition is "met" when the lower confidence bound of every gap it involves clears its
-threshold, "not met" when an upper bound falls short, and "uncertain" otherwise.
+Every condition is judged for every release; the one that does not cover the release's
+mechanism is shown for comparison (the other mechanism at the same σ, i.e. the same privacy
+cost). A condition is "met" when the lower confidence bound (Weyl: g̃ᵢ − 2B) of every gap it
+involves clears its threshold, "not met" when an upper bound falls short, and "uncertain"
+otherwise.
 
-The recommended k is the largest k' ≤ k whose gap lower bound λ̃_{k'} − λ̃_{k'+1} − 2B is at
-least 2·edge of the release's own noise shape: the k'-th gap of the true matrix is then
-certainly wider than the noise, so the top-k' subspace is identifiable from the release.
+Recommended k: the largest k' ≤ k for which the condition of the theorem that covers the
+release's mechanism is met, judged on the conservative (Weyl lower) gap bounds:
+Mangoubi–Vishnoi for the complex mechanism (only the k'-th gap must clear 4√dσ),
+Re-Analyze Gauss for the real ones (gaps 1, …, k' must all clear 8√dσ_iso). Analyze Gauss's
+captured-variance bound needs no gap, so it never selects a k. ``recommended_k_by_theorem``
+gives the answer under each gap theorem. When k = d there is no λ_{d+1}; the d-th gap is
+taken as σ_d − 0 (M is a Gram matrix, PSD), with lower bound λ̃_d − B.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._noise import noise_edge, noise_norm_bound
+from ._theorems import GAP_THEOREMS, applies, gap_threshold, primary_theorem, supported_k
 
 __all__ = ["GapCondition", "GapReport", "diagnose"]
 
@@ -45,6 +54,8 @@ class GapCondition:
     threshold: float
     status: str  # "met", "not met", "uncertain", "no condition"
     margin: float  # (worst gap lower bound) / threshold; ≥ 1 means met
+    applies: bool = True  # whether the theorem covers the release's mechanism (else: a comparison)
+    supported_k: int | None = None  # the largest k' ≤ k whose gaps meet the condition; None: no gap condition
 
     @property
     def met(self) -> bool:
@@ -72,8 +83,13 @@ class GapReport:
     gap_intervals : ndarray of shape (m - 1, 2)
         [gᵢ − 2B, gᵢ + 2B] ∋ true gap.
     conditions : tuple of GapCondition
+        Every theorem's condition; ``applies`` marks the ones that cover the release.
     recommended_k : int
-        0 when no k ≤ k_released is supported.
+        The largest k' ≤ k meeting ``recommended_by``'s condition; 0 when none does.
+    recommended_by : str
+        The theorem that covers the release's mechanism and decides ``recommended_k``.
+    recommended_k_by_theorem : dict
+        The largest supported k' under each gap theorem (comparison for the other one).
     """
 
     k: int
@@ -93,6 +109,8 @@ class GapReport:
     gap_intervals: np.ndarray
     conditions: tuple
     recommended_k: int
+    recommended_by: str = "re_analyze_gauss"
+    recommended_k_by_theorem: dict | None = None
 
     def condition(self, theorem: str) -> GapCondition:
         for c in self.conditions:
@@ -119,15 +137,19 @@ class GapReport:
                 row += f" {self.gaps[i]:>11.4g} {self.gaps_in_edges[i]:>9.2f} {f'[{glo:.4g}, {ghi:.4g}]':>25}"
             lines.append(row)
         lines.append("")
-        lines.append(f"{'condition':<18} {'for':<22} {'threshold':>10} {'status':>13} {'margin':>8}")
+        lines.append(f"{'condition':<18} {'covers':<24} {'threshold':>10} {'status':>13} {'margin':>8} "
+                     f"{'k ok':>5}  applies")
         for c in self.conditions:
             thr = "-" if c.status == "no condition" else f"{c.threshold:.4g}"
             margin = "-" if c.status == "no condition" else f"{c.margin:.2f}"
-            lines.append(f"{c.theorem:<18} {c.applies_to:<22} {thr:>10} {c.status:>13} {margin:>8}")
+            kk = "-" if c.supported_k is None else str(c.supported_k)
+            app = "yes" if c.applies else "no (comparison)"
+            lines.append(f"{c.theorem:<18} {c.applies_to:<24} {thr:>10} {c.status:>13} {margin:>8} {kk:>5}  {app}")
         lines.append("")
         lines.append(
-            f"recommended k: {self.recommended_k}"
-            + ("  (no k <= %d has a gap certainly wider than the noise)" % self.k if self.recommended_k == 0 else "")
+            f"recommended k: {self.recommended_k}  (largest k whose conservative gap bounds meet "
+            f"{self.recommended_by}'s condition)"
+            + ("; no k <= %d does" % self.k if self.recommended_k == 0 else "")
         )
         return "\n".join(lines)
 
@@ -142,6 +164,13 @@ def _judge(lower: np.ndarray, upper: np.ndarray, threshold: float) -> tuple[str,
     if np.any(upper < threshold):
         return "not met", margin
     return "uncertain", margin
+
+
+_COVERS = {
+    "mangoubi_vishnoi": "complex (single gap k)",
+    "re_analyze_gauss": "real (every gap <= k)",
+    "analyze_gauss": "real (gap-free)",
+}
 
 
 def diagnose(release, *, failure_probability: float = 0.05) -> GapReport:
@@ -169,28 +198,28 @@ def diagnose(release, *, failure_probability: float = 0.05) -> GapReport:
     if len(lam) > k:
         slack[k] = float(getattr(release, "spectrum_slack", 0.0))
     gap_lo, gap_hi = gaps - 2 * b - slack[1:], gaps + 2 * b
-    root = math.sqrt(d) * sigma
-    conds = []
-    if k < d:
-        mv_thr = 2 * noise_edge("hermitian", d, sigma)  # 4√dσ
-        st, mg = _judge(gap_lo[k - 1:k], gap_hi[k - 1:k], mv_thr)
-        conds.append(GapCondition("mangoubi_vishnoi", "complex (single gap)", mv_thr, st, mg))
-        rag_thr = 8.0 * root
-        st, mg = _judge(gap_lo[:k], gap_hi[:k], rag_thr)
-        conds.append(GapCondition("re_analyze_gauss", "real (every top-k gap)", rag_thr, st, mg))
-    conds.append(GapCondition("analyze_gauss", "real (gap-free)", 0.0, "no condition", math.inf))
-    recommended = 0
-    for kk in range(min(k, len(gaps)), 0, -1):
-        if gap_lo[kk - 1] >= 2 * edge:
-            recommended = kk
-            break
-    if k == d:
-        recommended = d
+    # Gaps 1..k of the true matrix (shape (k,)); with k = d the d-th is σ_d − 0 (M is PSD).
+    if len(gaps) < k:
+        k_lo, k_hi = np.append(gap_lo, lam[-1] - b), np.append(gap_hi, lam[-1] + b)
+    else:
+        k_lo, k_hi = gap_lo[:k], gap_hi[:k]
+    conds, by_theorem = [], {}
+    for theorem in GAP_THEOREMS:
+        thr = gap_threshold(theorem, d, sigma, shape)
+        sel = slice(k - 1, k) if theorem == "mangoubi_vishnoi" else slice(0, k)
+        st, mg = _judge(k_lo[sel], k_hi[sel], thr)
+        by_theorem[theorem] = supported_k(theorem, k_lo, thr)
+        conds.append(GapCondition(theorem, _COVERS[theorem], thr, st, mg, applies(theorem, shape),
+                                  by_theorem[theorem]))
+    conds.append(GapCondition("analyze_gauss", _COVERS["analyze_gauss"], 0.0, "no condition", math.inf,
+                              applies("analyze_gauss", shape), None))
+    primary = primary_theorem(shape)
     return GapReport(
         k=k, d=d, mechanism=release.mechanism, noise_shape=shape, noise_scale=sigma,
         epsilon=release.epsilon, delta=release.delta, failure_probability=failure_probability,
         spectrum=lam, noise_edge=edge, noise_bound=b, gaps=gaps, gaps_in_edges=gaps / edge,
         eigenvalue_intervals=np.stack([lam - b, lam + slack + b], axis=1),
         gap_intervals=np.stack([gap_lo, gap_hi], axis=1),
-        conditions=tuple(conds), recommended_k=recommended,
+        conditions=tuple(conds), recommended_k=by_theorem[primary], recommended_by=primary,
+        recommended_k_by_theorem=by_theorem,
     )
