@@ -55,7 +55,7 @@ def check_allocation(nbytes: int, device: torch.device, what: str) -> None:
 # ---- large CPU buffers on transparent huge pages ------------------------------------
 
 _HUGE = 2 * 2**20  # the x86-64 / arm64 transparent huge page
-_HUGE_MIN_BYTES = 8 * 2**20  # below this the page faults are cheap either way
+_HUGE_MIN_BYTES = 4 * 2**20  # the smallest buffer sure to hold one aligned huge page
 _MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
 _madvise = None  # resolved once: the libc function, or False where there is none
 

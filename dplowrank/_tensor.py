@@ -30,11 +30,16 @@ def as_tensor(x: object, name: str, *, allow_complex: bool = False) -> torch.Ten
     """
     if isinstance(x, torch.Tensor):
         t = x
+        if t.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+        if t.device.type == "meta":
+            raise ValueError(f"{name} is on the 'meta' device: it has no values")
     elif isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
         arr = np.asarray(x)
         if arr.dtype == object or arr.dtype.kind not in "biufc":
             raise TypeError(f"{name} must be numeric, got an array of dtype {arr.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        # np.ascontiguousarray would turn a 0-d array into shape (1,): keep the shape as given
+        t = torch.from_numpy(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
     else:
         raise TypeError(
             f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}"

@@ -179,10 +179,14 @@ class GramAccumulator:
             raise ValueError(
                 f"row {self.n_rows + bad} (index {bad} of this batch) contains NaN or Inf"
             )
-        norms = torch.linalg.vector_norm(x, dim=1)
-        over = norms > self.row_norm
-        scale = torch.where(over, self.row_norm * _CLIP_MARGIN / norms, torch.ones_like(norms))
-        x = x * scale.unsqueeze(1)
+        # ‖x‖ is taken as m·‖x/m‖ with m = max|x_i|, so that rows whose squared entries
+        # overflow (|x_i| ≳ 1e154) are still clipped to norm C rather than to zero.
+        top = x.abs().amax(dim=1)
+        unit = x / torch.where(top > 0, top, torch.ones_like(top)).unsqueeze(1)  # entries in [-1, 1]
+        unit_norms = torch.linalg.vector_norm(unit, dim=1)  # in [1, √d], or 0 for a zero row
+        over = top > self.row_norm / unit_norms  # ‖x‖ > C without forming ‖x‖; 0-rows: C/0 = inf
+        scale = self.row_norm * _CLIP_MARGIN / torch.where(over, unit_norms, torch.ones_like(unit_norms))
+        x = torch.where(over.unsqueeze(1), unit * scale.unsqueeze(1), x)
         if self._gram is None:
             self._allocate(x.shape[1], device)
         self._gram.addmm_(x.T, x)

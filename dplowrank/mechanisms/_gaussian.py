@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .._memory import empty
+from .._tensor import as_device
 from .._validation import check_choice, check_positive
 from ..accounting._events import GaussianEvent
 from ._noise import noisy_hermitian, noisy_symmetric
@@ -23,15 +24,36 @@ NOISE_SHAPES = ("isotropic", "upper_triangular")
 
 
 def _check_square(M: torch.Tensor) -> int:
-    if not isinstance(M, torch.Tensor) or M.ndim != 2 or M.shape[0] != M.shape[1]:
-        shape = tuple(M.shape) if isinstance(M, torch.Tensor) else type(M).__name__
-        raise ValueError(f"expected a square matrix tensor of shape (d, d), got {shape}")
+    if not isinstance(M, torch.Tensor):
+        raise TypeError(f"M must be a torch.Tensor of shape (d, d), got {type(M).__name__}")
+    if M.layout != torch.strided:
+        raise TypeError(f"M must be a dense (strided) tensor, got layout {M.layout}")
+    if M.device.type == "meta":
+        raise ValueError("M is on the 'meta' device: it has no values to perturb")
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise ValueError(f"expected a square matrix tensor of shape (d, d), got {tuple(M.shape)}")
     return M.shape[0]
 
 
+def _check_generator(generator: object, device: torch.device) -> None:
+    """The noise source must be a torch.Generator on ``device``'s type or a SecureNormalSource."""
+    from .._secure import SecureNormalSource
+
+    if isinstance(generator, SecureNormalSource):
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or a SecureNormalSource, got {type(generator).__name__}"
+        )
+    if generator.device.type != device.type:
+        raise ValueError(f"the generator is on {generator.device}, but the noise is drawn on {device}")
+
+
 def _target(M: torch.Tensor, dtype: torch.dtype | None, device: torch.device | str | None):
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     dtype = dtype or (M.dtype if M.dtype in (torch.float32, torch.float64) else torch.float64)
-    return dtype, torch.device(device) if device is not None else M.device
+    return dtype, as_device(device) if device is not None else M.device
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +126,7 @@ class GaussianMechanism:
         if M.is_complex():
             raise TypeError(f"GaussianMechanism needs a real matrix, got dtype {M.dtype}")
         dtype, device = _target(M, dtype, device)
+        _check_generator(generator, device)
         out = empty(tuple(M.shape), dtype=dtype, device=device)
         diag, off = self._stds()
         return noisy_symmetric(M, out, diag_std=diag, off_std=off, generator=generator)
@@ -117,6 +140,9 @@ class GaussianMechanism:
         _check_square(M)
         if M.is_complex():
             raise TypeError(f"GaussianMechanism needs a real matrix, got dtype {M.dtype}")
+        if M.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"perturb_ adds the noise in M's dtype, which must be float32 or float64, got {M.dtype}")
+        _check_generator(generator, M.device)
         diag, off = self._stds()
         return noisy_symmetric(M, M, diag_std=diag, off_std=off, generator=generator)
 
@@ -183,6 +209,7 @@ class ComplexGaussianMechanism:
         if M.is_complex():
             raise TypeError(f"ComplexGaussianMechanism takes a real matrix, got dtype {M.dtype}")
         dtype, device = _target(M, dtype, device)
+        _check_generator(generator, device)
         cdt = torch.complex64 if dtype == torch.float32 else torch.complex128
         out = empty(tuple(M.shape), dtype=cdt, device=device)
         return noisy_hermitian(M, out, scale=self.noise_scale, generator=generator)
