@@ -111,3 +111,17 @@ def test_cuda_rows_accumulate_on_device():
     assert acc.gram.device.type == "cuda" and acc.gram.dtype == torch.float64
     ref = dl.GramAccumulator(row_norm=3.0).update(x.cpu()).gram
     torch.testing.assert_close(acc.gram.cpu(), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_rows_whose_squares_overflow_are_clipped_to_the_norm_not_to_zero():
+    acc = dl.GramAccumulator(row_norm=2.0)
+    acc.update(np.array([[1e200, 1e200], [3.0, 4.0], [0.0, 0.0]]))
+    # (1e200, 1e200) -> (√2, √2); (3, 4) -> (1.2, 1.6); the zero row stays zero
+    want = np.array([[2.0 + 1.44, 2.0 + 1.92], [2.0 + 1.92, 2.0 + 2.56]])
+    np.testing.assert_allclose(acc.gram.numpy(), want, rtol=1e-9)
+    assert acc.n_clipped == 2 and acc.n_rows == 3
+
+
+def test_a_0d_array_is_not_a_row():
+    with pytest.raises(ValueError, match=r"shape \(n, d\)"):
+        dl.GramAccumulator(dim=1, row_norm=1.0).update(np.ones(()))

@@ -868,13 +868,13 @@ def test_next_eigenvalue_brackets_lambda_k_plus_1(seed, dtype):
     assert topk_eigh(a[:5, :5], 5, solver="dense").next_eigenvalue is None
 
 
-# --------------------------------------------------------------------------- bfloat16 warm start
+# --------------------------------------------------------------------------- half-precision warm start
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind", ["spiked", "clustered"])
 def test_warm_start_keeps_the_stated_accuracy_and_saves_steps(dtype, kind):
-    """The bfloat16 warm start only chooses the first block: the returned pairs meet the same
+    """The half-precision warm start (float16 or bfloat16) only chooses the first block: the returned pairs meet the same
     residual target (checked in float64) and agree with dense eigh; on a spiked matrix it
     needs fewer steps in A's dtype than a random start."""
     d, k = 2100, 12
@@ -896,7 +896,7 @@ def test_warm_start_keeps_the_stated_accuracy_and_saves_steps(dtype, kind):
     else:
         assert subspace_distance(warm.eigenvectors[:, :6], v_ref[:, :6]) <= 1e-3
         assert subspace_distance(warm.eigenvectors, v_ref) <= 1e-3
-    assert warm.matvecs > warm.iterations * (k + max(8, k // 4))  # the bf16 products are counted
+    assert warm.matvecs > warm.iterations * (k + max(8, k // 4))  # the half-precision products are counted
 
 
 def test_warm_start_is_skipped_when_the_copy_does_not_fit(monkeypatch):
@@ -920,3 +920,47 @@ def test_warm_start_is_ignored_for_complex_input_and_checked_for_type():
     assert torch.equal(r.eigenvectors, ref.eigenvectors)
     with pytest.raises(TypeError, match="warm_start"):
         topk_eigh(A, 4, warm_start="yes")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_both_half_precision_warm_starts_keep_the_accuracy(monkeypatch, dtype):
+    """Whichever half type the device probe picks, the result meets the same target; the
+    float16 start (finer rounding) needs no more Krylov steps than the bfloat16 one."""
+    from dplowrank.linalg import _eigsh
+
+    A = spiked(2100, 12, 41, torch.float32)
+    monkeypatch.setitem(_eigsh._FAST_LOW, "cpu", (dtype, True))
+    r = topk_eigh(A, 12, solver="lanczos", generator=_gen(4), atol=0.05)
+    assert r.converged and r.matvecs > r.iterations * 20  # the warm start ran
+    w_ref, v_ref, _ = reference(A, 12)
+    assert aligned_error(r.eigenvectors, v_ref) <= 1e-3
+    assert true_residual(A, r) <= 1.05 * r.tol * float(r.eigenvalues.abs().max()) + 1e-3
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1.0, 1e9])
+def test_float16_copy_is_scaled_by_a_power_of_two_into_range(scale):
+    from dplowrank.linalg._eigsh import _to_low
+
+    A = (torch.randn(700, 700, generator=_gen(5), dtype=torch.float64) * scale).float()
+    A = 0.5 * (A + A.T)
+    low, s = _to_low(A, torch.float16)
+    assert low.dtype == torch.float16 and math.log2(s) == int(math.log2(s))  # exact scaling
+    assert float(low.abs().max()) <= 0.5 and bool(torch.isfinite(low).all())
+    # rounding relative to the largest entry, as for float16 numbers in [1/4, 1/2]
+    err = float((low.float() * s - A).abs().max()) / float(A.abs().max())
+    assert err <= 2.0**-11
+
+
+def test_warm_start_falls_back_for_zero_and_for_an_entry_the_scale_missed(monkeypatch):
+    from dplowrank.linalg import _eigsh
+    from dplowrank.linalg._eigsh import _to_low, _warm_start
+
+    monkeypatch.setitem(_eigsh._FAST_LOW, "cpu", (torch.float16, True))
+
+    assert _to_low(torch.zeros(300, 300), torch.float16) is None
+    A = torch.eye(2100) * 1e-3
+    A[5, 7] = A[7, 5] = 1e6  # not on the diagonal, not in a sampled row: float16 overflows
+    X, n = _warm_start(A, 16, _gen(6))
+    assert X is None and n == 0
+    r = topk_eigh(A, 2, solver="lanczos", generator=_gen(6), warm_start=True)
+    torch.testing.assert_close(r.eigenvalues, torch.tensor([1e6, 1e-3]), rtol=1e-5, atol=1e-3)
