@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import os
 import threading
 
@@ -116,6 +117,9 @@ class SecureNormalSource:
 
     def new_streams(self, count: int) -> list[int]:
         """Reserve ``count`` fresh stream numbers (thread-safe; never reused by this source)."""
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
+            raise ValueError(f"count must be a non-negative integer, got {count!r}")
+        count = int(count)
         with self._lock:
             start = self._next
             if start + count > _SOLVER_STREAMS:  # pragma: no cover - 2⁶³ streams

@@ -44,6 +44,7 @@ from torch import nn
 
 import dplowrank as dl
 from dplowrank.accounting import event_from_dict
+from dplowrank.compress._factor import allocate_ranks
 
 DOCUMENTED = (ValueError, TypeError, FileNotFoundError)
 SETTINGS = dict(suppress_health_check=list(HealthCheck), deadline=None)
@@ -530,7 +531,7 @@ def _gram_cases(draw, kind):
             ctor["dim"] = d  # a width the accumulator knows before the first batch
             case.expect = (ValueError, f"rows must have {d} columns")
         elif spoil == "rows_shape":
-            bad = np.ones(_choose(draw, [(2, 2, d), (2, 0)]))  # not (): see KNOWN_GAPS
+            bad = np.ones(_choose(draw, [(2, 2, d), (2, 0), ()]))
             if bad.ndim == 2:
                 ctor.pop("dim", None)
             case.expect = (ValueError, "shape")
@@ -620,9 +621,7 @@ CAL_ARGS = {  # function -> its arguments, each with a strategy of valid values
     "ComplexGaussianMechanism": {"noise_scale": st.floats(1e-6, 1e6), "sensitivity": st.floats(1e-6, 1e6)},
 }
 CHOICE_ARGS = {"neighbour", "noise_shape", "calibration"}
-# Arguments these functions do not validate (a gap owned elsewhere: see KNOWN_GAPS) are not spoiled.
-UNSPOILED = {("noise_edge", "d"), ("noise_norm_bound", "d")}
-CAL_KINDS = ("none",) + tuple(f"{f}:{a}" for f, args in CAL_ARGS.items() for a in args if (f, a) not in UNSPOILED) \
+CAL_KINDS = ("none",) + tuple(f"{f}:{a}" for f, args in CAL_ARGS.items() for a in args) \
     + ("calibrate_noise:calibration", "calibrate_noise:spec_count")
 
 
@@ -654,9 +653,9 @@ def _cal_cases(draw, kind):
         args[spoil] = _choose(draw, BAD_CHOICE)
         case.expect = (ValueError, spoil)
     elif spoil != "none":
-        pool = BAD_PROBABILITY if spoil == "delta" else BAD_POSITIVE
-        if spoil == "failure_probability":  # read with float(): non-numbers are not refused (see KNOWN_GAPS)
-            pool = [v for v in BAD_PROBABILITY if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        pool = BAD_PROBABILITY if spoil in ("delta", "failure_probability") else BAD_POSITIVE
+        if spoil == "d":
+            pool = BAD_POSITIVE + [1.5]  # a dimension: a positive integer
         if name == "gaussian_delta" and spoil == "epsilon":
             pool = [v for v in pool if v != 0]  # ε = 0 is valid there
         args[spoil] = bad = _choose(draw, pool)
@@ -1061,12 +1060,12 @@ def _diag_cases(draw, kind):
         shape=_choose(draw, ["isotropic", "upper_triangular"]),
         generator=torch.Generator().manual_seed(draw(_ints(0, 2**31))), expect=None)
     if spoil == "failure_probability":
-        case.beta = bad = _choose(draw, [0, 1, 2.0, -0.1, math.nan])
+        case.beta = bad = _choose(draw, [0, 1, 2.0, -0.1, math.nan, "0.1", None])
         case.expect = (_error_for_real(bad), "failure_probability")
     elif spoil == "no_spectrum":
         case.expect = (ValueError, "spectrum")
     elif spoil == "m_shape":
-        shapes = {"theory_bounds": [(d, d + 1), (2, d, d)], "gap_repulsion": [(d, d + 1), (d,)]}  # see KNOWN_GAPS
+        shapes = {"theory_bounds": [(d, d + 1), (2, d, d)], "gap_repulsion": [(d, d + 1), (d,)]}
         case.m = np.ones(_choose(draw, shapes.get(target, [(d, d + 1), (2, d, d), (d,)])))
         case.expect = (ValueError, "square|shape")
     elif spoil == "m_nonfinite":
@@ -1369,7 +1368,7 @@ def _compress_cases(draw, kind):
         "rs_weights": lambda: ({"no-such-group": 1.0}, (ValueError, "unknown groups")),
         "rs_unclipped": lambda: (None, (ValueError, "clip=None")),
         "rs_budget": lambda: (dl.PrivacyBudget(1e-3, 1e-9), (dl.BudgetExceededError, "budget|exceed")),
-        "cm_ratio": lambda: (_choose(draw, [0.0, 1.0, 1.5, -0.5, math.nan, math.inf]),  # not None or "0.5": KNOWN_GAPS
+        "cm_ratio": lambda: (_choose(draw, [0.0, 1.0, 1.5, -0.5, math.nan, math.inf, None, "0.5"]),
                              ((ValueError, TypeError), "ratio")),
         "cm_allocation": lambda: (_choose(draw, BAD_CHOICE), (ValueError, "allocation")),
         "cm_estimator": lambda: (_choose(draw, BAD_CHOICE), (ValueError, "estimator")),
@@ -1617,53 +1616,54 @@ def test_find_groups_refuses_what_is_not_a_model():
         dl.find_groups(_Net(), [5])
 
 
-# Crashes found by this sweep in code it does not own: each is an undocumented exception today.
-# They are listed (not swept) so that CI stays green while the owners fix them; an entry that
-# starts to pass shows up as XPASS and should move into the sweep above.
-KNOWN_GAPS = {
+# Crashes this sweep found in code it did not own at first; each is now a documented error that
+# names the bad value. Regression tests, one per former crash.
+FORMER_GAPS = {
     "GaussianMechanism.perturb: sparse matrix": (
         lambda: dl.GaussianMechanism(1.0, 1.0).perturb(torch.eye(3).to_sparse(), generator=torch.Generator()),
-        NotImplementedError),
+        TypeError, "layout"),
     "GaussianMechanism.perturb: generator=5": (
-        lambda: dl.GaussianMechanism(1.0, 1.0).perturb(torch.eye(3), generator=5), AttributeError),
+        lambda: dl.GaussianMechanism(1.0, 1.0).perturb(torch.eye(3), generator=5), TypeError, "generator"),
     "GaussianMechanism.perturb: dtype=torch.int32": (
         lambda: dl.GaussianMechanism(1.0, 1.0).perturb(torch.eye(3), generator=torch.Generator(), dtype=torch.int32),
-        NotImplementedError),
+        ValueError, "dtype"),
     "GaussianMechanism.perturb: device='tpu'": (
         lambda: dl.GaussianMechanism(1.0, 1.0).perturb(torch.eye(3), generator=torch.Generator(), device="tpu"),
-        RuntimeError),
+        ValueError, "tpu"),
+    "GaussianMechanism.perturb_: integer matrix": (
+        lambda: dl.GaussianMechanism(1.0, 1.0).perturb_(torch.eye(3, dtype=torch.int64), generator=torch.Generator()),
+        ValueError, "int64"),
+    "ComplexGaussianMechanism.perturb: generator='x'": (
+        lambda: dl.ComplexGaussianMechanism(1.0, 1.0).perturb(torch.eye(3), generator="x"), TypeError, "generator"),
     "topk_eigh: sparse matrix": (lambda: dl.topk_eigh(torch.eye(3, dtype=torch.float64).to_sparse(), 1),
-                                 torch.linalg.LinAlgError),
-    "topk_eigh: meta matrix": (lambda: dl.topk_eigh(torch.eye(3, device="meta"), 1), RuntimeError),
-    "diagnose: not a release": (lambda: dl.diagnose(None), AttributeError),
+                                 TypeError, "layout"),
+    "topk_eigh: meta matrix": (lambda: dl.topk_eigh(torch.eye(3, device="meta"), 1), ValueError, "meta"),
+    "diagnose: not a release": (lambda: dl.diagnose(None), TypeError, "LowRankRelease"),
     "check_bounds: NaN matrix": (
         lambda: dl.check_bounds(np.full((3, 3), math.nan), 1, noise_scale=1.0, trials=1, progress_bar=False),
-        torch.linalg.LinAlgError),
+        ValueError, "finite"),
+    "check_bounds: trials=True": (
+        lambda: dl.check_bounds(np.eye(3), 1, noise_scale=1.0, trials=True, progress_bar=False),
+        ValueError, "trials"),
     "gap_repulsion: NaN matrix": (
-        lambda: dl.gap_repulsion(np.full((3, 3), math.nan), 2, noise_scale=1.0, trials=1),
-        torch.linalg.LinAlgError),
+        lambda: dl.gap_repulsion(np.full((3, 3), math.nan), 2, noise_scale=1.0, trials=1), ValueError, "finite"),
+    "gap_repulsion: trials=0": (
+        lambda: dl.gap_repulsion(np.eye(3), 2, noise_scale=1.0, trials=0), ValueError, "trials"),
     "GramAccumulator.update: sparse rows": (
-        lambda: dl.GramAccumulator(row_norm=1.0).update(torch.eye(3).to_sparse()), NotImplementedError),
+        lambda: dl.GramAccumulator(row_norm=1.0).update(torch.eye(3).to_sparse()), TypeError, "layout"),
+    "GramAccumulator.update: 0-d array": (
+        lambda: dl.GramAccumulator(dim=1, row_norm=1.0).update(np.ones(())), ValueError, "shape"),
+    "SecureNormalSource.new_streams(-1)": (
+        lambda: dl.SecureNormalSource().new_streams(-1), ValueError, "count"),
+    "noise_edge: d=1.5": (lambda: dl.noise_edge("isotropic", 1.5, 1.0), ValueError, "d must be"),
+    "noise_norm_bound: failure_probability='0.1'": (
+        lambda: dl.noise_norm_bound("isotropic", 4, 1.0, "0.1"), TypeError, "failure_probability"),
+    "compress_model: ratio=None": (lambda: allocate_ranks([], None), TypeError, "ratio"),
 }
 
 
-# Accepted without error or refused with a message that does not name the argument (not swept
-# for that reason; owners elsewhere):
-#   SecureNormalSource.new_streams(-1) moves the stream counter back (later streams are reused);
-#   noise_edge / noise_norm_bound accept any d (0, 1.5, True); failure_probability is read with
-#   float(), so "0.1" is accepted; check_bounds(trials=True) runs one trial; gap_repulsion(trials=0)
-#   returns empty arrays with a RuntimeWarning, and for a 3-D m blames k; compress_model(ratio=None)
-#   raises float()'s TypeError; as_tensor turns a 0-d array into one row, so
-#   GramAccumulator(dim=1).update(np.ones(())) adds a row; a row whose norm overflows (entries
-#   ~1e200) is clipped to zero instead of to norm C.
-
-
-@pytest.mark.parametrize("name", sorted(KNOWN_GAPS))
-def test_known_gaps_outside_this_sweep(name):
-    fn, crash = KNOWN_GAPS[name]
-    try:
+@pytest.mark.parametrize("name", sorted(FORMER_GAPS))
+def test_former_crashes_are_documented_errors(name):
+    fn, kind, words = FORMER_GAPS[name]
+    with pytest.raises(kind, match=words):
         fn()
-    except DOCUMENTED:
-        return  # fixed: move it into the sweep
-    except crash:
-        pytest.xfail(f"{name} still raises {crash.__name__}")

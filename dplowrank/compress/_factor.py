@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -133,6 +134,8 @@ def allocate_ranks(units: Sequence[Unit], ratio: float, *, strategy: str = "unif
         At least 1 and at most ``unit.max_rank`` each.
     """
     check_choice(strategy, "strategy", ALLOCATIONS)
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        raise TypeError(f"ratio must be a number in (0, 1), got {ratio!r}")
     ratio = float(ratio)
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"ratio must lie in (0, 1), got {ratio!r}")

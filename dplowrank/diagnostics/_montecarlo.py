@@ -7,6 +7,7 @@ about private data.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 
 from .._progress import progress
 from .._random import resolve_generator
+from .._tensor import as_tensor
 from .._validation import check_choice, check_k
 from ..linalg import topk_eigh
 from ..mechanisms._calibration import calibrate_noise
@@ -102,6 +104,17 @@ def _draw_errors(mt: torch.Tensor, m_k: torch.Tensor, noisy: torch.Tensor, k: in
     return e_norm, float(torch.linalg.matrix_norm(diff)), float(torch.linalg.matrix_norm(diff, ord=2)), vecs
 
 
+def _known_matrix(m: object) -> torch.Tensor:
+    """The known matrix of an analysis tool as float64, checked square and finite."""
+    mt = as_tensor(m, "m").to(torch.float64)
+    if mt.ndim != 2 or mt.shape[0] != mt.shape[1] or mt.shape[0] == 0:
+        raise ValueError(f"m must be a non-empty square matrix of shape (d, d), got shape {tuple(mt.shape)}")
+    if not bool(torch.isfinite(mt).all()):
+        i, j = (int(x) for x in torch.nonzero(~torch.isfinite(mt))[0])
+        raise ValueError(f"m must be finite, got m[{i}, {j}] = {float(mt[i, j])}")
+    return mt
+
+
 def check_bounds(
     m,
     k: int,
@@ -141,13 +154,11 @@ def check_bounds(
     """
     check_choice(mechanism, "mechanism", ("gaussian", "complex"))
     check_choice(noise_shape, "noise_shape", NOISE_SHAPES)
-    mt = torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor) else m).to(torch.float64)
-    if mt.ndim != 2 or mt.shape[0] != mt.shape[1]:
-        raise ValueError(f"m must be square (d, d), got shape {tuple(mt.shape)}")
+    mt = _known_matrix(m)
     mt = 0.5 * (mt + mt.T)
     d = mt.shape[0]
     k = check_k(k, d)
-    if not isinstance(trials, int) or trials < 1:
+    if isinstance(trials, bool) or not isinstance(trials, numbers.Integral) or trials < 1:
         raise ValueError(f"trials must be a positive integer, got {trials!r}")
     cal = calibrate_noise(sensitivity, epsilon=epsilon, delta=delta, noise_scale=noise_scale)
     sigma = cal.noise_scale
@@ -260,7 +271,9 @@ def gap_repulsion(
     gap density ∝ s² (β = 2) instead of ∝ s (β = 1) for real symmetric noise, so tiny gaps,
     which make eigenvectors unstable, are rarer. Analysis tool (it takes the true M).
     """
-    mt = torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor) else m).to(torch.float64)
+    mt = _known_matrix(m)
+    if isinstance(trials, bool) or not isinstance(trials, numbers.Integral) or trials < 1:
+        raise ValueError(f"trials must be a positive integer, got {trials!r}")
     d = mt.shape[0]
     k = check_k(k, d)
     if k < 2:

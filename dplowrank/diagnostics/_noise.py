@@ -37,6 +37,7 @@ All constants are explicit; none is taken from the data.
 from __future__ import annotations
 
 import math
+import numbers
 
 from .._validation import check_choice, check_positive
 
@@ -48,9 +49,27 @@ _LIP = {"isotropic": 1.0, "upper_triangular": math.sqrt(2.0), "hermitian": 1.0}
 _ISO = {"isotropic": 1.0, "upper_triangular": math.sqrt(2.0), "hermitian": 1.0}
 
 
+def _check_dim(d: object) -> int:
+    if isinstance(d, bool) or not isinstance(d, numbers.Real):
+        raise TypeError(f"d must be a positive integer (the matrix dimension), got {d!r}")
+    if not isinstance(d, numbers.Integral) or d < 1:
+        raise ValueError(f"d must be a positive integer (the matrix dimension), got {d!r}")
+    return int(d)
+
+
+def _check_beta(failure_probability: object) -> float:
+    if isinstance(failure_probability, bool) or not isinstance(failure_probability, numbers.Real):
+        raise TypeError(f"failure_probability must be a number in (0, 1), got {failure_probability!r}")
+    beta = float(failure_probability)
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"failure_probability must lie in (0, 1), got {failure_probability!r}")
+    return beta
+
+
 def noise_edge(noise_shape: str, d: int, noise_scale: float) -> float:
     """c·√d·σ: the expected spectral norm bound (semicircle edge) of the noise."""
     check_choice(noise_shape, "noise_shape", SHAPES)
+    d = _check_dim(d)
     return _EDGE[noise_shape] * math.sqrt(d) * check_positive(noise_scale, "noise_scale")
 
 
@@ -68,9 +87,7 @@ def noise_lipschitz(noise_shape: str, noise_scale: float) -> float:
 
 def noise_norm_bound(noise_shape: str, d: int, noise_scale: float, failure_probability: float = 0.05) -> float:
     """B with P(‖E‖₂ > B) ≤ β: B = c√dσ + L√(2 ln(2/β)) (see the module docstring)."""
-    beta = float(failure_probability)
-    if not 0.0 < beta < 1.0:
-        raise ValueError(f"failure_probability must lie in (0, 1), got {failure_probability!r}")
+    beta = _check_beta(failure_probability)
     return noise_edge(noise_shape, d, noise_scale) + noise_lipschitz(noise_shape, noise_scale) * math.sqrt(
         2.0 * math.log(2.0 / beta)
     )

@@ -183,6 +183,10 @@ def diagnose(release, *, failure_probability: float = 0.05) -> GapReport:
     failure_probability : float, default 0.05
         β: the intervals hold jointly with probability ≥ 1 − β over the noise.
     """
+    from ..release import LowRankRelease  # local: release imports this module
+
+    if not isinstance(release, LowRankRelease):
+        raise TypeError(f"release must be a LowRankRelease, got {type(release).__name__}")
     if release.spectrum is None:
         raise ValueError("this release has no spectrum (λ_{k+1}); re-release with dplowrank >= 0.1")
     lam = release.spectrum.detach().cpu().double().numpy()
