@@ -917,7 +917,7 @@ def _to_low(A: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, float] |
     if not math.isfinite(top) or top == 0.0:
         return None
     scale = 2.0 ** math.ceil(math.log2(4.0 * top))
-    step = 512  # rows per chunk: the float32 intermediate stays cache-sized
+    step = 64  # rows per chunk: the intermediate (in A's dtype) stays small and cache-sized
     tmp = torch.empty((min(step, d), d), dtype=A.dtype, device=A.device)
     for i0 in range(0, d, step):
         i1 = min(d, i0 + step)
