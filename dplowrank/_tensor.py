@@ -21,6 +21,15 @@ def as_device(device: torch.device | str | None) -> torch.device | None:
     return dev
 
 
+def check_dense(t: torch.Tensor, name: str) -> torch.Tensor:
+    """Refuse tensors without values to compute on: sparse layouts and the meta device."""
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the 'meta' device: it has no values")
+    return t
+
+
 def as_tensor(x: object, name: str, *, allow_complex: bool = False) -> torch.Tensor:
     """Return ``x`` (numpy array, torch tensor or nested sequence) as a floating tensor.
 
@@ -29,11 +38,7 @@ def as_tensor(x: object, name: str, *, allow_complex: bool = False) -> torch.Ten
     made when ``x`` already is a floating tensor.
     """
     if isinstance(x, torch.Tensor):
-        t = x
-        if t.layout != torch.strided:
-            raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
-        if t.device.type == "meta":
-            raise ValueError(f"{name} is on the 'meta' device: it has no values")
+        t = check_dense(x, name)
     elif isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
         arr = np.asarray(x)
         if arr.dtype == object or arr.dtype.kind not in "biufc":

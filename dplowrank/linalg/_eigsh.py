@@ -86,6 +86,7 @@ import torch
 
 from .._memory import empty
 from .._random import resolve_generator
+from .._tensor import check_dense
 
 __all__ = ["NOISE_ATOL_FRACTION", "EighResult", "topk_eigh"]
 
@@ -221,10 +222,7 @@ def _validate(
 ) -> tuple[torch.Tensor, int, str, float | None, float | None, int | None, int | None]:
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
-    if A.layout != torch.strided:
-        raise TypeError(f"A must be a dense (strided) tensor, got layout {A.layout}")
-    if A.device.type == "meta":
-        raise ValueError("A is on the 'meta' device: it has no values to solve for")
+    check_dense(A, "A")
     if A.dim() != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"A must be a square matrix of shape (d, d), got shape {tuple(A.shape)}")
     if A.dtype not in _FLOAT_DTYPES:

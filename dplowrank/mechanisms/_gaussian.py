@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .._memory import empty
-from .._tensor import as_device
+from .._tensor import as_device, check_dense
 from .._validation import check_choice, check_positive
 from ..accounting._events import GaussianEvent
 from ._noise import noisy_hermitian, noisy_symmetric
@@ -26,10 +26,7 @@ NOISE_SHAPES = ("isotropic", "upper_triangular")
 def _check_square(M: torch.Tensor) -> int:
     if not isinstance(M, torch.Tensor):
         raise TypeError(f"M must be a torch.Tensor of shape (d, d), got {type(M).__name__}")
-    if M.layout != torch.strided:
-        raise TypeError(f"M must be a dense (strided) tensor, got layout {M.layout}")
-    if M.device.type == "meta":
-        raise ValueError("M is on the 'meta' device: it has no values to perturb")
+    check_dense(M, "M")
     if M.ndim != 2 or M.shape[0] != M.shape[1]:
         raise ValueError(f"expected a square matrix tensor of shape (d, d), got {tuple(M.shape)}")
     return M.shape[0]
