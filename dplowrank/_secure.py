@@ -159,13 +159,18 @@ class SecureNormalSource:
 
     # ---- normals -----------------------------------------------------------------------
 
-    def normals(self, n: int, *, stream: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    def normals(
+        self, n: int, *, stream: int, dtype: torch.dtype = torch.float64, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``n`` standard normals from stream number ``stream``, Tensor of shape (n,) on the CPU.
 
         The same (key, stream, n, combine, dtype) always gives the same numbers; distinct
         streams are independent keystreams. float32 output is computed in float32, any
         other dtype in float64 and cast. Each output combines draws from ``combine``
-        different Box–Muller pairs, even for n = 1.
+        different Box–Muller pairs, even for n = 1. ``out``: optional contiguous CPU
+        Tensor of the working dtype (float32 for float32, else float64) with at least
+        ``n`` elements: the draws fill its first ``n`` and that view is returned (a reused
+        buffer spares the page faults of fresh memory).
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
@@ -173,7 +178,15 @@ class SecureNormalSource:
             raise TypeError(f"dtype must be a real floating torch.dtype, got {dtype!r}")
         single = dtype == torch.float32
         work = torch.float32 if single else torch.float64
-        out = torch.empty(n, dtype=work)
+        if out is None:
+            out = torch.empty(n, dtype=work)
+        else:
+            if out.dtype != work or out.device.type != "cpu" or not out.is_contiguous() or out.numel() < n:
+                raise ValueError(
+                    f"out must be a contiguous CPU {work} tensor of at least {n} elements, got "
+                    f"{out.dtype} of {out.numel()} on {out.device}"
+                )
+            out = out.view(-1)[:n]
         if n == 0:
             return out if dtype == work else out.to(dtype)
         enc = self._encryptor(stream)

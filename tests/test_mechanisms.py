@@ -204,3 +204,62 @@ def test_gram_sensitivity_rejects():
         dl.gram_sensitivity(1.0, "swap")
     with pytest.raises(ValueError, match="row_norm must be finite and > 0, got -1"):
         dl.gram_sensitivity(-1)
+
+
+# ---- CPU noise from a torch generator: a keystream keyed by the generator ------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_generator_noise_is_the_keyed_stream_and_normal(dtype):
+    """A CPU torch.Generator keys an AES-CTR source (4 words of 63 bits, combine=1): the
+    noise of block r (rows 512r…) is stream r, in the documented layout; the entries are
+    standard normal (KS, with the tail reached) and the matrix exactly symmetric across
+    the 256-column mirror tiles and the 512-row blocks."""
+    from dplowrank._secure import SecureNormalSource
+
+    d = 1100  # 3 row blocks, partial mirror tiles
+    g = torch.Generator().manual_seed(11)
+    e = dl.GaussianMechanism(1.0, 1.0, "upper_triangular").perturb(torch.zeros(d, d, dtype=dtype), generator=g)
+    assert e.dtype == dtype and torch.equal(e, e.T)
+    words = torch.empty(4, dtype=torch.int64).random_(generator=torch.Generator().manual_seed(11)).tolist()
+    src = SecureNormalSource(b"".join(int(w).to_bytes(8, "little") for w in words), combine=1)
+    z1 = src.normals(512 * (d - 512), stream=1, dtype=dtype).view(512, d - 512)
+    assert torch.equal(torch.triu(e[512:1024, 512:]), torch.triu(z1))  # block 1: upper part, σ = 1
+    off = e[torch.triu_indices(d, d, offset=1).unbind()].double().numpy()
+    assert stats.kstest(off, "norm").pvalue > 1e-3
+    assert abs(off.mean()) < 6 / math.sqrt(off.size) and 4.0 < np.abs(off).max() < 7.0
+    again = dl.GaussianMechanism(1.0, 1.0, "upper_triangular").perturb(
+        torch.zeros(d, d, dtype=dtype), generator=torch.Generator().manual_seed(11))
+    other = dl.GaussianMechanism(1.0, 1.0, "upper_triangular").perturb(
+        torch.zeros(d, d, dtype=dtype), generator=torch.Generator().manual_seed(12))
+    assert torch.equal(e, again) and not torch.equal(e, other)
+
+
+@pytest.mark.parametrize("d", [257, 700, 1100])
+def test_mirror_tiles_give_exact_symmetry_in_place_and_converted(d):
+    rng = torch.Generator().manual_seed(d)
+    a = torch.randn(d, d, generator=rng, dtype=torch.float64)
+    m = a + a.T
+    mech = dl.GaussianMechanism(0.3, 1.0)
+    out = mech.perturb(m, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
+    inplace = mech.perturb_(m.float(), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, out.T) and torch.equal(out, inplace)
+    c = dl.ComplexGaussianMechanism(0.3, 1.0).perturb(m, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(c, c.conj().T)
+
+
+def test_run_blocks_restores_torch_threads_even_on_error():
+    from dplowrank._parallel import run_blocks
+
+    before = torch.get_num_threads()
+    if before < 2:
+        pytest.skip("needs torch to use at least 2 threads")
+    seen = run_blocks(lambda i: torch.get_num_threads(), [(0,), (1,)], torch.device("cpu"))
+    assert seen == [1, 1] and torch.get_num_threads() == before
+
+    def boom(i):
+        raise RuntimeError(f"block {i}")
+
+    with pytest.raises(RuntimeError, match="block 0"):
+        run_blocks(boom, [(0,), (1,)], torch.device("cpu"))
+    assert torch.get_num_threads() == before
