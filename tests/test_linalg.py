@@ -964,3 +964,44 @@ def test_warm_start_falls_back_for_zero_and_for_an_entry_the_scale_missed(monkey
     assert X is None and n == 0
     r = topk_eigh(A, 2, solver="lanczos", generator=_gen(6), warm_start=True)
     torch.testing.assert_close(r.eigenvalues, torch.tensor([1e6, 1e-3]), rtol=1e-5, atol=1e-3)
+
+
+def test_half_copy_padding_is_zero_so_recycled_nan_cannot_leak(monkeypatch):
+    """Regression: some float16 kernels read the padding columns of the strided copy; NaN
+    left there by recycled memory once made every second warm start fall back."""
+    from dplowrank.linalg import _eigsh
+    from dplowrank.linalg._eigsh import _to_low, _warm_start
+
+    monkeypatch.setitem(_eigsh._FAST_LOW, "cpu", (torch.float16, True))
+    A = spiked(2100, 12, 31, torch.float32)
+    for _ in range(2):
+        junk = torch.full((2100 * 2120,), float("nan"), dtype=torch.float16)  # recycled next
+        del junk
+        buf, _ = _to_low(A, torch.float16, extra=20)
+        assert bool((buf[:, 2100:] == 0).all())
+    first = _warm_start(A, 20, _gen(1), 12)
+    second = _warm_start(A, 20, _gen(1), 12)
+    assert first[0] is not None and torch.equal(first[0], second[0]) and first[1] == second[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_warm_start_beats_the_rounding_floor_of_half_products(monkeypatch, dtype):
+    """The residual product [Â | X]·[X; −S] rounds only the (small) residual: the start's
+    top-k Ritz residual ends far below 2⁻¹¹·λ₁, the floor of products rounded to float16,
+    and the Krylov solve then converges in one step."""
+    from dplowrank.linalg import _eigsh
+    from dplowrank.linalg._eigsh import _warm_start
+
+    monkeypatch.setitem(_eigsh._FAST_LOW, "cpu", (torch.float16, True))
+    A = spiked(2100, 12, 31, dtype)
+    X, n = _warm_start(A, 20, _gen(1), 12)
+    assert X is not None and 4 * 20 <= n <= _eigsh._WARM_MAX_STEPS * 20
+    A64 = A.double()
+    Q = torch.linalg.qr(X.double())[0]
+    theta, Y = torch.linalg.eigh(Q.T @ A64 @ Q)
+    V = Q @ Y[:, -12:]
+    res = float(torch.linalg.vector_norm(A64 @ V - V * theta[-12:], dim=0).max())
+    lam1 = float(theta[-1])
+    assert res < 0.1 * 2.0**-11 * lam1, (res, lam1)
+    r = topk_eigh(A, 12, solver="lanczos", generator=_gen(1), atol=0.05, warm_start=True)
+    assert r.converged and r.iterations == 1

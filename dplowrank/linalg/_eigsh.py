@@ -121,9 +121,14 @@ _MAX_SKIP = 4
 
 #: Half-precision warm start (see :func:`_warm_start`): used for real matrices with
 #: ``d >= WARM_START_MIN_D`` on devices whose float16 or bfloat16 products are at least
-#: ``_WARM_MIN_SPEEDUP`` times faster than float32 ones, with ``_WARM_STEPS`` subspace steps.
+#: ``_WARM_MIN_SPEEDUP`` times faster than float32 ones, with ``_WARM_MIN_STEPS`` to
+#: ``_WARM_MAX_STEPS`` subspace steps, ending when one shrinks the residual by less than
+#: ``_WARM_SLOW``.
 WARM_START_MIN_D = 2048
-_WARM_STEPS = 8
+_WARM_MIN_STEPS = 4
+_WARM_MAX_STEPS = 16
+_WARM_SLOW = 0.6
+_WARM_TARGET = 3.0
 _WARM_MIN_SPEEDUP = 2.5
 _FAST_LOW: dict[str, tuple[torch.dtype, bool]] = {}
 
@@ -387,7 +392,7 @@ def _project_out(W: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     return W - Q @ (Q.mH @ W)
 
 
-def _cholqr(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _cholqr(W: torch.Tensor, passes: int = 2) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Cholesky QR, with the Gram matrices formed in float64 / complex128.
 
     ``W``: Tensor of shape (d, w). Returns ``(Q, R)`` with ``Q`` of shape (d, w)
@@ -396,12 +401,13 @@ def _cholqr(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     cond(W) beyond ~1e6, and the caller should use Householder QR. Two passes
     (CholeskyQR2; Fukaya, Nakatsukasa, Yanagisawa & Yamamoto 2014) orthonormalise to
     working precision when cond(W) is below ~1/√eps of the Gram's dtype (Yamazaki, Tomov
-    & Dongarra 2015).
+    & Dongarra 2015). ``passes=1`` leaves ``QᴴQ − I`` at about eps(W)·cond(W): enough
+    where orthogonality only has to be rough (the warm start's blocks).
     """
     rr = _rr_dtype(W.dtype)
     R: torch.Tensor | None = None
     Q = W
-    for p in range(2):
+    for p in range(passes):
         Q64 = Q.to(rr)
         G = (Q64.mH @ Q64).cpu()
         L, info = torch.linalg.cholesky_ex(G)
@@ -898,19 +904,26 @@ def _low_dtype(device: torch.device) -> tuple[torch.dtype, bool]:
     return _FAST_LOW[key]
 
 
-def _to_low(A: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, float] | None:
+def _to_low(A: torch.Tensor, dtype: torch.dtype, extra: int = 0) -> tuple[torch.Tensor, float] | None:
     """A half-precision copy of A (shape (d, d)) and the power of two it was divided by.
 
-    bfloat16 has float32's range: a plain copy (scale 1). float16 overflows past 65504 and
-    loses precision below 6e-5, so A is divided by 2^e ≈ 4× its largest entry, estimated
-    from the diagonal and every 64th row (exact: a power of two changes no significand).
-    Only an entry 2¹⁸ times larger than all those would overflow; the caller then sees
-    non-finite products and starts from a random block instead. ``None``: A is zero or not finite.
+    The copy is the left (d, d) part of a buffer of shape (d, d + ``extra``) (the warm
+    start keeps its current block in the extra columns). bfloat16 has float32's range: a
+    plain copy (scale 1). float16 overflows past 65504 and loses precision below 6e-5, so
+    A is divided by 2^e ≈ 4× its largest entry, estimated from the diagonal and every 64th
+    row (exact: a power of two changes no significand). Only an entry 2¹⁸ times larger
+    than all those would overflow; the caller then sees non-finite products and starts
+    from a random block instead. ``None``: A is zero or not finite.
     """
     d = A.shape[0]
-    low = empty((d, d), dtype=dtype, device=A.device)
+    buf = empty((d, d + extra), dtype=dtype, device=A.device)
+    low = buf[:, :d]
+    # Some half-precision kernels read a strided view's padding columns (multiplying them by
+    # zero): NaN there, left over in recycled memory, would leak into ``low @ X``.
+    buf[:, d:].zero_()
     if dtype == torch.bfloat16:
-        return low.copy_(A), 1.0
+        low.copy_(A)
+        return buf, 1.0
     top = max(float(A.diagonal().abs().max()), float(A[::64].abs().max()))
     if not math.isfinite(top) or top == 0.0:
         return None
@@ -921,46 +934,107 @@ def _to_low(A: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, float] |
         i1 = min(d, i0 + step)
         torch.mul(A[i0:i1], 1.0 / scale, out=tmp[: i1 - i0])
         low[i0:i1].copy_(tmp[: i1 - i0])
-    return low, scale
+    return buf, scale
 
 
-def _warm_start(A: torch.Tensor, block: int, gen: torch.Generator) -> tuple[torch.Tensor | None, int]:
+def _warm_start(
+    A: torch.Tensor,
+    block: int,
+    gen: torch.Generator,
+    k: int | None = None,
+    target: float | None = None,
+) -> tuple[torch.Tensor | None, int]:
     """An orthonormal (d, block) starting block for the Krylov solver, and its products.
 
-    ``_WARM_STEPS`` steps of block subspace iteration X ← orth(A X) with a half-precision
-    copy of A (float16 or bfloat16, see :func:`_low_dtype`; products ~7× faster than
-    float32 on an AMX CPU) from a random block. The block is only a *start*: the Krylov
-    solve that follows works with A itself, and its stopping rule checks every returned
-    pair with fresh products, so the rounding of the copy costs accuracy nowhere; it only
-    decides how good the start is. That rounding (of A, of X and of each product, relative
-    2⁻¹¹ in float16, 2⁻⁸ in bfloat16) is also the floor of the start's residual: on the
-    benchmark's noisy spiked matrix (d = 4096, k = 32) about 0.15·σ in float16 against
-    1.1·σ in bfloat16, after which the float32 Krylov solve needs 3 steps to reach 0.01·σ
-    (4 or 5 from bfloat16, 9 from a random block).
+    Block subspace iteration X ← orth(A X) with a half-precision copy Â of A (float16 or
+    bfloat16, see :func:`_low_dtype`; products ~7× faster than float32 on an AMX CPU),
+    from a random block, for ``_WARM_MIN_STEPS`` to ``_WARM_MAX_STEPS`` steps: it stops
+    once a step shrinks the largest residual of the top ``k`` (default ``block``) Ritz
+    pairs of span(X) with Â by less than a factor ``_WARM_SLOW`` (converged to what the
+    copy allows, or converging too slowly to be worth more half-precision steps), or that
+    residual is at most ``target`` (absolute; the caller passes ``_WARM_TARGET`` times its
+    own target: the Krylov solve's first steps gain more than that when the start got
+    there quickly).
+
+    Half-precision products round their *output* (torch's CPU float16/bfloat16 matmul
+    returns half precision): relative 2⁻¹¹ of ‖Â X‖ ≈ λ₁, a floor of ~0.15·σ on the
+    benchmark's noisy spiked matrix if A X were formed directly. Instead, once X is close
+    to invariant, each step forms the small residual in one product of the augmented copy
+    [Â | X] with [X; −S], where S predicts X's next Rayleigh quotient: S = R T R⁻¹ from the
+    last step's Cholesky factor R (A X_old = X R) and T = X_oldᵀ Â X_old, exact when
+    span(X_old) is invariant. The product's accumulation is in float32; only the residual
+    is rounded, relative to its own (small) size, and A X = (residual) + X S is completed
+    in A's dtype. What remains is the rounding of A's entries (~0.02·σ on that matrix,
+    where the float32 Krylov solve then needs 2 steps to reach 0.01·σ instead of 3).
+
+    The block is only a *start*: the Krylov solve that follows works with A itself and
+    its stopping rule checks every returned pair with fresh products, so nothing here
+    changes the accuracy of the result, only how soon it is reached.
     Returns ``(None, 0)`` when the copy does not fit in memory, A is zero or not finite,
     or the products are not finite (the caller then starts from a random block).
     """
     from .._memory import InsufficientMemoryError, check_allocation
 
     d = A.shape[0]
+    k = block if k is None else k
+    target = 0.0 if target is None else target
     dtype = _low_dtype(A.device)[0]
     try:
-        check_allocation(2 * d * d, A.device, f"a {str(dtype)[6:]} copy of the matrix (warm start)")
-        made = _to_low(A, dtype)
+        check_allocation(2 * d * (d + block), A.device, f"a {str(dtype)[6:]} copy of the matrix (warm start)")
+        made = _to_low(A, dtype, extra=block)
     except (InsufficientMemoryError, RuntimeError):
         return None, 0
     if made is None:
         return None, 0
-    low = made[0]
+    scale = made[1]
+    aug = made[0]  # shape: (d, d + block): [Â | current block]
+    low = aug[:, :d]
+    big = torch.finfo(dtype).max / 16
+    rhs = torch.empty((d + block, block), dtype=dtype, device=A.device)  # [X; −S] in half precision
+    Xw = torch.empty((d, block), dtype=A.dtype, device=A.device)  # the block multiplied, in A's dtype
     X = torch.randn((d, block), generator=gen, dtype=A.dtype, device=A.device)
-    for _ in range(_WARM_STEPS):
-        # the scale of the copy is irrelevant: each step normalises its block
-        Y = (low @ X.to(dtype)).to(A.dtype)
-        if not bool(torch.isfinite(Y).all()):
-            return None, 0
-        out = _cholqr(Y)  # a tall Householder QR is ~10× slower on the CPU
-        X = out[0] if out is not None else _householder(Y)[0]
-    return X, _WARM_STEPS * block
+    shift: torch.Tensor | None = None  # S: the predicted Rayleigh quotient of X (CPU)
+    prev = math.inf
+    steps = 0
+    while steps < _WARM_MAX_STEPS:
+        steps += 1
+        rhs[:d].copy_(X)
+        Xw.copy_(rhs[:d])
+        use_shift = shift is not None and bool(torch.isfinite(shift).all()) and float(shift.abs().max()) < big
+        for attempt in range(2):
+            if use_shift:
+                assert shift is not None
+                rhs[d:].copy_(shift.neg())
+                aug[:, d:].copy_(rhs[:d])
+                # Â X − X S (the product accumulates in float32 and rounds only this), + X S
+                Y = torch.addmm((aug @ rhs).to(A.dtype), Xw, rhs[d:].to(A.dtype), alpha=-1.0)
+            else:
+                Y = (low @ rhs[:d]).to(A.dtype)
+            out = _cholqr(Y, passes=1)  # a tall Householder QR is ~10× slower on the CPU
+            if out is not None or bool(torch.isfinite(Y).all()):
+                break
+            if not use_shift:
+                return None, 0  # the copy overflowed where the scale did not look
+            use_shift = False  # the predicted shift overflowed: the plain product once more
+        T = Xw.mT @ Y  # shape (block, block): ≈ Xᵀ Â X
+        if out is None:
+            X, shift = _householder(Y)[0], None
+        else:
+            X, R = out
+            # S = R T R⁻¹: R⁻¹ applied from the right as a triangular solve on (block, block)
+            RT = R @ T.to("cpu", R.dtype)
+            shift = torch.linalg.solve_triangular(R, RT, upper=True, left=False)
+        if steps + 1 < _WARM_MIN_STEPS:
+            continue
+        # the residuals of the top-k Ritz pairs of span(X_old): ‖(Â X − X T) yᵢ‖ (T's
+        # eigenvectors yᵢ; the columns beyond k may converge slowly and do not count)
+        Tc = T.to("cpu", torch.float64)
+        Yk = torch.linalg.eigh(0.5 * (Tc + Tc.mT))[1][:, -k:].to(A.device, A.dtype)
+        res = float(torch.linalg.vector_norm(torch.addmm(Y, Xw, T, alpha=-1.0) @ Yk, dim=0).max())
+        if steps >= _WARM_MIN_STEPS and (not res < _WARM_SLOW * prev or res * scale <= target):
+            break
+        prev = res
+    return X, steps * block
 
 
 # ----------------------------------------------------------------------------- public API
@@ -1115,7 +1189,9 @@ def topk_eigh(
         if warm_start is None:
             warm_start = not A.is_complex() and d >= WARM_START_MIN_D and _low_dtype(A.device)[1]
         if warm_start and not A.is_complex():
-            start, warm_products = _warm_start(A, b, gen)
+            start, warm_products = _warm_start(
+                A, b, gen, k, None if atol_f is None else _WARM_TARGET * atol_f
+            )
         res = _block_lanczos(
             A,
             k,
