@@ -1022,7 +1022,7 @@ def _warm_start(
         rhs[:d].copy_(X)
         Xw.copy_(rhs[:d])
         use_shift = shift is not None and bool(torch.isfinite(shift).all()) and float(shift.abs().max()) < big
-        for attempt in range(2):
+        for _ in range(2):
             if use_shift:
                 assert shift is not None
                 rhs[d:].copy_(shift.neg())
