@@ -18,7 +18,14 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from .._validation import check_delta, check_epsilon, check_positive
-from ..mechanisms._calibration import NoiseCalibration, gdp_delta, gdp_epsilon, gdp_mu
+from ..mechanisms._calibration import (
+    _DELTA_SAFETY,
+    _EPS_SLACK,
+    NoiseCalibration,
+    gdp_delta,
+    gdp_epsilon,
+    gdp_mu,
+)
 from ._accountant import _sum_mu2
 
 __all__ = ["calibrate_plan"]
@@ -191,6 +198,7 @@ def _fits(s_arr: np.ndarray, sigmas: np.ndarray, epsilon: float, delta: float) -
     Algorithms", Eq. (4.4)), and ``math.fsum`` within 1 + u.
     """
     emus = (1.0 / (sigmas / s_arr)).tolist()
+    epsilon = epsilon * (1.0 - _EPS_SLACK)  # see mechanisms._calibration._EPS_SLACK
     if gdp_delta(math.sqrt(_sum_mu2(zip(emus, itertools.repeat(1)))), epsilon) > delta:
         return False
     bound = math.fsum(e * e for e in emus) * (1.0 + (len(emus) + 2) * _ULP)
@@ -202,7 +210,7 @@ def _gdp_delta_many(mu: np.ndarray, eps: np.ndarray | float) -> np.ndarray:
     a = log_ndtr(mu / 2.0 - eps / mu)
     b = eps + log_ndtr(-mu / 2.0 - eps / mu)
     with np.errstate(over="ignore", invalid="ignore"):
-        return np.where(b >= a, 0.0, np.exp(a) * -np.expm1(b - a))
+        return np.minimum(1.0, np.where(b >= a, 0.0, np.exp(a) * -np.expm1(b - a)) * _DELTA_SAFETY)
 
 
 def _gdp_epsilon_many(mus: Sequence[float], delta: float) -> list[float]:

@@ -46,6 +46,13 @@ def _check_generator(generator: object, device: torch.device) -> None:
         raise ValueError(f"the generator is on {generator.device}, but the noise is drawn on {device}")
 
 
+def _half_std(sigma: float) -> float:
+    """σ/√2 rounded up to the next float64: the computed quotient is within half an ulp of the
+    true value, so one ulp up is never below it (the off-diagonal std of the isotropic and
+    Hermitian shapes)."""
+    return math.nextafter(sigma / math.sqrt(2.0), math.inf)
+
+
 def _target(M: torch.Tensor, dtype: torch.dtype | None, device: torch.device | str | None):
     if dtype is not None and dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
@@ -101,7 +108,8 @@ class GaussianMechanism:
         return GaussianEvent(self.noise_scale / self.sensitivity)
 
     def _stds(self) -> tuple[float, float]:
-        off = self.noise_scale / math.sqrt(2.0) if self.noise_shape == "isotropic" else self.noise_scale
+        """(diagonal std, off-diagonal std); σ/√2 is rounded up (never less noise than claimed)."""
+        off = _half_std(self.noise_scale) if self.noise_shape == "isotropic" else self.noise_scale
         return self.noise_scale, off
 
     def perturb(
@@ -117,7 +125,9 @@ class GaussianMechanism:
         ``M``: real Tensor of shape (d, d), symmetric, any float dtype and device; it is read
         once, block by block, and never modified. The result has shape (d, d), ``dtype``
         (default M's, float64 for other dtypes) and lives on ``device`` (default M's), where
-        the noise is drawn.
+        the noise is drawn. ``M`` is never rounded before its noise: a float64 ``M`` released
+        in float32 is added to float32 draws in float64, and only M + E is rounded to float32
+        (post-processing; see ``_noise.compute_dtype``).
         """
         _check_square(M)
         if M.is_complex():
@@ -209,4 +219,5 @@ class ComplexGaussianMechanism:
         _check_generator(generator, device)
         cdt = torch.complex64 if dtype == torch.float32 else torch.complex128
         out = empty(tuple(M.shape), dtype=cdt, device=device)
-        return noisy_hermitian(M, out, scale=self.noise_scale, generator=generator)
+        return noisy_hermitian(M, out, scale=self.noise_scale, off_scale=_half_std(self.noise_scale),
+                               generator=generator)

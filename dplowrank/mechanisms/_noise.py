@@ -19,6 +19,14 @@ written by different blocks never overlap) with torch at one thread per kernel; 
 numpy and the cipher release the GIL, which roughly halves the time on 2 cores. Each
 running block reuses its scratch buffers for the draws (and for a converted copy of its
 strip), so that fresh memory is touched only for the output.
+
+Floating point (the rule of DESIGN.md, invariant 6): the private matrix is never rounded
+before its noise. Each entry is computed as src + std·z in the *wider* of the input's and the
+output's precision (:func:`compute_dtype`: a float64 Gram released in float32 is added to its
+noise in float64) and only the noisy sum is rounded to the output dtype, which is
+post-processing. The noise is drawn in the output's precision (float32 draws for a float32
+release), and every standard deviation is rounded *up* to the precision it is used in
+(:func:`std_in`), so the noise is never smaller than the calibrated σ.
 """
 
 from __future__ import annotations
@@ -27,11 +35,12 @@ import contextlib
 import math
 import queue
 
+import numpy as np
 import torch
 
 from .._parallel import run_blocks
 
-__all__ = ["noisy_symmetric", "noisy_hermitian"]
+__all__ = ["noisy_symmetric", "noisy_hermitian", "compute_dtype", "std_in"]
 
 _BLOCK = 512
 _SEED_BOUND = 2**62
@@ -125,10 +134,41 @@ class _Scratch:
 
 def _as_work(part: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
     """``part`` (shape (b, c)) in ``buf``'s dtype and device: ``part`` itself when it already
-    is, else a copy in ``buf``."""
+    is, else a copy in ``buf``. ``buf`` has the compute dtype (:func:`compute_dtype`), which
+    holds every value of ``part`` exactly, so the copy never rounds."""
     if part.dtype == buf.dtype and part.device == buf.device:
         return part
     return buf[: part.numel()].view(part.shape).copy_(part)
+
+
+def compute_dtype(src: torch.dtype, out: torch.dtype) -> torch.dtype:
+    """The real dtype in which src + noise is formed: wide enough for every value of ``src``
+    and of the (real) output dtype ``out``, so that nothing private is rounded before the
+    noise. float64 for float64 on either side and for non-float input (integers above 2²⁴
+    are not float32 numbers); float32 for float32/float16/bfloat16 input with float32 output.
+    """
+    if src.is_complex:
+        raise TypeError(f"the source matrix must be real, got {src}")
+    if not src.is_floating_point:
+        return torch.float64
+    return torch.promote_types(src, out)
+
+
+def std_in(std: float, dtype: torch.dtype) -> float:
+    """``std`` rounded *up* to a number of ``dtype`` (float32 or float64).
+
+    Torch casts a Python scalar to the tensor's dtype with rounding to nearest, which can
+    lower a float32 noise scale by half an ulp (a relative 2⁻²⁵): slightly less noise than the
+    calibration claims. Rounding up errs on the side of privacy.
+    """
+    if dtype == torch.float64:
+        return float(std)
+    if dtype != torch.float32:
+        raise ValueError(f"noise is formed in float32 or float64, got {dtype}")
+    x = np.float32(std)
+    if float(x) < std:
+        x = np.nextafter(x, np.float32(np.inf))
+    return float(x)
 
 
 _TILE = 256
@@ -165,12 +205,15 @@ def noisy_symmetric(
 
     The entries with i ≤ j are independent; sym(src) takes src's upper triangle and
     mirrors it. ``src``, ``out``: Tensors of shape (d, d), ``out`` real; ``out`` may be ``src``.
+    Each sum is formed in :func:`compute_dtype` and rounded to ``out``'s dtype afterwards.
     """
     d = _check(src, out)
     gens = _block_generators(generator, d, 1)
     dt, dev = out.dtype, out.device
+    work = compute_dtype(src.dtype, dt)
+    diag_std, off_std = std_in(diag_std, work), std_in(off_std, work)
     draws = _Scratch(min(_BLOCK, d) * d, dt, dev)
-    copies = _Scratch(min(_BLOCK, d) * d, dt, dev)
+    copies = _Scratch(min(_BLOCK, d) * d, work, dev)
 
     def block(i0: int, gen: list[torch.Generator]) -> None:
         with draws.take() as gbuf, copies.take() as sbuf:
@@ -179,16 +222,18 @@ def noisy_symmetric(
     def fill(i0: int, gen: list[torch.Generator], gbuf: torch.Tensor, sbuf: torch.Tensor) -> None:
         i1 = min(d, i0 + _BLOCK)
         b = i1 - i0
-        strip = _as_work(src[i0:i1, i0:], sbuf)  # shape: (b, d - i0); may be a view of src
-        g = _normal((b, d - i0), gen[0], gbuf)
+        strip = _as_work(src[i0:i1, i0:], sbuf)  # shape: (b, d - i0), compute dtype; may be a view of src
+        g = _normal((b, d - i0), gen[0], gbuf)  # shape: (b, d - i0), out's dtype
+        # the diagonal block in the compute dtype, rounded once when copied into out
         head = torch.triu(strip[:, :b], diagonal=1).add_(torch.triu(g[:, :b], diagonal=1), alpha=off_std)
-        diag = strip[:, :b].diagonal() + g[:, :b].diagonal() * diag_std
+        diag = torch.add(strip[:, :b].diagonal(), g[:, :b].diagonal(), alpha=diag_std)
         head = head + head.T
         head.diagonal().copy_(diag)
         out[i0:i1, i0:i1].copy_(head)
         if i1 < d:
-            # One pass: out = src + off·g, written in place (when src is out, each entry is
-            # read before it is written; nothing else reads this strip).
+            # One pass: out = src + off·g, formed in the compute dtype and rounded into out
+            # (when src is out, each entry is read before it is written; nothing else reads
+            # this strip).
             rest = out[i0:i1, i1:]  # shape: (b, d - i1)
             torch.add(strip[:, b:], g[:, b:], alpha=off_std, out=rest)
             _mirror(rest, out[i1:, i0:i1])
@@ -199,21 +244,25 @@ def noisy_symmetric(
 
 
 def noisy_hermitian(
-    src: torch.Tensor, out: torch.Tensor, *, scale: float, generator: torch.Generator
+    src: torch.Tensor, out: torch.Tensor, *, scale: float, off_scale: float, generator: torch.Generator
 ) -> torch.Tensor:
     """out = sym(src) + Z, Z = scale·(W + W*)/2 with W = X + iY, X, Y iid N(0, 1).
 
-    So Z_ii ~ N(0, scale²) real and Re Z_ij, Im Z_ij ~ N(0, scale²/2) independent for i < j
-    (the GUE shape). ``src``: real Tensor of shape (d, d); ``out``: complex, same shape.
+    So Z_ii ~ N(0, scale²) real and Re Z_ij, Im Z_ij ~ N(0, off_scale²) independent for
+    i < j, with off_scale = scale/√2 rounded up (the GUE shape). ``src``: real Tensor of
+    shape (d, d); ``out``: complex, same shape. The real parts are formed in
+    :func:`compute_dtype` and rounded to ``out``'s precision afterwards.
     """
     if not out.is_complex() or src.is_complex():
         raise TypeError(f"noisy_hermitian needs real src and complex out, got {src.dtype} and {out.dtype}")
     d = _check(src, out)
     gens = _block_generators(generator, d, 2)
     rdt = torch.float32 if out.dtype == torch.complex64 else torch.float64
+    work = compute_dtype(src.dtype, rdt)
     dev = out.device
-    off = scale / math.sqrt(2.0)
-    pools = [_Scratch(min(_BLOCK, d) * d, rdt, dev) for _ in range(3)]
+    diag_std, off = std_in(scale, work), std_in(off_scale, work)
+    im_off = std_in(off_scale, rdt)  # the imaginary part is data-free: formed in rdt
+    pools = [_Scratch(min(_BLOCK, d) * d, rdt, dev) for _ in range(2)] + [_Scratch(min(_BLOCK, d) * d, work, dev)]
 
     def block(i0: int, gen: list[torch.Generator]) -> None:
         with pools[0].take() as rbuf, pools[1].take() as ibuf, pools[2].take() as sbuf:
@@ -222,16 +271,20 @@ def noisy_hermitian(
     def fill(i0: int, gen: list[torch.Generator], rbuf, ibuf, sbuf) -> None:
         i1 = min(d, i0 + _BLOCK)
         b = i1 - i0
-        strip = _as_work(src[i0:i1, i0:], sbuf)
+        strip = _as_work(src[i0:i1, i0:], sbuf)  # compute dtype
         g_re = _normal((b, d - i0), gen[0], rbuf)
         g_im = _normal((b, d - i0), gen[1], ibuf)
         re = torch.triu(strip[:, :b], diagonal=1).add_(torch.triu(g_re[:, :b], diagonal=1), alpha=off)
-        im = torch.triu(g_im[:, :b], diagonal=1).mul_(off)
-        head = torch.complex(re + re.T, im - im.T)
-        head.diagonal().real.copy_(strip[:, :b].diagonal() + g_re[:, :b].diagonal() * scale)
+        re_diag = torch.add(strip[:, :b].diagonal(), g_re[:, :b].diagonal(), alpha=diag_std)
+        re = (re + re.T).to(rdt)  # rounded after the noise
+        im = torch.triu(g_im[:, :b], diagonal=1).mul_(im_off)
+        head = torch.complex(re, im - im.T)
+        head.diagonal().real.copy_(re_diag)
         out[i0:i1, i0:i1].copy_(head)
         if i1 < d:
-            rest = torch.complex(g_re[:, b:].mul_(off).add_(strip[:, b:]), g_im[:, b:].mul_(off))
+            # src + off·g formed in the compute dtype, rounded into g_re's buffer (same positions)
+            re_rest = torch.add(strip[:, b:], g_re[:, b:], alpha=off, out=g_re[:, b:])
+            rest = torch.complex(re_rest, g_im[:, b:].mul_(im_off))
             out[i0:i1, i1:].copy_(rest)
             out[i1:, i0:i1].copy_(rest.conj().T)
 

@@ -16,12 +16,29 @@ Frobenius sensitivity, therefore serves every noise shape of the library.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 from .._validation import check_choice, check_positive
 
-__all__ = ["NEIGHBOURS", "gram_sensitivity"]
+__all__ = ["NEIGHBOURS", "gram_sensitivity", "times_sqrt2", "square_up"]
 
 NEIGHBOURS = ("add_remove", "replace")
+
+
+def square_up(c: float) -> float:
+    """The smallest float64 ≥ c² (c·c rounds to nearest, which can be one ulp below c²)."""
+    s = c * c
+    if Fraction(s) < Fraction(c) ** 2:
+        s = math.nextafter(s, math.inf)
+    return s
+
+
+def times_sqrt2(x: float) -> float:
+    """The smallest float64 ≥ √2·x (x ≥ 0): a replace-neighbour sensitivity is never rounded down."""
+    s = math.sqrt(2.0) * x
+    while Fraction(s) ** 2 < 2 * Fraction(x) ** 2:
+        s = math.nextafter(s, math.inf)
+    return s
 
 
 def gram_sensitivity(row_norm: float, neighbour: str = "add_remove") -> float:
@@ -40,4 +57,5 @@ def gram_sensitivity(row_norm: float, neighbour: str = "add_remove") -> float:
     """
     c = check_positive(row_norm, "row_norm")
     check_choice(neighbour, "neighbour", NEIGHBOURS)
-    return c * c if neighbour == "add_remove" else math.sqrt(2.0) * c * c
+    c2 = square_up(c)  # rounded up, like √2·C²: the sensitivity is never below the exact one
+    return c2 if neighbour == "add_remove" else times_sqrt2(c2)
