@@ -1,39 +1,109 @@
-"""Streaming accumulation of a clipped Gram matrix Σ xxᵀ: the private statistic.
+"""Streaming accumulation of a clipped Gram matrix Σ xxᵀ: the private statistic, computed exactly.
 
 The accumulator is the only place raw rows enter the library. Each row is one privacy
 unit: it is clipped to the public norm C before it is added, so one row can move the
-Gram by at most C² in Frobenius norm (√2·C² when a row is replaced), and the sums are kept
-in float64 whatever the input dtype. Nothing here is private on its own: the Gram, the
-row count and the clipped count are raw statistics, to be released only through a
-mechanism (:func:`dplowrank.release_rank_k`).
+Gram by at most C² in Frobenius norm (√2·C² when a row is replaced). Nothing here is
+private on its own: the Gram, the row count and the clipped count are raw statistics, to
+be released only through a mechanism (:func:`dplowrank.release_rank_k`).
+
+Exact sums (DESIGN.md, invariant 6). A floating-point sum of n rows is not the sum: each
+addition rounds, the rounding depends on every other row and on the order, and the
+Gram of neighbouring datasets can then differ by more than C² (by up to about n²·2⁻⁵³·C² in
+float64, unbounded as n grows). So each clipped row is put on a fixed-point grid before it
+is added: its entries are rounded to multiples of g = 2^(⌈log₂ C⌉ − p), a power of two
+fixed by the public C and the public bound ``max_rows`` (p = ⌊(53 − ⌈log₂ max_rows⌉)/2⌋
+bits; 14 for the default 2²⁵ rows), with an exact integer check that the rounded row still
+has norm ≤ C (a row that fails is truncated toward zero instead). Every product of two
+grid entries is an integer multiple of g² below 2²ᵖ·g², and every partial sum of up to
+``max_rows`` rows stays below 2⁵³·g²: all of them are float64 numbers, so the matrix
+product computes the Gram *exactly*, on any device, in any order or batching. The
+accumulated matrix is therefore exactly Σ qqᵀ over the rounded rows q, a neighbouring
+dataset changes it by exactly one qqᵀ (‖qqᵀ‖_F = ‖q‖² ≤ C²), and the sensitivity C² is exact.
+The price is the rounding of each row to p bits below the power of two above C (a relative
+2⁻¹⁵…2⁻¹⁴ of C with the default), deterministic and per row, and a public cap on the rows:
+an accumulator refuses a batch that would take it past ``max_rows`` (a refusal the caller,
+who holds the data, sees; see docs/threat_model.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ._integrity import check_key, seal, verify
 from ._io import atomic_write_bytes
 from ._memory import check_allocation
 from ._tensor import as_device, as_tensor
 from ._validation import check_choice, check_positive
 from .mechanisms._sensitivity import NEIGHBOURS, gram_sensitivity
 
-__all__ = ["GramAccumulator"]
+__all__ = ["GramAccumulator", "DEFAULT_MAX_ROWS", "fixed_point_grid"]
 
 # Rows whose norm exceeds C are scaled to C·(1 − 2⁻⁴⁰), so that rounding in the scaling
-# can never leave a clipped row with norm above C.
+# can never leave a clipped row with norm above C (the grid step then checks it exactly).
 _CLIP_MARGIN = 1.0 - 2.0**-40
 _CKPT_FORMAT = "dplowrank.GramAccumulator.checkpoint"
+_CKPT_VERSION = 2
+
+#: The default public bound on the rows one accumulator holds (2²⁵ ≈ 33.5 M): 14 bits of grid.
+DEFAULT_MAX_ROWS = 2**25
+#: The largest max_rows: the grid keeps at least one bit.
+_MAX_MAX_ROWS = 2**51
+
+
+def _grid_bits(max_rows: int) -> int:
+    """p = ⌊(53 − ⌈log₂ max_rows⌉)/2⌋: max_rows·2²ᵖ ≤ 2⁵³."""
+    return (53 - (max_rows - 1).bit_length()) // 2
+
+
+def fixed_point_grid(row_norm: float, max_rows: int = DEFAULT_MAX_ROWS) -> float:
+    """The grid step g of an accumulator with clipping norm C = ``row_norm`` and ``max_rows``.
+
+    g = 2^(t − p) with 2^t the smallest power of two ≥ C and p = ⌊(53 − ⌈log₂ max_rows⌉)/2⌋,
+    so that C/g ≤ 2ᵖ and max_rows·(C/g)² ≤ 2⁵³: every partial sum of the Gram of grid rows
+    is an integer multiple of g² below 2⁵³·g², a float64 number (see the module docstring).
+
+    Parameters
+    ----------
+    row_norm : float
+        C > 0.
+    max_rows : int, default 2**25
+        The public bound on the number of rows, in [1, 2⁵¹].
+
+    Returns
+    -------
+    float
+        g, a power of two.
+    """
+    c = check_positive(row_norm, "row_norm")
+    max_rows = _check_max_rows(max_rows)
+    m, e = math.frexp(c)  # c = m·2^e, 0.5 ≤ m < 1
+    top = e - 1 if m == 0.5 else e  # 2^top ≥ C > 2^(top-1)
+    g = math.ldexp(1.0, top - _grid_bits(max_rows))
+    # products of grid entries are multiples of g²: g² must be a normal float64, and the
+    # largest possible sum, max_rows·4^top, must stay finite
+    if g * g < 2.0**-1020 or top > 500 - (max_rows - 1).bit_length() // 2:
+        raise ValueError(
+            f"row_norm={row_norm!r} is outside the range in which the Gram is computed exactly "
+            f"(about 1e-150 to 1e150 for max_rows={max_rows}); rescale the data"
+        )
+    return g
+
+
+def _check_max_rows(max_rows: object) -> int:
+    if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or not 1 <= max_rows <= _MAX_MAX_ROWS:
+        raise ValueError(f"max_rows must be an integer in [1, 2**51], got {max_rows!r}")
+    return int(max_rows)
 
 
 class GramAccumulator:
-    """Accumulate M = Σ clip_C(x) clip_C(x)ᵀ over batches of rows, in float64.
+    """Accumulate M = Σ q qᵀ over batches of rows, exactly, where q is clip_C(x) on a fixed-point grid.
 
     Parameters
     ----------
@@ -45,17 +115,26 @@ class GramAccumulator:
         The neighbour relation that :attr:`sensitivity` is computed for.
     device : torch.device or str, optional
         Where the Gram lives; defaults to the device of the first batch.
+    max_rows : int, default 2**25
+        Public bound on the rows this accumulator will hold; it fixes the grid
+        (:func:`fixed_point_grid`): a smaller bound gives a finer grid (p bits below the power
+        of two above C, p = ⌊(53 − ⌈log₂ max_rows⌉)/2⌋). A batch that would exceed it is
+        refused and nothing is added. Never derive it from the data.
 
     Attributes
     ----------
     gram : Tensor of shape (d, d), float64
-        The raw (non-private) clipped Gram. Owned by the accumulator.
+        The raw (non-private) clipped Gram, exact: Σ qqᵀ over the rounded rows. Owned by
+        the accumulator.
     n_rows : int
         Rows added so far (non-private).
     n_clipped : int
         Rows whose norm exceeded C and were scaled down (non-private).
     sensitivity : float
-        Frobenius sensitivity of :attr:`gram`: C² (add/remove) or √2·C² (replace).
+        Frobenius sensitivity of :attr:`gram`: C² (add/remove) or √2·C² (replace), exact
+        because the sums are.
+    grid : float
+        The grid step g (a power of two).
 
     Examples
     --------
@@ -74,11 +153,16 @@ class GramAccumulator:
         dim: int | None = None,
         neighbour: str = "add_remove",
         device: torch.device | str | None = None,
+        max_rows: int = DEFAULT_MAX_ROWS,
     ) -> None:
         self.row_norm = check_positive(row_norm, "row_norm")
         self.neighbour = check_choice(neighbour, "neighbour", NEIGHBOURS)
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self.max_rows = _check_max_rows(max_rows)
+        self.grid = fixed_point_grid(self.row_norm, self.max_rows)
+        # ‖q‖² ≤ (C/g)² for an integer vector q ⟺ Σ qⱼ² ≤ ⌊(C/g)²⌋, computed exactly
+        self._norm2_units = float(math.floor(Fraction(self.row_norm / self.grid) ** 2))
         self._device = as_device(device)
         self._gram: torch.Tensor | None = None
         self._dim = dim
@@ -107,6 +191,11 @@ class GramAccumulator:
     def sensitivity(self) -> float:
         """Frobenius sensitivity of the Gram for :attr:`neighbour` (see ``gram_sensitivity``)."""
         return gram_sensitivity(self.row_norm, self.neighbour)
+
+    @property
+    def entry_bound(self) -> float:
+        """A public bound on every |M_ij|: max_rows·C² (|M_ij| ≤ Σ ‖q‖² ≤ n·C²)."""
+        return self.max_rows * self.row_norm * self.row_norm
 
     @property
     def consumed(self) -> bool:
@@ -142,8 +231,27 @@ class GramAccumulator:
             raise ValueError("the accumulator has no rows yet; call update() first")
         return self._gram
 
+    def _on_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows x (shape (n, d), float64, norms ≤ C up to rounding) rounded to the grid, with
+        every resulting norm ≤ C checked exactly; returns q·g, shape (n, d)."""
+        inv = 1.0 / self.grid  # a power of two: x·inv is exact
+        q = torch.round(x * inv)  # integer-valued, |q_j| ≤ 2^p + 1
+        limit = self._norm2_units
+        over = (q * q).sum(dim=1) > limit  # exact: integers far below 2⁵³
+        if bool(over.any()):
+            # rounding to nearest pushed these rows past C: truncate toward zero instead
+            q = torch.where(over.unsqueeze(1), torch.trunc(x * inv), q)
+            sq = (q * q).sum(dim=1)
+            still = sq > limit  # only if the float clip left a row a few ulps above C
+            if bool(still.any()):
+                shrink = torch.sqrt(limit / torch.where(still, sq, torch.ones_like(sq))) * (1.0 - 2.0**-20)
+                q = torch.where(still.unsqueeze(1), torch.trunc(q * shrink.unsqueeze(1)), q)
+                if bool(((q * q).sum(dim=1) > limit).any()):  # pragma: no cover - impossible
+                    raise RuntimeError("internal error: a grid row exceeds the clipping norm")
+        return q.mul_(self.grid)
+
     def update(self, rows: object) -> "GramAccumulator":
-        """Clip and add a batch of rows.
+        """Clip, round to the grid and add a batch of rows (exactly).
 
         Parameters
         ----------
@@ -158,8 +266,9 @@ class GramAccumulator:
         Raises
         ------
         ValueError
-            On a wrong shape or a NaN/Inf entry (the message names the row, counted over
-            all rows added so far). A rejected batch leaves the accumulator unchanged.
+            On a wrong shape, a NaN/Inf entry, or a batch that would take the accumulator
+            past ``max_rows``. Messages never contain row values or positions (they are
+            private). A rejected batch leaves the accumulator unchanged.
         """
         self._check_not_consumed()
         x = as_tensor(rows, "rows")
@@ -171,14 +280,15 @@ class GramAccumulator:
             raise ValueError(f"rows must have {self._dim} columns, got shape {tuple(x.shape)}")
         if x.shape[1] == 0:
             raise ValueError(f"rows must have at least one column, got shape {tuple(x.shape)}")
+        if self.n_rows + x.shape[0] > self.max_rows:
+            raise ValueError(
+                f"this batch would take the accumulator past max_rows={self.max_rows}, the public bound "
+                "that keeps its sums exact; nothing was added (create it with a larger max_rows)"
+            )
         device = self._device if self._device is not None else x.device
         x = x.to(device=device, dtype=torch.float64)
-        finite = torch.isfinite(x).all(dim=1)
-        if not bool(finite.all()):
-            bad = int(torch.nonzero(~finite)[0, 0])
-            raise ValueError(
-                f"row {self.n_rows + bad} (index {bad} of this batch) contains NaN or Inf"
-            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("rows contains a NaN or Inf entry; the batch was not added")
         # ‖x‖ is taken as m·‖x/m‖ with m = max|x_i|, so that rows whose squared entries
         # overflow (|x_i| ≳ 1e154) are still clipped to norm C rather than to zero.
         top = x.abs().amax(dim=1)
@@ -187,80 +297,99 @@ class GramAccumulator:
         over = top > self.row_norm / unit_norms  # ‖x‖ > C without forming ‖x‖; 0-rows: C/0 = inf
         scale = self.row_norm * _CLIP_MARGIN / torch.where(over, unit_norms, torch.ones_like(unit_norms))
         x = torch.where(over.unsqueeze(1), unit * scale.unsqueeze(1), x)
+        x = self._on_grid(x)
         if self._gram is None:
             self._allocate(x.shape[1], device)
-        self._gram.addmm_(x.T, x)
+        self._gram.addmm_(x.T, x)  # exact: every partial sum is a multiple of g² below 2⁵³·g²
         self.n_rows += x.shape[0]
         self.n_clipped += int(over.sum())
         return self
 
     # ---- crash safety -----------------------------------------------------------------------
-    def save_checkpoint(self, path: str | os.PathLike, *, cursor: object = None) -> Path:
-        """Write the accumulator's exact state to ``path``, atomically, with a SHA-256 checksum.
+    def save_checkpoint(self, path: str | os.PathLike, *, cursor: object = None, key: bytes | None = None) -> Path:
+        """Write the accumulator's exact state to ``path``, atomically, with an integrity check.
 
         The file holds the float64 Gram bit for bit, the counts, the configuration and an
         optional JSON-able ``cursor`` (e.g. how many batches of the stream were consumed), so
         that a process killed at any moment resumes, with :meth:`load_checkpoint`, to the
         same Gram as an uninterrupted run. The write goes to a temporary file that is
         renamed over ``path``: a kill during the write leaves the previous checkpoint intact.
-        The checkpoint contains raw private statistics: protect it like the data.
+
+        Integrity: a SHA-256 checksum detects corruption, not tampering (anyone who can write
+        the file can recompute it, e.g. after lowering ``row_norm`` so that the sensitivity
+        shrinks). With ``key`` (secret bytes, at least 16, kept apart from the file) the
+        checkpoint also carries HMAC-SHA256 and :meth:`load_checkpoint` then needs the same
+        key and refuses any edit. The checkpoint contains raw private statistics: protect it
+        like the data (it is written with the process's default permissions).
         """
         self._check_not_consumed()
+        key = check_key(key)
         meta = {
-            "format": _CKPT_FORMAT, "version": 1, "row_norm": self.row_norm, "neighbour": self.neighbour,
+            "format": _CKPT_FORMAT, "version": _CKPT_VERSION, "row_norm": self.row_norm,
+            "neighbour": self.neighbour, "max_rows": self.max_rows,
             "dim": self._dim, "n_rows": self.n_rows, "n_clipped": self.n_clipped,
             "device": None if self._device is None else str(self._device), "cursor": cursor,
         }
         gram = b"" if self._gram is None else self._gram.detach().cpu().numpy().astype("<f8").tobytes()
-        meta["sha256"] = hashlib.sha256(json.dumps(meta, sort_keys=True).encode() + gram).hexdigest()
-        header = json.dumps(meta, sort_keys=True).encode()
+        body = json.dumps(meta, sort_keys=True).encode()
+        header = json.dumps({"meta": meta, "integrity": seal(body + gram, key)}, sort_keys=True).encode()
         return atomic_write_bytes(path, len(header).to_bytes(8, "little") + header + gram)
 
     @classmethod
-    def load_checkpoint(cls, path: str | os.PathLike, *, device: torch.device | str | None = None
-                        ) -> tuple["GramAccumulator", object]:
+    def load_checkpoint(cls, path: str | os.PathLike, *, device: torch.device | str | None = None,
+                        key: bytes | None = None) -> tuple["GramAccumulator", object]:
         """Restore an accumulator written by :meth:`save_checkpoint`; returns ``(acc, cursor)``.
 
         A damaged, truncated or altered file, a directory, or a file whose fields are missing or
         invalid raises ``ValueError`` naming the file (and the field); never a fresh accumulator.
-        A missing file raises ``FileNotFoundError``.
+        With ``key``, the file must carry a valid HMAC for it; a file written with a key cannot
+        be loaded without it. A missing file raises ``FileNotFoundError``.
         """
+        key = check_key(key)
         path = Path(path)
+        where = os.fspath(path)
         if path.is_dir():
-            raise ValueError(f"the checkpoint path {os.fspath(path)!r} is a directory, not a checkpoint file")
+            raise ValueError(f"the checkpoint path {where!r} is a directory, not a checkpoint file")
         raw = path.read_bytes()  # FileNotFoundError for a missing file
         try:
             n = int.from_bytes(raw[:8], "little")
-            meta = json.loads(raw[8:8 + n])
+            doc = json.loads(raw[8:8 + n])
             gram = raw[8 + n:]
-            digest = meta.pop("sha256")
-            ok = hashlib.sha256(json.dumps(meta, sort_keys=True).encode() + gram).hexdigest() == digest
+            meta, integrity = doc["meta"], doc["integrity"]
+            if not isinstance(meta, dict) or not isinstance(integrity, dict):
+                raise ValueError("malformed header")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-            raise ValueError(f"{os.fspath(path)!r} is not a readable GramAccumulator checkpoint: {exc}") from exc
-        if not ok:
-            raise ValueError(f"the checkpoint {os.fspath(path)!r} failed its checksum: it is damaged")
+            if isinstance(doc_version := _old_version(raw), int):
+                raise ValueError(
+                    f"{where!r} is a version-{doc_version} GramAccumulator checkpoint, whose sums were not "
+                    "exact; this dplowrank reads version 2: accumulate the data again"
+                ) from exc
+            raise ValueError(f"{where!r} is not a readable GramAccumulator checkpoint: {exc}") from exc
+        verify(json.dumps(meta, sort_keys=True).encode() + gram, integrity, key, f"the checkpoint {where!r}")
         if meta.get("format") != _CKPT_FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not a GramAccumulator checkpoint")
+            raise ValueError(f"{where!r} is not a GramAccumulator checkpoint")
         # A valid checksum proves the file is intact, not that it was written by save_checkpoint:
         # every field is checked before it is used, and any failure names the file and the field.
         field = "version"
         try:
-            if meta.get("version") != 1:
+            if meta.get("version") != _CKPT_VERSION:
                 raise ValueError(f"unsupported version {meta.get('version')!r}")
-            for field in ("row_norm", "neighbour", "dim", "n_rows", "n_clipped", "device", "cursor"):
+            for field in ("row_norm", "neighbour", "max_rows", "dim", "n_rows", "n_clipped", "device", "cursor"):
                 if field not in meta:
                     raise ValueError("the field is missing")
             field = "dim"
             d = meta["dim"]
             if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
                 raise ValueError(f"must be null or a positive integer, got {d!r}")
+            field = "max_rows"
+            max_rows = _check_max_rows(meta["max_rows"])
             field = "n_rows"
             n_rows, n_clipped = meta["n_rows"], meta["n_clipped"]
-            if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 0:
-                raise ValueError(f"must be a non-negative integer, got {n_rows!r}")
+            if isinstance(n_rows, bool) or not isinstance(n_rows, int) or not 0 <= n_rows <= max_rows:
+                raise ValueError(f"must be an integer in [0, max_rows={max_rows}]")
             field = "n_clipped"
             if isinstance(n_clipped, bool) or not isinstance(n_clipped, int) or not 0 <= n_clipped <= n_rows:
-                raise ValueError(f"must be an integer in [0, n_rows={n_rows}], got {n_clipped!r}")
+                raise ValueError("must be an integer in [0, n_rows]")
             field = "device"
             if meta["device"] is not None and not isinstance(meta["device"], str):
                 raise ValueError(f"must be null or a str, got {meta['device']!r}")
@@ -269,7 +398,7 @@ class GramAccumulator:
             row_norm = check_positive(meta["row_norm"], "row_norm")
             field = "neighbour"
             neighbour = check_choice(meta["neighbour"], "neighbour", NEIGHBOURS)
-            acc = cls(row_norm=row_norm, dim=d, neighbour=neighbour)
+            acc = cls(row_norm=row_norm, dim=d, neighbour=neighbour, max_rows=max_rows)
             field = "gram"
             arr = None
             if gram:
@@ -279,9 +408,9 @@ class GramAccumulator:
                 if not np.isfinite(arr).all():
                     raise ValueError("it has a NaN or Inf entry")
             elif n_rows:
-                raise ValueError(f"it is empty but n_rows is {n_rows}")
+                raise ValueError("it is empty but n_rows is not 0")
         except (ValueError, TypeError) as exc:  # ValueError and TypeError from the checks above
-            raise ValueError(f"the checkpoint {os.fspath(path)!r} has an invalid field {field!r}: {exc}") from exc
+            raise ValueError(f"the checkpoint {where!r} has an invalid field {field!r}: {exc}") from exc
         acc._device = dev
         if arr is not None:
             acc._gram = torch.from_numpy(arr).to(dev or "cpu")
@@ -290,7 +419,21 @@ class GramAccumulator:
         return acc, meta["cursor"]
 
     def __repr__(self) -> str:
+        # n_rows is a raw (private) count: a repr ends up in logs, so it is not shown
         return (
             f"GramAccumulator(row_norm={self.row_norm}, dim={self._dim}, neighbour={self.neighbour!r}, "
-            f"device={self._device}, n_rows={self.n_rows})"
+            f"device={self._device}, max_rows={self.max_rows})"
         )
+
+
+def _old_version(raw: bytes) -> int | None:
+    """The version of a checkpoint in the version-1 layout (header = meta with ``sha256``), else None."""
+    try:
+        n = int.from_bytes(raw[:8], "little")
+        meta = json.loads(raw[8:8 + n])
+        if isinstance(meta, dict) and meta.get("format") == _CKPT_FORMAT and "meta" not in meta:
+            v = meta.get("version")
+            return v if isinstance(v, int) else None
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return None

@@ -25,7 +25,7 @@ from ._random import SECURE, SEEDED, _device_key, resolve_noise_source
 from ._tensor import as_device, as_tensor
 from ._validation import check_choice, check_dense_input, check_k, check_positive
 from .accounting._budget import PrivacyBudget
-from .accounting._events import GaussianEvent
+from .accounting._events import EVENT_NEIGHBOURS, GaussianEvent
 from .gram import GramAccumulator
 from .linalg import NOISE_ATOL_FRACTION, SOLVERS, topk_eigh
 from .mechanisms._calibration import CALIBRATIONS, calibrate_noise
@@ -74,7 +74,7 @@ class LowRankRelease:
     dtype, device : str
         Where and in what precision noise and eigensolver ran.
     randomness : {"secure", "seeded"}
-        ``"secure"``: the noise came from a ChaCha20 keystream keyed from ``os.urandom``
+        ``"secure"``: the noise came from an AES-256-CTR keystream keyed from ``os.urandom``
         (:class:`~dplowrank._secure.SecureNormalSource`). ``"seeded"``: the caller's generator
         or seed controlled it: reproducible, so only as private as the seed is secret, and
         not for publication (:attr:`for_publication`).
@@ -139,8 +139,11 @@ class LowRankRelease:
 
     @property
     def privacy_event(self) -> GaussianEvent:
-        """The accounting event of this release (the complex mechanism is priced as the real isotropic one)."""
-        return GaussianEvent(self.noise_multiplier)
+        """The accounting event of this release, with its neighbour relation (``None`` for a
+        declared sensitivity without one); the complex mechanism is priced as the real
+        isotropic one."""
+        relation = self.neighbour if self.neighbour in EVENT_NEIGHBOURS else None
+        return GaussianEvent(self.noise_multiplier, relation)
 
     def to_dense(self, *, hermitian: bool = False) -> torch.Tensor:
         """The rank-k matrix V diag(λ) Vᵀ, Tensor of shape (d, d).
@@ -370,24 +373,15 @@ def _judge(M: torch.Tensor, figures) -> float:
     """Raise the input error for M (shape (d, d)) from per-block figures ``(max |entry|,
     max asymmetry)``; the offending entry is located only when there is one. Returns the
     largest |entry|."""
+    # The messages name the check, never a value or a position of the (private) matrix.
     if not all(math.isfinite(top) and math.isfinite(asym) for top, asym in figures):
-        bad = torch.nonzero(~torch.isfinite(M))[0].tolist()
-        raise ValueError(f"the Gram matrix has a NaN or Inf entry at {tuple(bad)}")
+        raise ValueError("the Gram matrix has a NaN or Inf entry")
     scale = max(top for top, _ in figures)
     worst = max(asym for _, asym in figures)
     if worst > _symmetry_tolerance(M.dtype) * max(scale, 1e-300):
-        d, best = M.shape[0], (-1.0, 0, 0)
-        for i0 in range(0, d, _CHECK_BLOCK):  # strip by strip: no d×d temporary
-            i1 = min(d, i0 + _CHECK_BLOCK)
-            diff = (M[i0:i1] - M[:, i0:i1].T).abs()  # shape: (i1 - i0, d)
-            val = float(diff.max())
-            if val > best[0]:
-                r, c = divmod(int(diff.argmax()), d)
-                best = (val, i0 + r, c)
-        val, i, j = best
         raise ValueError(
-            f"the Gram matrix must be symmetric: |M[{i},{j}] - M[{j},{i}]| = {val:.3g} "
-            f"(largest entry {scale:.3g})"
+            f"the Gram matrix must be symmetric (|M_ij - M_ji| within {_symmetry_tolerance(M.dtype):.3g} "
+            "of its largest entry); it is not"
         )
     return scale
 
@@ -407,8 +401,8 @@ def _check_range(scale: float, sigma: float, d: int, dtype: torch.dtype) -> None
     name = str(dtype).replace("torch.", "")
     if not math.isfinite(scale) or scale > info.max:
         raise ValueError(
-            f"the Gram matrix's largest entry {scale:.3g} does not fit {name} (largest finite "
-            f"{info.max:.3g}); rescale the data or use dtype='float64'"
+            f"the Gram matrix's entries (or their public bound max_rows·row_norm²) do not fit {name} "
+            f"(largest finite {info.max:.3g}); rescale the data or use dtype='float64'"
         )
     if not info.tiny <= sigma <= info.max:
         raise ValueError(
@@ -418,8 +412,8 @@ def _check_range(scale: float, sigma: float, d: int, dtype: torch.dtype) -> None
     reach = scale + 8.0 * sigma * math.sqrt(d)
     if not (math.isfinite(reach) and reach <= info.max):
         raise ValueError(
-            f"the noisy matrix would overflow {name}: largest entry {scale:.3g} plus noise of scale "
-            f"sigma={sigma:.3g} at d={d} reaches about {reach:.3g} (largest finite {info.max:.3g}); "
+            f"the noisy matrix would overflow {name}: its entries plus noise of scale "
+            f"sigma={sigma:.3g} at d={d} can exceed the largest finite {info.max:.3g}; "
             "rescale the data (sensitivity) or use dtype='float64'"
         )
 
@@ -437,7 +431,7 @@ def _resolve_matrix(data, row_norm, sensitivity, neighbour, device):
                 f"neighbour={neighbour!r} differs from the accumulator's {data.neighbour!r}"
             )
         gram = data.gram
-        return gram, data.sensitivity, data.neighbour, _psd_scale(gram)
+        return gram, data.sensitivity, data.neighbour, data.entry_bound
     if row_norm is not None and sensitivity is not None:
         raise ValueError(
             "give row_norm (data are rows) or sensitivity (data is a Gram matrix), not both"
@@ -460,7 +454,8 @@ def _resolve_matrix(data, row_norm, sensitivity, neighbour, device):
         nb = "add_remove" if neighbour is None else check_choice(neighbour, "neighbour", NEIGHBOURS)
         acc = GramAccumulator(row_norm=row_norm, neighbour=nb, device=device or x.device)
         acc.update(x)
-        return acc.gram, acc.sensitivity, nb, _psd_scale(acc.gram)
+        # the range check uses the accumulator's public bound max_rows·C², not the data
+        return acc.gram, acc.sensitivity, nb, acc.entry_bound
     sens = check_positive(sensitivity, "sensitivity")
     if x.shape[0] != x.shape[1]:
         raise ValueError(
@@ -472,11 +467,6 @@ def _resolve_matrix(data, row_norm, sensitivity, neighbour, device):
     scale = _check_gram(x)
     nb = "declared" if neighbour is None else check_choice(neighbour, "neighbour", NEIGHBOURS)
     return x, sens, nb, scale
-
-
-def _psd_scale(gram: torch.Tensor) -> float:
-    """max |M_ij| of a Gram Σ xxᵀ: its largest diagonal entry (|M_ij| ≤ √(M_ii M_jj)), NaN/Inf kept."""
-    return float(gram.diagonal().max()) if gram.shape[0] else 0.0
 
 
 def _realify(h_vals: torch.Tensor, h_vecs: torch.Tensor, k: int):
@@ -562,7 +552,7 @@ def release_rank_k(
         Clip the released eigenvalues at zero (post-processing).
     generator : torch.Generator or SecureNormalSource, optional
         Source of all randomness. When omitted, the noise comes from a fresh
-        :class:`~dplowrank._secure.SecureNormalSource` (ChaCha20, key from ``os.urandom``,
+        :class:`~dplowrank._secure.SecureNormalSource` (AES-256-CTR, key from ``os.urandom``,
         Holohan–Braghin hardening). A :class:`torch.Generator` (on the target device) makes
         the release reproducible and marks it ``randomness="seeded"``.
     device : torch.device or str, optional
@@ -660,7 +650,8 @@ def release_rank_k(
         check_allocation(itemsize * d * d, dev, f"the noisy {d}x{d} matrix of this release")
     _check_range(scale, cal.noise_scale, d, work_dtype)
     if budget is not None:
-        budget.spend(cal.event)  # raises BudgetExceededError before any noise is drawn
+        # check, charge and persist atomically (threads and processes), before any noise is drawn
+        budget.spend(GaussianEvent(cal.noise_multiplier, nb if nb in EVENT_NEIGHBOURS else None))
     if overwrite and isinstance(data, GramAccumulator):
         data._consume()  # its raw Gram is about to become (or be dropped for) M + E
 

@@ -28,4 +28,47 @@ def gen():
     return torch.Generator().manual_seed(12345)
 
 
+def grid_rows(x: np.ndarray, row_norm: float, max_rows: int = 2**25) -> tuple[np.ndarray, float]:
+    """An independent reference for GramAccumulator's rows: clip, round to the grid, check exactly.
+
+    Returns (q, g): integer rows q (int64, shape (n, d)) with ‖q·g‖ ≤ C exactly, and g. The
+    grid is g = 2^(t − p), 2^t the least power of two ≥ C, p = ⌊(53 − ⌈log₂ max_rows⌉)/2⌋;
+    rows are scaled to C·(1 − 2⁻⁴⁰) when longer than C, rounded half to even, and truncated
+    toward zero where rounding leaves them longer than C (checked with Python integers).
+    """
+    from fractions import Fraction
+    import math
+
+    p = (53 - (max_rows - 1).bit_length()) // 2
+    t = math.ceil(math.log2(row_norm))
+    while 2.0**t < row_norm:
+        t += 1
+    while 2.0 ** (t - 1) >= row_norm:
+        t -= 1
+    g = 2.0 ** (t - p)
+    limit = math.floor(Fraction(row_norm / g) ** 2)
+    out = []
+    for row in np.asarray(x, dtype=np.float64).reshape(len(x), -1):
+        top = np.abs(row).max()
+        if top > 0:
+            unit = row / top
+            norm = np.linalg.norm(unit)
+            if top > row_norm / norm:
+                row = unit * (row_norm * (1 - 2.0**-40) / norm)
+        q = np.round(row / g)
+        if sum(int(v) ** 2 for v in q) > limit:
+            q = np.trunc(row / g)
+        assert sum(int(v) ** 2 for v in q) <= limit
+        out.append(q.astype(np.int64))
+    return np.array(out).reshape(len(x), -1), g
+
+
+def exact_gram(q: np.ndarray, g: float) -> np.ndarray:
+    """Σ qqᵀ·g² computed with Python integers, then scaled by g² (exact when below 2⁵³·g²)."""
+    qi = q.astype(object)
+    m = qi.T.dot(qi)
+    assert all(abs(int(v)) < 2**53 for v in m.flat)
+    return m.astype(np.float64) * (g * g)
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

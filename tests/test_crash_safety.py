@@ -156,12 +156,16 @@ def test_sigkill_mid_stream_resumes_to_identical_gram(tmp_path, stream_module):
 
 
 def _write_checkpoint(path: Path, meta: dict, gram: bytes) -> None:
-    """A checkpoint with a valid checksum whatever its fields (as save_checkpoint lays it out)."""
-    meta = dict(meta)
-    meta.pop("sha256", None)
-    meta["sha256"] = hashlib.sha256(json.dumps(meta, sort_keys=True).encode() + gram).hexdigest()
-    header = json.dumps(meta, sort_keys=True).encode()
+    """A checkpoint with a valid checksum whatever its fields (as save_checkpoint lays it out):
+    what anyone who can write the file can do, since a checksum needs no secret."""
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode() + gram).hexdigest()
+    header = json.dumps({"meta": meta, "integrity": {"sha256": digest}}, sort_keys=True).encode()
     path.write_bytes(len(header).to_bytes(8, "little") + header + gram)
+
+
+def _meta_and_gram(raw: bytes) -> tuple[dict, bytes]:
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n])["meta"], raw[8 + n:]
 
 
 def test_checkpoint_round_trip_and_damage(tmp_path):
@@ -204,14 +208,15 @@ def test_checkpoint_round_trip_and_damage(tmp_path):
         (lambda m: m.update(neighbour="swap"), "neighbour"),
         (lambda m: m.update(device="tpu"), "device"),
         (lambda m: m.update(device=5), "device"),
-        (lambda m: m.update(version=2), "version"),
+        (lambda m: m.update(version=3), "version"),
+        (lambda m: m.update(max_rows=0), "max_rows"),
+        (lambda m: m.update(n_rows=2**30), "n_rows"),  # more rows than max_rows
     ],
 )
 def test_crafted_checkpoint_with_a_valid_checksum_is_refused_by_field(tmp_path, change, field):
     acc = dl.GramAccumulator(row_norm=1.5).update(np.random.default_rng(1).normal(size=(8, 5)))
     raw = acc.save_checkpoint(tmp_path / "good.ckpt").read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    meta, gram = json.loads(raw[8:8 + n]), raw[8 + n:]
+    meta, gram = _meta_and_gram(raw)
     change(meta)
     bad = tmp_path / "crafted.ckpt"
     _write_checkpoint(bad, meta, gram)
@@ -220,12 +225,61 @@ def test_crafted_checkpoint_with_a_valid_checksum_is_refused_by_field(tmp_path, 
     # a non-finite Gram with a valid checksum, and rows without any Gram
     nan_gram = np.frombuffer(gram, dtype="<f8").copy()
     nan_gram[0] = np.nan
-    _write_checkpoint(bad, json.loads(raw[8:8 + n]), nan_gram.tobytes())
+    _write_checkpoint(bad, _meta_and_gram(raw)[0], nan_gram.tobytes())
     with pytest.raises(ValueError, match="crafted.ckpt.*'gram'.*NaN"):
         dl.GramAccumulator.load_checkpoint(bad)
-    _write_checkpoint(bad, json.loads(raw[8:8 + n]), b"")
+    _write_checkpoint(bad, _meta_and_gram(raw)[0], b"")
     with pytest.raises(ValueError, match="crafted.ckpt.*'gram'.*empty"):
         dl.GramAccumulator.load_checkpoint(bad)
+
+
+def test_a_checksum_is_not_tamper_evidence_but_a_key_is(tmp_path):
+    """Lowering row_norm in a checkpoint shrinks its sensitivity 10⁴× (C = 1.5 → 0.015): a
+    recomputed SHA-256 hides the edit, an HMAC with the user's key does not."""
+    key = b"k" * 32
+    rows = np.random.default_rng(2).normal(size=(20, 4))
+    for with_key in (False, True):
+        acc = dl.GramAccumulator(row_norm=1.5).update(rows)
+        good = acc.save_checkpoint(tmp_path / "good.ckpt", key=key if with_key else None)
+        meta, gram = _meta_and_gram(good.read_bytes())
+        meta["row_norm"] = 0.015
+        forged = tmp_path / "forged.ckpt"
+        _write_checkpoint(forged, meta, gram)
+        if not with_key:  # without a key the forgery loads: the checksum only catches corruption
+            back, _ = dl.GramAccumulator.load_checkpoint(forged)
+            assert back.sensitivity == pytest.approx(0.015**2)
+            with pytest.raises(ValueError, match="carries no HMAC"):
+                dl.GramAccumulator.load_checkpoint(forged, key=key)
+            continue
+        back, _ = dl.GramAccumulator.load_checkpoint(good, key=key)
+        assert torch.equal(back.gram, acc.gram)
+        with pytest.raises(ValueError, match="pass key="):
+            dl.GramAccumulator.load_checkpoint(good)  # an authenticated file needs its key
+        with pytest.raises(ValueError, match="HMAC check"):
+            dl.GramAccumulator.load_checkpoint(good, key=b"x" * 32)  # the wrong key
+        # the forger keeps the HMAC field but cannot recompute it
+        header = json.dumps({"meta": meta, "integrity": {
+            "sha256": hashlib.sha256(json.dumps(meta, sort_keys=True).encode() + gram).hexdigest(),
+            "hmac_sha256": json.loads(good.read_bytes()[8:8 + int.from_bytes(good.read_bytes()[:8], "little")])
+            ["integrity"]["hmac_sha256"]}}, sort_keys=True).encode()
+        forged.write_bytes(len(header).to_bytes(8, "little") + header + gram)
+        with pytest.raises(ValueError, match="forged.ckpt.*HMAC check"):
+            dl.GramAccumulator.load_checkpoint(forged, key=key)
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        dl.GramAccumulator(row_norm=1.0).save_checkpoint(tmp_path / "x.ckpt", key=b"short")
+    with pytest.raises(TypeError, match="key must be bytes"):
+        dl.GramAccumulator(row_norm=1.0).save_checkpoint(tmp_path / "x.ckpt", key="a text password")
+
+
+def test_a_version_1_checkpoint_is_refused_with_a_reason(tmp_path):
+    meta = {"format": "dplowrank.GramAccumulator.checkpoint", "version": 1, "row_norm": 1.0,
+            "neighbour": "add_remove", "dim": None, "n_rows": 0, "n_clipped": 0, "device": None, "cursor": None}
+    meta["sha256"] = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+    header = json.dumps(meta, sort_keys=True).encode()
+    old = tmp_path / "v1.ckpt"
+    old.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(ValueError, match="version-1 .* not exact"):
+        dl.GramAccumulator.load_checkpoint(old)
 
 
 def test_damaged_release_file_is_refused_by_field(tmp_path):

@@ -1,12 +1,15 @@
-"""The Gram accumulator: clipping, float64 accumulation, streaming, errors that change nothing."""
+"""The Gram accumulator: clipping, exact fixed-point accumulation, streaming, errors that change nothing."""
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 import dplowrank as dl
 
-from .conftest import requires_cuda
+from .conftest import exact_gram, grid_rows, requires_cuda
 
 
 def test_clipping_bounds_every_row_and_counts():
@@ -16,9 +19,12 @@ def test_clipping_bounds_every_row_and_counts():
     acc = dl.GramAccumulator(row_norm=c).update(x)
     norms = np.linalg.norm(x, axis=1)
     assert acc.n_rows == 300 and acc.n_clipped == int((norms > c).sum())
+    q, g = grid_rows(x, c)
+    assert acc.grid == g
+    np.testing.assert_array_equal(acc.gram.numpy(), exact_gram(q, g))
+    # the grid costs at most 2^-14 of the power of two above C per entry
     scale = np.minimum(1.0, c / norms)
-    expected = (x * scale[:, None]).T @ (x * scale[:, None])
-    np.testing.assert_allclose(acc.gram.numpy(), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(acc.gram.numpy(), (x * scale[:, None]).T @ (x * scale[:, None]), atol=300 * 4 * c * g)
 
 
 def test_clipped_row_norm_never_exceeds_bound():
@@ -36,19 +42,89 @@ def test_float32_input_accumulates_in_float64():
     x = rng.normal(size=(500, 10)).astype(np.float32)
     acc = dl.GramAccumulator(row_norm=100.0).update(torch.from_numpy(x))
     assert acc.gram.dtype == torch.float64
-    x64 = x.astype(np.float64)
-    np.testing.assert_allclose(acc.gram.numpy(), x64.T @ x64, rtol=1e-13)
+    q, g = grid_rows(x.astype(np.float64), 100.0)
+    np.testing.assert_array_equal(acc.gram.numpy(), exact_gram(q, g))
 
 
-def test_streaming_equals_one_batch():
+def test_streaming_equals_one_batch_bit_for_bit():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(250, 6))
     one = dl.GramAccumulator(row_norm=2.0).update(x)
     many = dl.GramAccumulator(row_norm=2.0)
     for chunk in np.array_split(x, 9):
         many.update(chunk)
-    np.testing.assert_allclose(many.gram.numpy(), one.gram.numpy(), rtol=1e-12)
+    assert torch.equal(many.gram, one.gram)
     assert many.n_rows == one.n_rows and many.n_clipped == one.n_clipped
+
+
+# ---- exact sums: the sensitivity C² holds for the computed matrix, not just in exact arithmetic ----
+
+
+def test_order_and_batching_do_not_change_a_bit():
+    """A float64 sum depends on the order of its terms; the grid sums do not (they are exact).
+
+    With float64 accumulation (before the grid) the reversed and re-batched streams differed
+    in their last bits, so the neighbouring Grams could differ by more than C².
+    """
+    rng = np.random.default_rng(30)
+    x = rng.normal(size=(3000, 16)) * rng.lognormal(0, 2, size=(3000, 1))
+    ref = dl.GramAccumulator(row_norm=3.0).update(x).gram
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(len(x))
+        acc = dl.GramAccumulator(row_norm=3.0)
+        cuts = np.sort(np.random.default_rng(seed + 10).choice(len(x), 12, replace=False))
+        for part in np.split(x[perm], cuts):
+            acc.update(part)
+        assert torch.equal(acc.gram, ref)
+
+
+def test_a_neighbour_changes_the_gram_by_exactly_one_outer_product():
+    rng = np.random.default_rng(31)
+    x = rng.normal(size=(2000, 12)) * 40.0  # every row is clipped
+    c = 1.7
+    full = dl.GramAccumulator(row_norm=c).update(x).gram
+    q, g = grid_rows(x[777:778], c)
+    without = dl.GramAccumulator(row_norm=c).update(np.delete(x, 777, axis=0)).gram
+    diff = full - without
+    row = torch.from_numpy(q[0] * g)
+    assert torch.equal(diff, torch.outer(row, row))
+    assert float(torch.linalg.matrix_norm(diff)) <= c * c
+
+
+@given(
+    rows=arrays(np.float64, st.tuples(st.integers(1, 40), st.integers(1, 6)),
+                elements=st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)),
+    c=st.floats(1e-3, 1e3),
+    log_max_rows=st.integers(6, 40),
+)
+def test_the_gram_is_the_exact_sum_of_grid_rows(rows, c, log_max_rows):
+    """Property: for any rows, C and max_rows, the accumulated Gram is Σ qqᵀ·g² computed with
+    Python integers, every ‖q·g‖ ≤ C, and the Gram does not depend on the order of the rows."""
+    max_rows = 2**log_max_rows
+    acc = dl.GramAccumulator(row_norm=c, max_rows=max_rows).update(rows)
+    q, g = grid_rows(rows, c, max_rows)
+    assert acc.grid == g
+    np.testing.assert_array_equal(acc.gram.numpy(), exact_gram(q, g))
+    rev = dl.GramAccumulator(row_norm=c, max_rows=max_rows).update(rows[::-1].copy())
+    assert torch.equal(rev.gram, acc.gram)
+
+
+def test_max_rows_is_a_public_cap_that_refuses_and_changes_nothing():
+    acc = dl.GramAccumulator(row_norm=1.0, max_rows=100).update(np.ones((60, 3)) / 2)
+    before = acc.gram.clone()
+    with pytest.raises(ValueError, match="max_rows=100") as err:
+        acc.update(np.ones((41, 3)))
+    assert "60" not in str(err.value) and "41" not in str(err.value)  # no private counts
+    assert torch.equal(acc.gram, before) and acc.n_rows == 60
+    acc.update(np.ones((40, 3)))  # exactly up to the cap
+    assert acc.n_rows == 100
+    # a smaller cap gives a finer grid
+    assert dl.GramAccumulator(row_norm=1.0, max_rows=2**13).grid < dl.GramAccumulator(row_norm=1.0).grid
+    for bad in (0, 2**52, 1.5, True):
+        with pytest.raises(ValueError, match="max_rows"):
+            dl.GramAccumulator(row_norm=1.0, max_rows=bad)
+    with pytest.raises(ValueError, match="row_norm=1e-200 is outside the range"):
+        dl.GramAccumulator(row_norm=1e-200)
 
 
 def test_integer_and_single_row_input():
@@ -58,15 +134,17 @@ def test_integer_and_single_row_input():
     np.testing.assert_array_equal(acc.gram.numpy(), [[1, 2, 2], [2, 4, 4], [2, 4, 13]])
 
 
-def test_bad_row_is_named_and_changes_nothing():
+def test_bad_row_is_refused_without_its_position_and_changes_nothing():
     acc = dl.GramAccumulator(row_norm=1.0).update(np.ones((5, 3)))
     before = acc.gram.clone()
     bad = np.ones((4, 3))
     bad[2, 1] = np.nan
-    with pytest.raises(ValueError, match="row 7 \\(index 2 of this batch\\)"):
+    with pytest.raises(ValueError, match="NaN or Inf") as err:
         acc.update(bad)
+    # which row held the NaN is private (it was "row 7 (index 2 of this batch)")
+    assert not any(ch.isdigit() for ch in str(err.value))
     bad[2, 1] = np.inf
-    with pytest.raises(ValueError, match="row 7"):
+    with pytest.raises(ValueError, match="NaN or Inf"):
         acc.update(bad)
     assert torch.equal(acc.gram, before) and acc.n_rows == 5
 
@@ -110,7 +188,7 @@ def test_cuda_rows_accumulate_on_device():
     acc = dl.GramAccumulator(row_norm=3.0).update(x)
     assert acc.gram.device.type == "cuda" and acc.gram.dtype == torch.float64
     ref = dl.GramAccumulator(row_norm=3.0).update(x.cpu()).gram
-    torch.testing.assert_close(acc.gram.cpu(), ref, rtol=1e-12, atol=1e-12)
+    assert torch.equal(acc.gram.cpu(), ref)  # exact sums: the device's BLAS cannot change a bit
 
 
 def test_rows_whose_squares_overflow_are_clipped_to_the_norm_not_to_zero():
@@ -118,7 +196,7 @@ def test_rows_whose_squares_overflow_are_clipped_to_the_norm_not_to_zero():
     acc.update(np.array([[1e200, 1e200], [3.0, 4.0], [0.0, 0.0]]))
     # (1e200, 1e200) -> (√2, √2); (3, 4) -> (1.2, 1.6); the zero row stays zero
     want = np.array([[2.0 + 1.44, 2.0 + 1.92], [2.0 + 1.92, 2.0 + 2.56]])
-    np.testing.assert_allclose(acc.gram.numpy(), want, rtol=1e-9)
+    np.testing.assert_allclose(acc.gram.numpy(), want, atol=4 * 2 * acc.grid)
     assert acc.n_clipped == 2 and acc.n_rows == 3
 
 

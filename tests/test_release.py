@@ -200,7 +200,7 @@ def test_records_and_privacy_event(spiked):
     assert r.epsilon <= 0.8 and r.epsilon == pytest.approx(0.8, rel=1e-6)
     assert r.delta == 1e-6 and r.neighbour == "replace" and r.calibration == "analytic"
     assert r.mechanism == "gaussian" and r.noise_shape == "isotropic" and r.psd is False
-    assert r.privacy_event == dl.GaussianEvent(r.noise_scale / r.sensitivity)
+    assert r.privacy_event == dl.GaussianEvent(r.noise_scale / r.sensitivity, "replace")
     assert r.mu == pytest.approx(1 / r.noise_multiplier)
     assert r.device == "cpu" and r.solver in ("dense", "lanczos") and r.converged
     rc = dl.release_rank_k(x, 2, epsilon=0.5, delta=1e-6, row_norm=c, calibration="classic",
@@ -284,11 +284,11 @@ def _asym():
 @pytest.mark.parametrize(
     "data, kwargs, exc, match",
     [
-        (_nan_rows(), dict(row_norm=1.0), ValueError, "row 13"),
+        (_nan_rows(), dict(row_norm=1.0), ValueError, "NaN or Inf entry; the batch was not added"),
         (ROWS[0], dict(row_norm=1.0), ValueError, "2-D array, got shape \\(4,\\)"),
         (ROWS[None], dict(row_norm=1.0), ValueError, "got shape \\(1, 20, 4\\)"),
         (ROWS, dict(sensitivity=1.0), ValueError, "square \\(d, d\\) Gram matrix, got shape \\(20, 4\\)"),
-        (_asym(), dict(sensitivity=1.0), ValueError, "symmetric: \\|M\\[0,3\\] - M\\[3,0\\]\\|"),
+        (_asym(), dict(sensitivity=1.0), ValueError, "must be symmetric .*; it is not"),
         (GRAM * np.nan, dict(sensitivity=1.0), ValueError, "NaN or Inf entry"),
         (ROWS, dict(), ValueError, "missing privacy bound"),
         (ROWS, dict(row_norm=1.0, sensitivity=1.0), ValueError, "not both"),
@@ -368,6 +368,31 @@ def test_cuda_release_matches_cpu_shapes_and_guarantees():
         torch.testing.assert_close(v.T @ v, torch.eye(4, dtype=v.dtype, device=v.device), atol=1e-10, rtol=0)
     with pytest.raises(ValueError, match="generator lives on cpu"):
         dl.release_rank_k(x, 4, epsilon=1.0, delta=1e-6, row_norm=3.0, generator=torch.Generator())
+
+
+@requires_cuda
+def test_cuda_noise_from_worker_threads_lands_on_the_callers_stream():
+    """Secure noise is drawn on host threads; each thread's current CUDA stream is its own, so
+    the workers enqueued on the default stream and work the caller queued on its stream next
+    (the solver) could read the matrix before the noise. Delaying the default stream exposes it."""
+    d = 2048
+    mech = dl.GaussianMechanism(1.0, 1.0)
+    side = torch.cuda.Stream()
+    m = torch.zeros(d, d, device="cuda")
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(2_000_000_000)  # the caller's stream is busy for a while...
+        out = mech.perturb_(m, generator=dl.SecureNormalSource.from_seed(1))
+        snapshot = out.clone()  # ...and reads the noisy matrix on that stream
+    torch.cuda.synchronize()
+    assert torch.equal(snapshot, out) and float(out.abs().sum()) > 0
+    with torch.cuda.stream(side):
+        m2 = torch.zeros(d, d, device="cuda")
+        with torch.cuda.stream(torch.cuda.default_stream()):
+            torch.cuda._sleep(2_000_000_000)  # now the default stream is the slow one
+        out2 = mech.perturb_(m2, generator=dl.SecureNormalSource.from_seed(2))
+        snap2 = out2.clone()
+    torch.cuda.synchronize()
+    assert torch.equal(snap2, out2) and float(snap2.abs().sum()) > 0
 
 
 # ---- Hypothesis: structural properties of every release ------------------------------------
