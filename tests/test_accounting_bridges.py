@@ -60,7 +60,8 @@ def test_gaussian_lists_against_dp_accounting_and_opacus(events, log_delta):
     acc = PrivacyAccountant(events)
     # exact GDP vs dp_accounting's PLD (which is an upper bound with discretisation error)
     pld = bridges.pld_epsilon(acc, delta)
-    assert acc.epsilon(delta) <= pld + 1e-9
+    # (gdp_delta is padded by a relative 1e-7 to stay above the exact curve: ε rises by less)
+    assert acc.epsilon(delta) <= pld * (1 + 1e-7) + 1e-9
     assert acc.epsilon(delta) == pytest.approx(pld, abs=2e-3 * max(1.0, pld))
     # RDP equals opacus' RDP accountant on the same orders
     hist_rdp = sum(
@@ -143,7 +144,7 @@ def test_opacus_history_and_dp_accounting_round_trip():
     events = bridges.from_opacus(o)
     acc = PrivacyAccountant([events])
     assert acc.epsilon(1e-5) == pytest.approx(o.get_epsilon(1e-5), rel=1e-6)
-    back = bridges.from_dp_accounting(bridges.to_dp_accounting(acc))
+    back = bridges.from_dp_accounting(bridges.to_dp_accounting(acc), "add_remove")
     assert back == acc.composed_event()
     with pytest.raises(TypeError, match="history"):
         bridges.from_opacus(object())

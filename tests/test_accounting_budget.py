@@ -1,6 +1,7 @@
 """Budgets and ledgers: the filter never overspends, ledgers survive restarts and refuse damage,
 and processes that share a ledger file take turns."""
 
+import hashlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from dplowrank.accounting import (
     PrivacyAccountant,
     SelfComposedEvent,
 )
-from dplowrank.accounting._budget import _digest
+from dplowrank.accounting._budget import _canonical
 
 # DP-SGD-like steps from a small grid (their RDP is cached), zero-cost and q = 1 steps included.
 _sampled = st.builds(
@@ -120,7 +121,7 @@ def test_ledger_corruption_never_loads_as_fresh(tmp_path):
         "empty": b"",
         "garbage": b"\x00\xffnot json",
         "tampered": raw.replace(b'"noise_multiplier": 4.0', b'"noise_multiplier": 40.0'),
-        "no events": json.dumps({"ledger": {"events": []}, "sha256": "0"}).encode(),
+        "no events": json.dumps({"ledger": {"events": []}, "integrity": {"sha256": "0"}}).encode(),
     }
     assert cases["tampered"] != raw
     for name, data in cases.items():
@@ -150,8 +151,9 @@ def test_tiny_noise_is_refused_not_an_overflow():
 
 
 def _write_ledger(path, payload):
-    """A ledger with a valid checksum around any payload."""
-    path.write_text(json.dumps({"ledger": payload, "sha256": _digest(payload)}))
+    """A ledger with a valid checksum around any payload (what anyone can write: no secret)."""
+    digest = hashlib.sha256(_canonical(payload)).hexdigest()
+    path.write_text(json.dumps({"ledger": payload, "integrity": {"sha256": digest}}))
     return path
 
 
@@ -338,3 +340,170 @@ def test_two_processes_cannot_overspend_a_shared_ledger(tmp_path):
     final = dl.PrivacyBudget.load(p)
     assert sum(granted) == len(final.events) - 1 == fits  # every grant recorded, none lost
     assert PrivacyAccountant(final.events).delta(1.0) <= 1e-6
+
+
+# ---- threads sharing one budget object -------------------------------------------------------
+
+
+def _slow_pricing(monkeypatch, seconds=0.02):
+    """Widen the window between a spend's check and its charge (pricing a ledger takes time
+    in real use; here it takes ``seconds``), so that an unlocked budget races reliably."""
+    original = PrivacyAccountant.delta
+
+    def slow(self, *a, **kw):
+        time.sleep(seconds)
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(PrivacyAccountant, "delta", slow)
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_threads_cannot_overspend_a_shared_budget(tmp_path, monkeypatch, on_disk):
+    """Four threads release on a budget that fits one release: exactly one release is made and
+    recorded. (Without a lock, a budget with no ledger path let several threads pass the check
+    before any of them charged: two noisy releases, one recorded.)"""
+    _slow_pricing(monkeypatch)
+    rows = np.random.default_rng(0).normal(size=(100, 5)) / 3
+    for trial in range(3):
+        budget = dl.PrivacyBudget(1.0, 1e-6, path=(tmp_path / f"b{trial}.json") if on_disk else None)
+        barrier = threading.Barrier(4)
+        made, refused = [], []
+
+        def worker():
+            barrier.wait()
+            try:
+                made.append(dl.release_rank_k(rows, 2, epsilon=1.0, delta=1e-6, row_norm=1.0, budget=budget,
+                                              generator=torch.Generator().manual_seed(1)))
+            except dl.BudgetExceededError:
+                refused.append(1)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(made) == 1 and len(refused) == 3
+        assert len(budget.events) == 1 and budget.spent_epsilon() <= 1.0 + 1e-9
+
+
+def test_compression_charges_its_whole_plan_once_and_atomically(monkeypatch):
+    """release_statistics checked affordability, then charged group by group, each charge a
+    separate critical section: another thread could spend in between, and the ledger held one
+    event per group. Now the plan is one composed event, charged before any noise is drawn."""
+    from dplowrank.accounting import ComposedEvent
+    from dplowrank.compress import release_statistics
+
+    from .test_compress import _toy_stats
+
+    _, groups, stats = _toy_stats()
+    budget = dl.PrivacyBudget(1.0, 1e-6)
+    charged = []
+    original = dl.PrivacyBudget.spend
+
+    def spy(self, event, count=1):
+        charged.append(event)
+        return original(self, event, count)
+
+    monkeypatch.setattr(dl.PrivacyBudget, "spend", spy)
+    priv = release_statistics(stats, epsilon=1.0, delta=1e-6, budget=budget, generator=torch.Generator().manual_seed(0))
+    assert len(charged) == 1 and isinstance(charged[0], ComposedEvent) and len(charged[0].events) == len(groups)
+    assert budget.events == (charged[0],) and all(e.neighbour == "add_remove" for e in charged[0].events)
+    assert budget.spent_epsilon() == pytest.approx(priv.spent_epsilon(), rel=1e-9)
+    # concurrent plans on a budget that fits one: exactly one is released
+    _slow_pricing(monkeypatch)
+    budget = dl.PrivacyBudget(1.0, 1e-6)
+    barrier, done, refused = threading.Barrier(3), [], []
+
+    def worker():
+        barrier.wait()
+        try:
+            done.append(release_statistics(stats, epsilon=1.0, delta=1e-6, budget=budget,
+                                           generator=torch.Generator().manual_seed(0)))
+        except dl.BudgetExceededError:
+            refused.append(1)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(done) == 1 and len(refused) == 2 and len(budget.events) == 1
+
+
+# ---- integrity: a checksum is not tamper evidence; an HMAC with the user's key is ---------------
+
+
+def test_an_edited_ledger_loads_without_a_key_and_is_refused_with_one(tmp_path):
+    """Deleting events (or raising ε) and recomputing the SHA-256 gave a ledger that loaded as
+    valid: the checksum catches corruption only. With key=, the HMAC refuses the edit."""
+    key = b"0123456789abcdef0123456789abcdef"
+    for with_key in (False, True):
+        p = tmp_path / f"ledger{with_key}.json"
+        b = dl.PrivacyBudget(1.0, 1e-6, path=p, key=key if with_key else None)
+        b.spend(GaussianEvent(10.0))
+        b.spend(GaussianEvent(10.0))
+        doc = json.loads(p.read_text())
+        doc["ledger"]["events"] = []  # the forger erases the spending
+        doc["ledger"]["epsilon"] = 10.0  # and raises the budget
+        doc["integrity"]["sha256"] = hashlib.sha256(_canonical(doc["ledger"])).hexdigest()
+        forged = tmp_path / f"forged{with_key}.json"
+        forged.write_text(json.dumps(doc))
+        if not with_key:
+            assert dl.PrivacyBudget.load(forged).events == ()  # documented: corruption check only
+            continue
+        assert len(dl.PrivacyBudget.load(p, key=key).events) == 2
+        with pytest.raises(ValueError, match="HMAC check"):
+            dl.PrivacyBudget.load(forged, key=key)
+        with pytest.raises(ValueError, match="pass key="):
+            dl.PrivacyBudget.load(p)
+        with pytest.raises(ValueError, match="HMAC check"):
+            dl.PrivacyBudget.load(p, key=b"another key of 32 bytes........")
+        # a budget sharing the ledger re-reads it with its key on every spend
+        again = dl.PrivacyBudget.load(p, key=key)
+        forged.replace(p)
+        with pytest.raises(ValueError, match="HMAC check"):
+            again.spend(GaussianEvent(50.0))
+    with pytest.raises(ValueError, match="carries no HMAC"):
+        dl.PrivacyBudget.load(tmp_path / "ledgerFalse.json", key=key)
+
+
+# ---- neighbour relations ---------------------------------------------------------------------
+
+
+def test_events_record_their_neighbour_relation_and_mixed_relations_are_refused():
+    """The accountant composed add/remove and replace releases as if their noise multipliers
+    were for the same relation."""
+    rows = np.random.default_rng(0).normal(size=(50, 4)) / 3
+    kw = dict(epsilon=1.0, delta=1e-6, row_norm=1.0, generator=torch.Generator().manual_seed(0))
+    ar = dl.release_rank_k(rows, 2, **kw)
+    rep = dl.release_rank_k(rows, 2, neighbour="replace", **kw)
+    declared = dl.release_rank_k(np.eye(4), 2, epsilon=1.0, delta=1e-6, sensitivity=1.0,
+                                 generator=torch.Generator().manual_seed(0))
+    assert ar.privacy_event.neighbour == "add_remove" and rep.privacy_event.neighbour == "replace"
+    assert declared.privacy_event.neighbour is None
+    acc = PrivacyAccountant([ar, declared])
+    assert acc.neighbour == "add_remove"
+    with pytest.raises(ValueError, match="different neighbour relations"):
+        acc.add(rep)
+    assert len(acc) == 2  # nothing recorded
+    with pytest.raises(ValueError, match="different neighbour relations"):
+        dl.ComposedEvent((ar.privacy_event, rep.privacy_event))
+    budget = dl.PrivacyBudget(5.0, 1e-6)
+    budget.spend(ar)
+    with pytest.raises(ValueError, match="different neighbour relations"):
+        budget.spend(rep)
+    assert budget.events == (ar.privacy_event,)
+    with pytest.raises(ValueError, match="add/remove"):
+        PoissonSampledEvent(0.1, GaussianEvent(1.0, "replace"))
+    # explicit conversion: replace = remove + add, so μ at most doubles (√2 for a Gram)
+    converted = ar.privacy_event.for_replace(2**0.5)
+    assert converted.neighbour == "replace" and converted.mu >= 2**0.5 * ar.mu
+    acc_rep = PrivacyAccountant([rep, converted])
+    assert acc_rep.mu() == pytest.approx((rep.mu**2 + 2 * ar.mu**2) ** 0.5)
+    assert GaussianEvent(1.0).for_replace().mu == 2.0
+    with pytest.raises(ValueError, match="sensitivity_ratio"):
+        GaussianEvent(1.0).for_replace(0.5)
+    # the relation survives the ledger
+    assert dl.event_from_dict(rep.privacy_event.to_dict()) == rep.privacy_event
+    with pytest.raises(ValueError, match="neighbour must be one of"):
+        GaussianEvent(1.0, "swap")

@@ -35,6 +35,7 @@ from ._events import (
     PrivacyEvent,
     SelfComposedEvent,
     _EVENT_TYPES,
+    neighbour_of,
 )
 from ._rdp import DEFAULT_ORDERS, gaussian_rdp, rdp_to_delta, rdp_to_epsilon, sampled_gaussian_rdp
 
@@ -151,6 +152,10 @@ class PrivacyAccountant:
     orders : sequence of float, optional
         RDP orders (default: opacus' ``DEFAULT_ALPHAS`` grid).
 
+    Events of different neighbour relations ("add_remove" and "replace") are refused:
+    :meth:`add` raises ``ValueError`` and records nothing (restate add/remove events with
+    :meth:`GaussianEvent.for_replace`). Events with no stated relation compose with either.
+
     Examples
     --------
     >>> acc = PrivacyAccountant()
@@ -166,6 +171,7 @@ class PrivacyAccountant:
             raise ValueError(f"RDP orders must be finite and > 1, got {orders!r}")
         self._orders = orders
         self._events: list[PrivacyEvent] = []
+        self._neighbour: str | None = None
         for e in events:
             self.add(e)
 
@@ -176,8 +182,22 @@ class PrivacyAccountant:
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
             raise ValueError(f"count must be a positive integer, got {count!r}")
         count = int(count)
-        self._events.append(event if count == 1 else SelfComposedEvent(event, count))
+        new = event if count == 1 else SelfComposedEvent(event, count)
+        relation = neighbour_of(new)
+        if relation is not None and self._neighbour not in (None, relation):
+            raise ValueError(
+                f"cannot compose a {relation!r} event with the {self._neighbour!r} events recorded: their "
+                "guarantees are for different neighbour relations; restate the add/remove ones with "
+                "GaussianEvent.for_replace() first"
+            )
+        self._events.append(new)
+        self._neighbour = self._neighbour or relation
         return self
+
+    @property
+    def neighbour(self) -> str | None:
+        """The neighbour relation of the recorded events (``None`` if none states one)."""
+        return self._neighbour
 
     def copy(self) -> "PrivacyAccountant":
         return PrivacyAccountant(self._events, orders=self._orders)

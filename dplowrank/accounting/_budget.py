@@ -1,20 +1,25 @@
 """A privacy budget that releases consult before any noise is drawn, and that survives restarts.
 
-Processes that share one ledger file take turns: :meth:`PrivacyBudget.spend` holds an
-exclusive ``flock`` on a lock file next to the ledger (``<ledger>.lock``) while it re-reads
-the ledger, prices the new event and writes the result, so two processes cannot both spend
-the same remaining budget. ``flock`` is advisory and local: it does not protect a ledger on
-a network file system that ignores it, nor one edited by other programs; without
-``fcntl`` (Windows) the lock is skipped.
+Atomic spending (DESIGN.md, invariant 7). Check, charge and persist happen under one lock:
+threads sharing a budget object take turns on its own (re-entrant) lock, and processes that
+share one ledger file also take turns on an exclusive ``flock`` of a lock file next to the
+ledger (``<ledger>.lock``) while they re-read the ledger, price the new event and write the
+result. So two threads or processes can never both spend the same remaining budget. ``flock``
+is advisory and local: it does not protect a ledger on a network file system that ignores
+it, nor one edited by other programs; without ``fcntl`` (Windows) the file lock is skipped.
+
+Integrity: a ledger carries a SHA-256 checksum, which catches corruption but not tampering
+(see :mod:`dplowrank._integrity`); with ``key=`` it also carries an HMAC that nobody without
+the key can forge, and an edited ledger (events deleted, ε raised) is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +28,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
+from .._integrity import check_key, seal, verify
 from .._io import atomic_write_bytes
 from .._validation import check_choice, check_delta, check_epsilon
 from ._accountant import METHODS, PrivacyAccountant, as_event
@@ -32,7 +38,7 @@ from ._rdp import DEFAULT_ORDERS
 __all__ = ["BudgetExceededError", "PrivacyBudget"]
 
 _FORMAT = "dplowrank.PrivacyBudget"
-_VERSION = 1
+_VERSION = 2
 
 
 class BudgetExceededError(ValueError):
@@ -44,8 +50,8 @@ def _clip(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _digest(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def _canonical(payload: dict) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
 
 class PrivacyBudget:
@@ -72,6 +78,10 @@ class PrivacyBudget:
         :meth:`load`, so a budget is never silently reset).
     orders : sequence of float, optional
         RDP orders.
+    key : bytes, optional
+        Secret of at least 16 bytes (e.g. ``secrets.token_bytes(32)``, stored apart from the
+        ledger): the ledger is then authenticated with HMAC-SHA256 and :meth:`load` refuses
+        any edit. Without a key the ledger's checksum detects corruption only.
 
     Examples
     --------
@@ -90,11 +100,14 @@ class PrivacyBudget:
         method: str = "auto",
         path: str | os.PathLike | None = None,
         orders=DEFAULT_ORDERS,
+        key: bytes | None = None,
     ) -> None:
         self.epsilon = check_epsilon(epsilon)
         self.delta = check_delta(delta)
         self.method = check_choice(method, "method", METHODS)
         self._acc = PrivacyAccountant(orders=orders)
+        self._key = check_key(key)
+        self._thread_lock = threading.RLock()
         self.path = None if path is None else Path(path)
         if self.path is not None and self.path.is_dir():
             raise ValueError(f"the budget ledger path {str(self.path)!r} is a directory; give a file path")
@@ -108,15 +121,19 @@ class PrivacyBudget:
     @property
     def accountant(self) -> PrivacyAccountant:
         """A copy of the ledger as an accountant."""
-        return self._acc.copy()
+        with self._thread_lock:
+            return self._acc.copy()
 
     @property
     def events(self) -> tuple[PrivacyEvent, ...]:
-        return self._acc.events
+        with self._thread_lock:
+            return self._acc.events
 
     def spent_epsilon(self) -> float:
         """ε(δ_budget) of everything charged so far."""
-        return self._acc.epsilon(self.delta, self.method)
+        with self._thread_lock:
+            acc = self._acc
+        return acc.epsilon(self.delta, self.method)
 
     def _within(self, acc: PrivacyAccountant) -> bool:
         return len(acc) == 0 or acc.delta(self.epsilon, self.method) <= self.delta
@@ -156,17 +173,19 @@ class PrivacyBudget:
     # ---- sharing a ledger between processes --------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold an exclusive ``flock`` on ``<ledger>.lock`` (nothing without a path or ``fcntl``)."""
-        if self.path is None or fcntl is None:
-            yield
-            return
-        lock = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
+        """Hold this budget's thread lock, then an exclusive ``flock`` on ``<ledger>.lock``
+        (the file lock only with a path and ``fcntl``)."""
+        with self._thread_lock:
+            if self.path is None or fcntl is None:
+                yield
+                return
+            lock = self.path.with_name(self.path.name + ".lock")
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing the descriptor releases the lock
 
     def _refresh(self) -> None:
         """Adopt what other processes charged to the ledger on disk (call with the lock held).
@@ -183,7 +202,7 @@ class PrivacyBudget:
                     f"the budget ledger {str(self.path)!r} has disappeared after charges were written to it"
                 )
             return
-        disk = type(self).load(self.path)
+        disk = type(self).load(self.path, key=self._key)
         mine, theirs = self._acc.events, disk._acc.events
         if ((disk.epsilon, disk.delta, disk.method, disk._acc.orders)
                 != (self.epsilon, self.delta, self.method, self._acc.orders)):
@@ -205,7 +224,8 @@ class PrivacyBudget:
         """
         from ..mechanisms._calibration import gdp_delta, gdp_mu
 
-        spent = self._acc.mu()
+        with self._thread_lock:
+            spent = self._acc.mu()
         if spent is None or self.method in ("zcdp", "rdp"):
             return None
         total = gdp_mu(self.epsilon, self.delta)
@@ -231,8 +251,9 @@ class PrivacyBudget:
 
     def _write(self, path: Path, acc: PrivacyAccountant) -> None:
         payload = self._payload(acc)
-        doc = {"ledger": payload, "sha256": _digest(payload)}
         # allow_nan=False: the ledger is standard JSON (events spell an infinite z "inf").
+        body = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+        doc = {"ledger": payload, "integrity": seal(body, self._key)}
         atomic_write_bytes(path, json.dumps(doc, indent=1, sort_keys=True, allow_nan=False).encode())
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
@@ -248,17 +269,22 @@ class PrivacyBudget:
                 self._refresh()
                 self._write(target, self._acc)
         else:
-            self._write(target, self._acc)
+            with self._thread_lock:
+                self._write(target, self._acc)
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PrivacyBudget":
+    def load(cls, path: str | os.PathLike, *, key: bytes | None = None) -> "PrivacyBudget":
         """Resume a ledger written by :meth:`save` or by a budget with ``path``.
 
         Parameters
         ----------
         path : str or PathLike
             The ledger file.
+        key : bytes, optional
+            The key the ledger was written with. A ledger written with a key needs it (and
+            any edit is refused); one written without a key is checked for corruption only,
+            and loading it with a key is refused (it was never authenticated).
 
         Returns
         -------
@@ -277,9 +303,10 @@ class PrivacyBudget:
         path = Path(path)
         if path.is_dir():
             raise ValueError(f"the budget ledger path {str(path)!r} is a directory, not a ledger file")
+        key = check_key(key)
         raw = path.read_bytes()
         try:
-            return cls._parse(raw, path)
+            return cls._parse(raw, path, key)
         except FileNotFoundError:  # pragma: no cover - _parse reads nothing from disk
             raise
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
@@ -290,13 +317,22 @@ class PrivacyBudget:
             ) from exc
 
     @classmethod
-    def _parse(cls, raw: bytes, path: Path) -> "PrivacyBudget":
+    def _parse(cls, raw: bytes, path: Path, key: bytes | None) -> "PrivacyBudget":
         doc = json.loads(raw)
         if not isinstance(doc, dict):
             raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
-        payload, digest = doc["ledger"], doc["sha256"]
-        if not isinstance(payload, dict) or _digest(payload) != digest:
-            raise ValueError(f"the budget ledger {str(path)!r} failed its checksum: it is corrupted")
+        payload = doc["ledger"]
+        if not isinstance(payload, dict):
+            raise ValueError(f"'ledger' must be an object, got {type(payload).__name__}")
+        if "integrity" not in doc and "sha256" in doc:
+            raise ValueError(
+                f"{str(path)!r} is a version-1 dplowrank budget ledger (events without their neighbour "
+                f"relation); this dplowrank reads version {_VERSION}"
+            )
+        integrity = doc["integrity"]
+        if not isinstance(integrity, dict):
+            raise ValueError(f"'integrity' must be an object, got {type(integrity).__name__}")
+        verify(_canonical(payload), integrity, key, f"the budget ledger {str(path)!r}")
         if payload.get("format") != _FORMAT or payload.get("version") != _VERSION:
             raise ValueError(f"{str(path)!r} is not a version-{_VERSION} dplowrank budget ledger")
         events = payload["events"]
@@ -310,6 +346,8 @@ class PrivacyBudget:
         budget.delta = check_delta(payload["delta"])
         budget.method = check_choice(payload["method"], "method", METHODS)
         budget._acc = PrivacyAccountant([event_from_dict(e) for e in events], orders=orders)
+        budget._key = key
+        budget._thread_lock = threading.RLock()
         budget.path = path
         return budget
 

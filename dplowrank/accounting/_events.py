@@ -9,6 +9,15 @@ unknown or malformed form raises ``ValueError`` rather than guessing.
 The JSON form is standard JSON (RFC 8259, no ``Infinity`` or ``NaN`` tokens): the one
 non-finite value an event can hold, the noise multiplier ``math.inf`` of a release that
 reveals nothing, is written as the string ``"inf"``.
+
+Neighbour relation. A noise multiplier means something only for a stated neighbour
+relation: z = σ/Δ with Δ the sensitivity under "add_remove" (one record added or removed) or
+under "replace" (one record changed). The two guarantees do not compose into either one, so
+every event records its relation (``neighbour``; ``None`` when the caller declared a
+sensitivity without naming one, and vouches for it), composite events refuse to mix
+"add_remove" with "replace", and :meth:`GaussianEvent.for_replace` converts an add/remove
+event explicitly. Poisson-subsampled events are add/remove events (the subsampling
+amplification bound used for them is proved for that relation).
 """
 
 from __future__ import annotations
@@ -24,8 +33,13 @@ __all__ = [
     "SelfComposedEvent",
     "ComposedEvent",
     "PrivacyEvent",
+    "EVENT_NEIGHBOURS",
     "event_from_dict",
+    "neighbour_of",
 ]
+
+#: The relations an event can be stated for (``None``: unspecified, vouched for by the caller).
+EVENT_NEIGHBOURS = ("add_remove", "replace")
 
 #: Serialised events nest at most this deep (a guard against hostile files, far above any real plan).
 _MAX_DEPTH = 100
@@ -43,14 +57,22 @@ def _real(name: str, value: object) -> float:
     return v
 
 
+def _check_neighbour(value: object) -> str | None:
+    if value is not None and (not isinstance(value, str) or value not in EVENT_NEIGHBOURS):
+        raise ValueError(f"neighbour must be one of {EVENT_NEIGHBOURS} or None, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class GaussianEvent:
     """One release of the Gaussian mechanism with noise multiplier z = σ/Δ.
 
     The event is μ-GDP with μ = 1/z exactly (Dong, Roth & Su 2019, arXiv:1905.02383,
-    Thm 2.7). It mirrors ``dp_accounting.GaussianDpEvent(noise_multiplier)``. The complex
-    Hermitian mechanism is recorded with the noise multiplier of its real isotropic part,
-    which carries all the information about the data (see ``ComplexGaussianMechanism``).
+    Thm 2.7), for the neighbour relation Δ was computed for. It mirrors
+    ``dp_accounting.GaussianDpEvent(noise_multiplier)`` (where the relation is set on the
+    accountant). The complex Hermitian mechanism is recorded with the noise multiplier of
+    its real isotropic part, which carries all the information about the data (see
+    ``ComplexGaussianMechanism``).
 
     Parameters
     ----------
@@ -58,25 +80,51 @@ class GaussianEvent:
         z = σ/Δ > 0 (``math.inf`` for a release that reveals nothing, serialised as
         ``"inf"``). A z so small that μ² = 1/z² overflows is accepted and priced at
         ε = ∞ (nothing is hidden), never an ``OverflowError``.
+    neighbour : {"add_remove", "replace"} or None, default None
+        The relation Δ is a sensitivity for; ``None``: not stated (the caller vouches that
+        it matches the events it is composed with).
     """
 
     noise_multiplier: float
+    neighbour: str | None = None
 
     def __post_init__(self) -> None:
         z = _real("noise_multiplier", self.noise_multiplier)
         if z <= 0:
             raise ValueError(f"noise_multiplier must be > 0 (or inf), got {self.noise_multiplier!r}")
         object.__setattr__(self, "noise_multiplier", z)
+        _check_neighbour(self.neighbour)
 
     @property
     def mu(self) -> float:
         """The GDP parameter μ = Δ/σ = 1/z."""
         return 0.0 if math.isinf(self.noise_multiplier) else 1.0 / self.noise_multiplier
 
+    def for_replace(self, sensitivity_ratio: float = 2.0) -> "GaussianEvent":
+        """This add/remove event restated for the replace relation.
+
+        Replacing a record is removing one and adding another, so a replace-neighbour
+        sensitivity is at most ``sensitivity_ratio`` × the add/remove one: 2 in general
+        (triangle inequality), √2 for a Gram of rows clipped to one norm
+        (``dplowrank.gram_sensitivity``). The event's μ grows by that ratio:
+        z' = z / ratio. Only add/remove (or unstated) events convert: a replace guarantee
+        implies nothing about adding or removing a record.
+        """
+        if self.neighbour == "replace":
+            return self
+        r = _real("sensitivity_ratio", sensitivity_ratio)
+        if not 1.0 <= r < math.inf:
+            raise ValueError(f"sensitivity_ratio must be in [1, inf), got {sensitivity_ratio!r}")
+        # z/r rounded down: the restated μ is never below the true one
+        z = self.noise_multiplier / r
+        if not math.isinf(z) and z * r > self.noise_multiplier:
+            z = math.nextafter(z, 0.0)
+        return GaussianEvent(z, "replace")
+
     def to_dict(self) -> dict:
         """A JSON-ready dict that :func:`event_from_dict` reads back exactly."""
         z = self.noise_multiplier
-        return {"type": "gaussian", "noise_multiplier": _INF if math.isinf(z) else z}
+        return {"type": "gaussian", "noise_multiplier": _INF if math.isinf(z) else z, "neighbour": self.neighbour}
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +155,17 @@ class PoissonSampledEvent:
             raise TypeError(
                 f"PoissonSampledEvent prices Gaussian inner events only, got {type(self.event).__name__}"
             )
+        if self.event.neighbour == "replace":
+            raise ValueError(
+                "a Poisson-subsampled event is an add/remove event (its amplification bound is proved "
+                "for that relation); its inner GaussianEvent cannot be stated for 'replace'"
+            )
         object.__setattr__(self, "sampling_probability", q)
+
+    @property
+    def neighbour(self) -> str:
+        """Always "add_remove" (see the module docstring)."""
+        return "add_remove"
 
     def to_dict(self) -> dict:
         return {"type": "poisson_sampled", "sampling_probability": self.sampling_probability,
@@ -135,6 +193,10 @@ class SelfComposedEvent:
         _check_event(self.event)
         object.__setattr__(self, "count", int(self.count))
 
+    @property
+    def neighbour(self) -> str | None:
+        return neighbour_of(self.event)
+
     def to_dict(self) -> dict:
         return {"type": "self_composed", "count": self.count, "event": self.event.to_dict()}
 
@@ -156,6 +218,11 @@ class ComposedEvent:
         for e in events:
             _check_event(e)
         object.__setattr__(self, "events", events)
+        neighbour_of(self)  # refuses a mix of add/remove and replace
+
+    @property
+    def neighbour(self) -> str | None:
+        return neighbour_of(self)
 
     def to_dict(self) -> dict:
         return {"type": "composed", "events": [e.to_dict() for e in self.events]}
@@ -168,6 +235,33 @@ _EVENT_TYPES = (GaussianEvent, PoissonSampledEvent, SelfComposedEvent, ComposedE
 def _check_event(e: object) -> None:
     if not isinstance(e, _EVENT_TYPES):
         raise TypeError(f"not a privacy event: {e!r} of type {type(e).__name__}")
+
+
+def neighbour_of(event: PrivacyEvent) -> str | None:
+    """The neighbour relation of an event: the one its stated leaves share, or ``None``.
+
+    Raises ``ValueError`` when it holds both "add_remove" and "replace" events: their
+    guarantees do not compose into either; convert with :meth:`GaussianEvent.for_replace`.
+    """
+    found: set[str] = set()
+    stack = [event]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, GaussianEvent):
+            if e.neighbour is not None:
+                found.add(e.neighbour)
+        elif isinstance(e, PoissonSampledEvent):
+            found.add("add_remove")
+        elif isinstance(e, SelfComposedEvent):
+            stack.append(e.event)
+        elif isinstance(e, ComposedEvent):
+            stack.extend(e.events)
+    if len(found) > 1:
+        raise ValueError(
+            "cannot compose add_remove and replace events: their guarantees are for different "
+            "neighbour relations; restate the add/remove ones with GaussianEvent.for_replace() first"
+        )
+    return found.pop() if found else None
 
 
 def event_from_dict(obj: object) -> PrivacyEvent:
@@ -200,7 +294,7 @@ def _from_dict(obj: object, depth: int) -> PrivacyEvent:
     try:
         if kind == "gaussian":
             z = obj["noise_multiplier"]
-            return GaussianEvent(math.inf if z == _INF else z)
+            return GaussianEvent(math.inf if z == _INF else z, obj.get("neighbour"))
         if kind == "poisson_sampled":
             return PoissonSampledEvent(obj["sampling_probability"], _from_dict(obj["event"], depth + 1))
         if kind == "self_composed":

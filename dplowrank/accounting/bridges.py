@@ -18,7 +18,7 @@ import numbers
 from typing import Any
 
 from ._accountant import PrivacyAccountant, as_event
-from ._events import ComposedEvent, GaussianEvent, PoissonSampledEvent, PrivacyEvent, SelfComposedEvent
+from ._events import ComposedEvent, GaussianEvent, PoissonSampledEvent, PrivacyEvent, SelfComposedEvent, neighbour_of
 
 __all__ = ["to_dp_accounting", "from_dp_accounting", "from_opacus", "pld_epsilon"]
 
@@ -38,7 +38,11 @@ def _events_of(obj: Any) -> PrivacyEvent:
 
 
 def to_dp_accounting(obj: Any):
-    """The ``dp_accounting.DpEvent`` of an event, a release or a whole :class:`PrivacyAccountant`."""
+    """The ``dp_accounting.DpEvent`` of an event, a release or a whole :class:`PrivacyAccountant`.
+
+    dp_accounting's events carry no neighbour relation (its accountants take one):
+    price the result with ``neighboring_relation`` set to ``neighbour_of`` the events, as
+    :func:`pld_epsilon` does."""
     dpa = _dpa()
 
     def conv(e: PrivacyEvent):
@@ -53,17 +57,22 @@ def to_dp_accounting(obj: Any):
     return conv(_events_of(obj))
 
 
-def from_dp_accounting(event: Any) -> PrivacyEvent:
-    """Read a ``dp_accounting.DpEvent`` built from Gaussian, Poisson-sampled and composed events."""
+def from_dp_accounting(event: Any, neighbour: str | None = None) -> PrivacyEvent:
+    """Read a ``dp_accounting.DpEvent`` built from Gaussian, Poisson-sampled and composed events.
+
+    dp_accounting's events do not say which neighbour relation their noise multipliers are
+    for (its accountants do): pass ``neighbour`` ("add_remove" or "replace") to state it on
+    the Gaussian events; Poisson-sampled steps are add/remove events in any case.
+    """
     dpa = _dpa()
     if isinstance(event, dpa.GaussianDpEvent):
-        return GaussianEvent(event.noise_multiplier)
+        return GaussianEvent(event.noise_multiplier, neighbour)
     if isinstance(event, dpa.PoissonSampledDpEvent):
-        return PoissonSampledEvent(event.sampling_probability, from_dp_accounting(event.event))
+        return PoissonSampledEvent(event.sampling_probability, from_dp_accounting(event.event, neighbour))
     if isinstance(event, dpa.SelfComposedDpEvent):
-        return SelfComposedEvent(from_dp_accounting(event.event), event.count)
+        return SelfComposedEvent(from_dp_accounting(event.event, neighbour), event.count)
     if isinstance(event, dpa.ComposedDpEvent):
-        return ComposedEvent(tuple(from_dp_accounting(e) for e in event.events))
+        return ComposedEvent(tuple(from_dp_accounting(e, neighbour) for e in event.events))
     raise ValueError(f"dplowrank cannot price the dp_accounting event {event!r}")
 
 
@@ -101,7 +110,8 @@ def from_opacus(accountant: Any) -> ComposedEvent:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"unexpected opacus history entry {entry!r}") from exc
         z, q = float(z), float(q)
-        step = GaussianEvent(z) if q == 1.0 else PoissonSampledEvent(q, GaussianEvent(z))
+        # opacus accounts DP-SGD under add/remove neighbours (Poisson sampling)
+        step = GaussianEvent(z, "add_remove") if q == 1.0 else PoissonSampledEvent(q, GaussianEvent(z, "add_remove"))
         out.append(SelfComposedEvent(step, _step_count(steps, entry)))
     return ComposedEvent(tuple(out))
 
@@ -125,6 +135,11 @@ def pld_epsilon(obj: Any, delta: float, *, value_discretization_interval: float 
     dpa = _dpa()
     from dp_accounting.pld import pld_privacy_accountant
 
+    # A Gaussian event's z is relative to the sensitivity of its own relation, and its privacy
+    # loss is that of N(0, z²) against N(1, z²) for either relation; subsampled events are
+    # add/remove only (PoissonSampledEvent). dp_accounting's default relation therefore prices
+    # every event as stated (its REPLACE_ONE would re-derive a replace bound for z itself).
+    neighbour_of(_events_of(obj))  # a mix of relations is refused
     acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=value_discretization_interval)
     acc.compose(to_dp_accounting(obj))
     return float(acc.get_epsilon(delta))
