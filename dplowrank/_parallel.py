@@ -5,6 +5,11 @@ all cores for work that torch itself runs on one (random draws, small reductions
 other devices the blocks run in order (the device is already asynchronous), unless the
 blocks' work is mostly on the host (``host_work=True``: the secure noise source draws its
 keystream on the CPU for every device).
+
+On a CUDA device the worker threads enqueue their kernels on the *caller's* current stream
+(torch's current stream is per thread; a worker would otherwise use the default stream, and
+work the caller enqueues next on its own stream, such as the eigensolver reading the noisy
+matrix, would not wait for the noise).
 """
 
 from __future__ import annotations
@@ -28,9 +33,16 @@ def run_blocks(fn: Callable[..., Any], blocks: Sequence[tuple], device: torch.de
         # an OpenMP team, whose threads spin at barriers): while the blocks run, torch uses
         # one thread per call (float64 noise at d = 4096: 60 against 73 ms on 2 cores).
         torch.set_num_threads(1)
+        work = fn
+        if device.type == "cuda":
+            stream = torch.cuda.current_stream(device)
+
+            def work(*b):
+                with torch.cuda.stream(stream):
+                    return fn(*b)
         try:
             with ThreadPoolExecutor(max_workers=min(threads, len(blocks))) as pool:
-                futures = [pool.submit(fn, *b) for b in blocks]
+                futures = [pool.submit(work, *b) for b in blocks]
                 return [f.result() for f in futures]
         finally:
             torch.set_num_threads(threads)

@@ -2,9 +2,10 @@
 
 Every random draw in dplowrank takes an explicit source. Privacy noise
 (:func:`resolve_noise_source`) comes, when the caller gives nothing, from a
-:class:`~dplowrank._secure.SecureNormalSource` (AES-256-CTR keyed from ``os.urandom``): the
-release is marked ``"secure"``. A caller's :class:`torch.Generator` (or a seeded secure
-source) makes the release reproducible and marks it ``"seeded"``: not for publication.
+:class:`~dplowrank._secure.SecureNormalSource` (AES-256-CTR keyed from ``os.urandom`` by the
+library): the release is marked ``"secure"``. Anything the caller could reproduce (a
+:class:`torch.Generator`, a source built from a caller's key or seed) marks it ``"seeded"``:
+not for publication.
 Randomness that does not protect anything (the eigensolver's starting block, the analysis
 tools) uses a :class:`torch.Generator` (:func:`resolve_generator`), seeded from the OS's
 secure source when none is given.
@@ -91,7 +92,7 @@ def resolve_noise_source(generator: object, device: torch.device | str):
     if generator is None:
         return SecureNormalSource(), resolve_generator(None, device)[0], SECURE
     if isinstance(generator, SecureNormalSource):
-        if not generator.seeded:
+        if generator.secure:  # the library drew its key from the OS (never a caller's key)
             return generator, resolve_generator(None, device)[0], SECURE
         # A seeded source makes the whole release reproducible: the solver's start comes
         # from the same key (a reserved keystream, disjoint from the noise streams).

@@ -45,8 +45,14 @@ releases the GIL during the cipher call, so the noise blocks of
 ``dplowrank._parallel.run_blocks`` draw their keystreams in parallel; with a version that
 holds it, the cipher calls serialise but still overlap the other blocks' arithmetic.
 
-A *seeded* source (:meth:`SecureNormalSource.from_seed`) derives the key from a seed: it is
-reproducible, and releases made with it are marked not for publication.
+Provenance (DESIGN.md, invariant 5). Only a source whose key the library drew from
+``os.urandom`` itself, with the hardening on (``combine`` ≥ 2), is *secure*. A source built
+from a caller's key (``SecureNormalSource(key)``) or a seed (:meth:`SecureNormalSource.from_seed`)
+is *seeded*: whoever knows the key can reproduce its noise, so releases made with it are marked
+not for publication. A secure source never repeats its noise in another copy of itself:
+copying or pickling it raises ``TypeError``, and a process forked from the owner rekeys every
+secure source from ``os.urandom`` in the child (``os.register_at_fork``), so parent and child
+draw independent noise from the same object.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ import math
 import numbers
 import os
 import threading
+import weakref
 
 import numpy as np
 import torch
@@ -74,21 +81,53 @@ _SOLVER_STREAMS = 2**63
 _F64_ONE = np.uint64(0x3FF0000000000000)
 
 
+#: Every live OS-keyed source, rekeyed in a forked child (see the module docstring).
+_LIVE: "weakref.WeakSet[SecureNormalSource]" = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+
+
+def _rekey_after_fork() -> None:
+    """In a forked child: fresh OS keys and counters for every secure source it inherited,
+    so that it never draws the noise its parent draws."""
+    global _LIVE_LOCK
+    _LIVE_LOCK = threading.Lock()  # the parent's lock may have been held by another thread
+    for src in list(_LIVE):
+        src._key = os.urandom(32)
+        src._next, src._next_solver = 0, _SOLVER_STREAMS
+        src._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_rekey_after_fork)
+
+
 class SecureNormalSource:
     """Standard normal draws from an AES-256-CTR keystream, in independent numbered streams.
 
     Parameters
     ----------
     key : bytes, optional
-        32-byte AES-256 key; default ``os.urandom(32)``.
+        A 32-byte AES-256 key. Omit it for noise that is fit to publish: the library then
+        draws the key from ``os.urandom``. A key given here makes the source *seeded*
+        (reproducible by whoever knows the key; releases made with it are marked not for
+        publication).
     combine : int, default 2
         m: each output is (Z₁ + … + Z_m)/√m over m different Box–Muller pairs
-        (Holohan & Braghin 2021).
+        (Holohan & Braghin 2021). An OS-keyed source needs m ≥ 2 (the hardening is part of
+        what "secure" means); a seeded one may use m = 1.
 
     Attributes
     ----------
     seeded : bool
-        True when the key came from :meth:`from_seed` (reproducible, not for publication).
+        True when the key came from the caller (``key=`` or :meth:`from_seed`).
+    secure : bool
+        ``not seeded``: the key was drawn by the library from the OS, with the hardening on.
+
+    Raises
+    ------
+    TypeError
+        On :func:`copy.copy`, :func:`copy.deepcopy` or pickling of a secure source (a copy
+        would repeat its noise).
     """
 
     def __init__(self, key: bytes | None = None, *, combine: int = 2, _seeded: bool = False) -> None:
@@ -96,18 +135,56 @@ class SecureNormalSource:
             from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: F401
         except ImportError as exc:  # pragma: no cover - a declared dependency
             raise ImportError("secure noise needs the 'cryptography' package") from exc
+        if isinstance(combine, bool) or not isinstance(combine, int) or combine < 1:
+            raise ValueError(f"combine must be a positive integer, got {combine!r}")
+        seeded = key is not None
         if key is None:
+            if combine < 2:
+                raise ValueError(
+                    "combine=1 switches off the floating-point hardening; a source keyed from the OS "
+                    "(fit to publish) needs combine >= 2"
+                )
             key = os.urandom(32)
         if not isinstance(key, (bytes, bytearray)) or len(key) != 32:
             raise ValueError(f"key must be 32 bytes, got {type(key).__name__} of length {len(key) if hasattr(key, '__len__') else '?'}")
-        if isinstance(combine, bool) or not isinstance(combine, int) or combine < 1:
-            raise ValueError(f"combine must be a positive integer, got {combine!r}")
         self._key = bytes(key)
         self.combine = combine
-        self.seeded = bool(_seeded)
+        self.seeded = seeded or bool(_seeded)
         self._next = 0
         self._next_solver = _SOLVER_STREAMS
         self._lock = threading.Lock()
+        if not self.seeded:
+            with _LIVE_LOCK:
+                _LIVE.add(self)
+
+    @property
+    def secure(self) -> bool:
+        """Whether the noise is fit to publish: key from ``os.urandom``, hardening on."""
+        return not self.seeded
+
+    def __copy__(self):
+        return self._copy()
+
+    def __deepcopy__(self, memo):
+        return self._copy()
+
+    def __reduce_ex__(self, protocol):
+        self._refuse_copy()
+        with self._lock:
+            state = (self._key, self.combine, self._next, self._next_solver)
+        return (_restore_seeded, state)
+
+    def _refuse_copy(self) -> None:
+        if self.secure:
+            raise TypeError(
+                "a secure SecureNormalSource cannot be copied or pickled: the copy would repeat its "
+                "noise; create a new SecureNormalSource() where the noise is needed"
+            )
+
+    def _copy(self):
+        self._refuse_copy()
+        with self._lock:
+            return _restore_seeded(self._key, self.combine, self._next, self._next_solver)
 
     @classmethod
     def from_seed(cls, seed: int | bytes | str, *, combine: int = 2) -> "SecureNormalSource":
@@ -154,7 +231,9 @@ class SecureNormalSource:
     def _keystream(enc, nbytes: int, buf):
         """The next ``nbytes`` of ``enc``'s keystream into ``buf`` (a writable buffer of at
         least nbytes + 15 bytes, as ``update_into`` requires)."""
-        enc.update_into(memoryview(_zeros(nbytes))[:nbytes], buf)
+        written = enc.update_into(memoryview(_zeros(nbytes))[:nbytes], buf)
+        if written != nbytes:  # pragma: no cover - a CTR cipher returns what it is given
+            raise RuntimeError(f"the cipher returned {written} of {nbytes} keystream bytes")
         return buf
 
     # ---- normals -----------------------------------------------------------------------
@@ -205,15 +284,30 @@ class SecureNormalSource:
         return f"SecureNormalSource(combine={self.combine}, seeded={self.seeded})"
 
 
+def _restore_seeded(key: bytes, combine: int, next_stream: int, next_solver: int) -> SecureNormalSource:
+    """A seeded source in a given state (copies and unpickling of seeded sources)."""
+    src = SecureNormalSource(key, combine=combine, _seeded=True)
+    src._next, src._next_solver = next_stream, next_solver
+    return src
+
+
 _ZEROS = bytes(0)
+_ZEROS_LOCK = threading.Lock()
 
 
 def _zeros(nbytes: int) -> bytes:
-    """A shared read-only buffer of at least ``nbytes`` zero bytes (the plaintext)."""
+    """A shared read-only buffer of at least ``nbytes`` zero bytes (the plaintext).
+
+    Grown under a lock and returned from the same read, so that no thread (free-threaded
+    Python included) gets a buffer shorter than it asked for."""
     global _ZEROS
-    if len(_ZEROS) < nbytes:
-        _ZEROS = bytes(max(nbytes, 2 * len(_ZEROS)))
-    return _ZEROS
+    buf = _ZEROS
+    if len(buf) < nbytes:
+        with _ZEROS_LOCK:
+            if len(_ZEROS) < nbytes:
+                _ZEROS = bytes(max(nbytes, 2 * len(_ZEROS)))
+            buf = _ZEROS
+    return buf
 
 
 def _layout(c: int, m: int) -> tuple[int, int]:

@@ -183,3 +183,82 @@ def test_secure_noise_is_the_same_on_cuda_as_on_the_cpu(mechanism):
     cpu = mech.perturb(g, generator=SecureNormalSource.from_seed(7))
     gpu = mech.perturb(g.cuda(), generator=SecureNormalSource.from_seed(7))
     assert torch.equal(gpu.cpu(), cpu)
+
+
+# ---- provenance: only noise keyed from the OS by the library is "secure" -------------------------
+
+
+def test_a_caller_key_makes_a_seeded_source_and_a_seeded_release():
+    """SecureNormalSource(key) with a fixed key gave the same noise on every construction, and
+    releases on neighbouring data then differed by exactly the removed row's outer product; it
+    was labelled secure and fit to publish."""
+    import dplowrank as dl
+
+    key = bytes(range(32))
+    a, b = SecureNormalSource(key), SecureNormalSource(key)
+    assert torch.equal(a.normals(50, stream=0), b.normals(50, stream=0))  # reproducible by the caller
+    assert a.seeded and not a.secure
+    assert SecureNormalSource().secure and not SecureNormalSource().seeded
+    rows = torch.randn(200, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / 3
+    for src in (SecureNormalSource(key), SecureNormalSource.from_seed(1), torch.Generator().manual_seed(1)):
+        r = dl.release_rank_k(rows, 2, epsilon=1.0, delta=1e-6, row_norm=1.0, generator=src)
+        assert r.randomness == "seeded" and not r.for_publication
+    r = dl.release_rank_k(rows, 2, epsilon=1.0, delta=1e-6, row_norm=1.0, generator=SecureNormalSource())
+    assert r.randomness == "secure" and r.for_publication
+    with pytest.raises(ValueError, match="combine=1 switches off"):
+        SecureNormalSource(combine=1)  # the hardening is part of "secure"
+    assert SecureNormalSource(key, combine=1).seeded  # a seeded source may skip it
+
+
+def test_a_secure_source_cannot_be_copied_or_pickled():
+    """copy.copy shared the key *and* the stream counter: the copy drew the original's noise."""
+    import copy
+    import pickle
+
+    src = SecureNormalSource()
+    for dup in (copy.copy, copy.deepcopy, lambda s: pickle.loads(pickle.dumps(s))):
+        with pytest.raises(TypeError, match="cannot be copied or pickled"):
+            dup(src)
+    seeded = SecureNormalSource.from_seed(3)
+    seeded.new_streams(2)
+    clone = copy.deepcopy(seeded)  # seeded sources copy (and repeat: that is what seeded means)
+    assert clone.seeded and clone.new_streams(1) == seeded.new_streams(1) == [2]
+    back = pickle.loads(pickle.dumps(seeded))
+    assert torch.equal(back.normals(8, stream=5), seeded.normals(8, stream=5))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_draws_different_noise_from_the_same_source():
+    """After fork, parent and child held the same key and counter: the same streams, the same noise."""
+    import os
+
+    src = SecureNormalSource()
+    src.new_streams(4)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: draw the next stream and send it
+        try:
+            stream = src.new_streams(1)[0]
+            z = src.normals(64, stream=stream, dtype=torch.float32).numpy().tobytes()
+            os.write(write, stream.to_bytes(8, "little") + z)
+        finally:
+            os._exit(0)
+    os.close(write)
+    data = b""
+    while len(data) < 8 + 64 * 4:
+        chunk = os.read(read, 4096)
+        if not chunk:
+            break
+        data += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    child_stream = int.from_bytes(data[:8], "little")
+    child = np.frombuffer(data[8:], dtype=np.float32)
+    mine = src.new_streams(1)[0]
+    parent = src.normals(64, stream=mine, dtype=torch.float32).numpy()
+    assert mine == 4 and len(child) == 64
+    assert not np.array_equal(child, parent)  # the child was rekeyed:
+    # its draws match no stream of the parent's key near the ones in use
+    for stream in range(8):
+        assert not np.array_equal(child, src.normals(64, stream=stream, dtype=torch.float32).numpy())
+    assert child_stream == 0  # (its counters restart with the new key)
