@@ -6,6 +6,14 @@
 3. Fine-tune with DP-SGD (opacus, Poisson sampling), on the same data.
 4. One PrivacyAccountant holds both: ε for the whole pipeline.
 
+Randomness: the release draws secure noise (AES-256-CTR keyed from the OS; no generator is
+passed). opacus draws DP-SGD's noise and Poisson samples from a torch generator: its
+``secure_mode=True`` needs the ``torchcsprng`` package, which is not installable with current
+torch, so this example seeds opacus' generators from the OS (unpredictable, but Mersenne
+Twister, not a cryptographic generator; subsampling amplification assumes the sample stays
+secret). Passing ``seed`` makes everything reproducible for tests: nothing from such a run is
+fit to publish (``release_for_publication`` says so).
+
 Run: python examples/compress_then_dpsgd.py
 """
 
@@ -15,7 +23,8 @@ import torch
 from torch import nn
 
 
-def run(*, epochs: int = 2, rank: int = 12, seed: int = 0, delta: float = 1e-5) -> dict:
+def run(*, epochs: int = 2, rank: int = 12, seed: int | None = None, delta: float = 1e-5) -> dict:
+    import secrets
     import warnings
 
     from opacus import PrivacyEngine
@@ -24,15 +33,19 @@ def run(*, epochs: int = 2, rank: int = 12, seed: int = 0, delta: float = 1e-5) 
     import dplowrank as dl
     from dplowrank.accounting import bridges
 
-    torch.manual_seed(seed)
+    def generator() -> torch.Generator:  # OS-seeded unless a test asks for reproducibility
+        return torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+
     digits = load_digits()
     x = torch.tensor(digits.data / 16.0, dtype=torch.float32)  # rows have norm ≤ 8 by the domain
     y = torch.tensor(digits.target)
-    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+    with torch.random.fork_rng():  # the (public) initial weights; the global generator is left alone
+        torch.manual_seed(secrets.randbits(63) if seed is None else seed)
+        model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
 
-    # 1. the private release (ε = 1 for the statistics of the first layer's inputs)
-    gen = torch.Generator().manual_seed(seed)
-    release = dl.release_rank_k(x, rank, epsilon=1.0, delta=delta, row_norm=8.0, generator=gen)
+    # 1. the private release (ε = 1 for the statistics of the first layer's inputs): secure noise
+    source = None if seed is None else dl.SecureNormalSource.from_seed(seed)
+    release = dl.release_rank_k(x, rank, epsilon=1.0, delta=delta, row_norm=8.0, generator=source)
 
     # 2. compress: W ↦ (W V) Vᵀ, a 64 → rank → 48 factorisation (public W, private V)
     v = release.eigenvectors.to(torch.float32)  # shape: (64, rank)
@@ -50,10 +63,12 @@ def run(*, epochs: int = 2, rank: int = 12, seed: int = 0, delta: float = 1e-5) 
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     engine = PrivacyEngine(accountant="rdp")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # opacus warns that secure_mode is off (see the docstring)
         model, opt, loader = engine.make_private(
-            module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0
+            module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
+            noise_generator=generator(),
         )
+        loader.batch_sampler.generator = generator()  # Poisson sampling from an OS-seeded generator
         for _ in range(epochs):
             for xb, yb in loader:
                 if len(xb) == 0:
@@ -69,6 +84,7 @@ def run(*, epochs: int = 2, rank: int = 12, seed: int = 0, delta: float = 1e-5) 
         accuracy = float((model(x).argmax(1) == y).float().mean())
     return {
         "release_epsilon": release.epsilon,
+        "release_for_publication": release.for_publication,
         "dpsgd_epsilon_opacus": engine.accountant.get_epsilon(delta),
         "total_epsilon": acc.epsilon(delta),
         "methods": acc.valid_methods(),

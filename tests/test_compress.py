@@ -271,6 +271,155 @@ def test_batched_statistics_are_the_sum_of_per_example_contributions():
     assert stats[groups[0].name].n_examples == sum(len(b["input_ids"]) for b in batches)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_neighbouring_corpus_changes_each_gram_by_exactly_one_bounded_contribution(dtype):
+    """The sums are exact: K(D) − K(D minus one example) is that example's rounded contribution,
+    bit for bit, whatever the batching, and its norm is at most C. (A float32 product over a
+    batch's tokens, as before, mixed the rounding of every example in the batch.)"""
+    gen = torch.Generator().manual_seed(21)
+    model = Toy(gen).to(dtype)
+    _, groups = _toy_groups(model)
+    examples = list(_unpadded_examples(_batches(gen, n_batches=8, batch=6)))
+    drop = 17
+    kw = dict(clip=0.8, matmul_dtype=dtype)
+    full = collect_statistics(model, _rebatch(examples, 5), groups, **kw)
+    rest = collect_statistics(model, _rebatch(examples[:drop] + examples[drop + 1:], 7), groups, **kw)
+    alone = collect_statistics(model, [examples[drop]], groups, **kw)
+    for g in groups:
+        diff = full[g.name].gram - rest[g.name].gram
+        assert torch.equal(diff, alone[g.name].gram)
+        assert float(torch.linalg.matrix_norm(diff)) <= 0.8
+    again = collect_statistics(model, _rebatch(examples[::-1], 3), groups, **kw)
+    assert all(torch.equal(again[g.name].gram, full[g.name].gram) for g in groups)
+
+
+def _rebatch(examples, size):
+    """Padded batches of ``size`` examples (each example a dict of (1, T) tensors)."""
+    out = []
+    for i in range(0, len(examples), size):
+        part = examples[i:i + size]
+        t = max(e["input_ids"].shape[1] for e in part)
+        ids = torch.zeros(len(part), t, dtype=torch.long)
+        mask = torch.zeros(len(part), t, dtype=torch.long)
+        for j, e in enumerate(part):
+            n = e["input_ids"].shape[1]
+            ids[j, :n], mask[j, :n] = e["input_ids"][0], e["attention_mask"][0]
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def test_nan_or_inf_in_padding_cannot_switch_clipping_off():
+    """Padding was zeroed by multiplying with the mask; NaN·0 is NaN, which made the example's
+    norm NaN, its scale 1 (no clipping) and the Gram unbounded (‖K‖_F = 1.6e5 for C = 1)."""
+    gen = torch.Generator().manual_seed(25)
+    model = Toy(gen).double()
+    _, groups = _toy_groups(model)
+    batches = _batches(gen, n_batches=3, min_len=2)
+    with torch.no_grad():
+        model.emb.weight[1:].mul_(1e3)  # real tokens far above the clip
+    clean = collect_statistics(model, batches, groups, clip=1.0)
+    for poison in (float("nan"), float("inf")):
+        with torch.no_grad():
+            model.emb.weight[0].fill_(poison)  # the pad token's activations
+        dirty = collect_statistics(model, batches, groups, clip=1.0)
+        for g in groups:
+            assert torch.equal(dirty[g.name].gram, clean[g.name].gram)
+            assert float(torch.linalg.matrix_norm(dirty[g.name].gram)) <= 15.0  # 15 examples, C = 1
+    with torch.no_grad():
+        model.emb.weight[3].fill_(float("nan"))  # a NaN in a real token is refused
+    with pytest.raises(ValueError, match="non-finite activations"):
+        collect_statistics(model, [{"input_ids": torch.tensor([[3, 4]]), "attention_mask": torch.ones(1, 2)}],
+                           groups, clip=1.0)
+
+
+class _BatchNormMLP(nn.Module):
+    def __init__(self, gen, d=6):
+        super().__init__()
+        self.fc1, self.bn, self.fc2 = nn.Linear(d, d), nn.BatchNorm1d(d), nn.Linear(d, d)
+        with torch.no_grad():
+            for p in (self.fc1.weight, self.fc2.weight):
+                p.copy_(torch.randn(p.shape, generator=gen))
+            self.bn.running_mean.copy_(torch.randn(d, generator=gen))
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+def test_a_model_in_training_mode_cannot_mix_examples_or_keep_private_buffers():
+    """BatchNorm in training mode normalises with the batch's statistics: one outlier example
+    moved every other example's contribution (‖K(D) − K(D')‖_F measured 16.8 against C = 1) and
+    updated running buffers that ship with the model. Statistics now run in eval mode."""
+    gen = torch.Generator().manual_seed(22)
+    model = _BatchNormMLP(gen).train()
+    groups = find_groups(model, ["fc2"])
+    x = torch.randn(64, 6, generator=gen)
+    x[0] *= 1e3  # the outlier example
+    fwd = dict(mask_key=None, forward=lambda m, b: m(b["x"]), clip=1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with_it = collect_statistics(model, [{"x": x}], groups, **fwd)
+    without = collect_statistics(model, [{"x": x[1:]}], groups, **fwd)
+    assert float(torch.linalg.matrix_norm(with_it["fc2"].gram - without["fc2"].gram)) <= 1.0
+    assert model.training and model.bn.training  # the caller's modes are restored
+    for k, v in model.state_dict().items():  # running_mean, running_var, num_batches_tracked
+        assert torch.equal(v, before[k]), k
+
+
+class _BatchMean(nn.Module):
+    """A layer that subtracts the batch mean: it mixes examples in eval mode too."""
+
+    def forward(self, x):
+        return x - x.mean(dim=0, keepdim=True)
+
+
+class _Counter(nn.Module):
+    """A layer that writes private data into a buffer in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("seen", torch.zeros(4))
+
+    def forward(self, x):
+        self.seen += x.detach().reshape(-1, 4).sum(0)
+        return x
+
+
+def test_layers_that_mix_examples_sequence_first_layouts_and_buffer_writes_are_refused():
+    gen = torch.Generator().manual_seed(23)
+    x = torch.randn(6, 4, generator=gen)
+    fwd = dict(mask_key=None, forward=lambda m, b: m(b["x"]))
+    mixing = nn.Sequential(nn.Linear(4, 4), _BatchMean(), nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="change with the other examples"):
+        collect_statistics(mixing, [{"x": x}], find_groups(mixing, ["2"]), **fwd)
+    assert not mixing[2]._forward_hooks
+    # a sequence-first transformer layer: its linears would see (T, B, d)
+    layer = nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, batch_first=False)
+    with pytest.raises(ValueError, match="batch_first=False"):
+        collect_statistics(layer, [{"x": torch.randn(5, 3, 4)}], find_groups(layer, ["linear1"]), **fwd)
+    ok_layer = nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, batch_first=True)
+    stats = collect_statistics(ok_layer, [{"x": torch.randn(3, 5, 4, generator=gen)}],
+                               find_groups(ok_layer, ["linear1"]), **fwd)
+    assert stats["linear1"].n_examples == 3
+    # a layout whose first axis is not the batch's examples
+    seq_first = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="but the batch has 3 examples"):
+        collect_statistics(seq_first, [{"x": torch.randn(5, 3, 4)}], find_groups(seq_first, ["0"]),
+                           mask_key=None, forward=lambda m, b: m(b["x"]), examples=lambda b: 3)
+    writer = nn.Sequential(_Counter(), nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="changed its buffers"):
+        collect_statistics(writer, [{"x": x}], find_groups(writer, ["1"]), **fwd)
+    assert torch.equal(writer[0].seen, torch.zeros(4))  # restored
+
+
+def test_public_statistics_are_declared_by_the_caller():
+    gen = torch.Generator().manual_seed(24)
+    model = Toy(gen)
+    _, groups = _toy_groups(model)
+    assert not collect_statistics(model, _batches(gen), groups, clip=None).public
+    assert collect_statistics(model, _batches(gen), groups, clip=None, public=True).public
+    with pytest.raises(TypeError, match="public must be a bool"):
+        collect_statistics(model, _batches(gen), groups, public="yes")
+
+
 def test_padding_does_not_enter_the_gram():
     gen = torch.Generator().manual_seed(9)
     model = Toy(gen).double()
@@ -566,3 +715,52 @@ def test_the_pipeline_runs_on_cuda_and_matches_the_cpu():
         y = gpu_model(**gpu_batches[0])
     assert y.is_cuda and torch.isfinite(y).all()
     assert res.epsilon(1e-6) == pytest.approx(4.0, rel=1e-6)
+
+
+def test_a_model_from_raw_statistics_is_reported_as_not_private():
+    """compress_model with raw statistics reported ε = 0, like a data-free model: it is the
+    opposite, a model with no guarantee at all. Only statistics declared public cost nothing."""
+    gen = torch.Generator().manual_seed(26)
+    model = Toy(gen)
+    _, groups = _toy_groups(model)
+    batches = _batches(gen)
+    cases = {
+        "data_free": None,
+        "not_private": collect_statistics(model, batches, groups, clip=None),
+        "public": collect_statistics(model, batches, groups, clip=None, public=True),
+        "private": release_statistics(collect_statistics(model, batches, groups), epsilon=2.0, delta=1e-6),
+    }
+    for status, stats in cases.items():
+        res = compress_model(model, groups, ratio=0.6, statistics=stats)
+        meta = res.metadata()["privacy"]
+        assert res.privacy_status == meta["status"] == status
+        if status == "not_private":
+            assert res.epsilon() == math.inf and meta["epsilon"] is None
+            assert "NOT PRIVATE" in res.table()
+        elif status == "private":
+            assert res.epsilon() == pytest.approx(2.0, rel=1e-6) and meta["randomness"] == "secure"
+            assert meta["for_publication"] is True
+        else:
+            assert res.epsilon() == 0.0 == meta["epsilon"] and "no private data used" in res.table()
+        res.undo(model)
+    seeded = release_statistics(collect_statistics(model, batches, groups), epsilon=2.0, delta=1e-6,
+                                generator=torch.Generator().manual_seed(0))
+    res = compress_model(model, groups, ratio=0.6, statistics=seeded)
+    assert res.metadata()["privacy"]["randomness"] == "seeded" and "not for publication" in res.table()
+    res.undo(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_huge_activations_are_still_clipped_to_c(dtype):
+    """Entries near float32's limit: the float32 product overflows (the contribution is redone
+    in float64), and the scale must not become a subnormal float32 whose coarse precision
+    lets the contribution exceed C (it reached 1.0002 for C = 1 before)."""
+    d, t = 64, 128
+    model = nn.Sequential(nn.Linear(d, d, bias=False))
+    groups = find_groups(model, ["0"])
+    for mag in (1e3, 1.0e38, 3.3e38):
+        x = torch.full((1, t, d), mag, dtype=torch.float32)
+        st = collect_statistics(model, [{"x": x, "attention_mask": torch.ones(1, t)}], groups, clip=1.0,
+                                forward=lambda m, b: m(b["x"]), matmul_dtype=dtype)
+        norm = float(torch.linalg.matrix_norm(st["0"].gram))
+        assert 0.99 < norm <= 1.0, (mag, norm)

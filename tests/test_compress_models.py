@@ -120,13 +120,23 @@ def test_cli_compress_prints_the_table_and_saves_a_loadable_model(tmp_path, caps
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "minilm"
     assert main(["compress", "--epsilon", "4", "--n-train", "60", "--n-heldout", "20", "--seed", "0",
-                 "--no-prior", "--save", str(out)]) == 0
+                 "--no-prior", "--reference", "--save", str(out)]) == 0
     text = capsys.readouterr().out
+    table = text[text.index("privacy (corpus)"):]
     for method in ("svd", "public_prior", "nonprivate", "private"):
-        assert f" {method} " in text
+        assert f" {method} " in table
+    # the corpus is released once: one private row (it was released twice, at the full ε each,
+    # with and without the prior), the non-private row is marked, and the total is that one release
+    methods = [line.split()[2] for line in table.splitlines() if line.startswith("ffn ")]
+    assert methods.count("private") == 1 and "private_prior" not in methods
+    assert "NOT PRIVATE" in next(line for line in table.splitlines() if " nonprivate " in line)
+    assert "none: data-free" in next(line for line in table.splitlines() if " svd " in line)
+    assert "one release (private), (4, 1e-06)-DP in total" in text
     assert "seeded generator" in text
     meta = json.loads((out / "compression.json").read_text())
-    assert meta["metadata"]["privacy"]["epsilon"] == pytest.approx(4.0, rel=1e-6)
+    privacy = meta["metadata"]["privacy"]
+    assert privacy["epsilon"] == pytest.approx(4.0, rel=1e-6) and privacy["status"] == "private"
+    assert privacy["randomness"] == "seeded" and privacy["for_publication"] is False
     enc = encoder(load_minilm())
     before = count_parameters(enc)
     load_compressed(enc, out)

@@ -25,7 +25,7 @@ def test_compress_then_dpsgd_reports_one_epsilon():
     import dplowrank as dl
 
     out = _example().run(epochs=1, seed=0)
-    assert out["methods"] == ("rdp",)
+    assert out["methods"] == ("rdp",) and out["release_for_publication"] is False  # seeded for the test
     assert out["train_accuracy"] > 0.3  # learns (chance is 0.1)
     # the whole pipeline costs more than DP-SGD alone ...
     assert out["total_epsilon"] > out["dpsgd_epsilon_opacus"]
@@ -35,3 +35,9 @@ def test_compress_then_dpsgd_reports_one_epsilon():
     ref.history = out["opacus_history"] + [(z, 1.0, 1)]
     assert ref.history[0][0] == 1.0 and ref.history[0][2] > 10  # the DP-SGD steps
     assert out["total_epsilon"] == pytest.approx(ref.get_epsilon(out["delta"]), rel=1e-6)
+
+
+def test_the_example_releases_with_secure_noise_by_default():
+    """The example seeded torch's global generator and the release (a recipe users copy)."""
+    out = _example().run(epochs=1)
+    assert out["release_for_publication"] is True

@@ -44,6 +44,9 @@ class CompressionResult:
         The releases used (``method == "private"``).
     signal : dict of str to int
         Private only: released eigenvalues above the noise edge per group (the spikes used).
+    public_statistics : bool
+        ``method == "whitened"`` only: whether the statistics were declared public
+        (``collect_statistics(..., public=True)``).
     """
 
     method: str
@@ -56,33 +59,67 @@ class CompressionResult:
     originals: dict
     privacy: PrivateStatistics | None = None
     signal: dict = field(default_factory=dict)
+    public_statistics: bool = False
 
     @property
     def ratio(self) -> float:
         """parameters_after / parameters_before."""
         return self.parameters_after / self.parameters_before
 
+    @property
+    def privacy_status(self) -> str:
+        """What the factors reveal about a private corpus.
+
+        ``"private"``: released through the Gaussian mechanism (ε from :meth:`epsilon`);
+        ``"data_free"``: the weights alone (SVD); ``"public"``: statistics declared public;
+        ``"not_private"``: raw statistics of a corpus *not* declared public. Such a model
+        carries no guarantee at all (ε = ∞) and must not be published if the corpus is private.
+        """
+        if self.method == "private":
+            return "private"
+        if self.method == "svd":
+            return "data_free"
+        return "public" if self.public_statistics else "not_private"
+
     def epsilon(self, delta: float | None = None) -> float:
-        """Total ε of the model at ``delta`` (0 without a private release)."""
-        if self.privacy is None:
-            return 0.0
-        return self.privacy.spent_epsilon(delta)
+        """Total ε of the model at ``delta``: the composed cost of its releases when private,
+        0 when no private data was used (data-free or public statistics), and ``math.inf``
+        when it was factorised from raw private statistics (no guarantee)."""
+        status = self.privacy_status
+        if status == "private":
+            return self.privacy.spent_epsilon(delta)
+        return math.inf if status == "not_private" else 0.0
 
     def undo(self, model: nn.Module) -> nn.Module:
         """Put the original linears back into ``model``."""
         return replace_linears(model, self.originals)
 
     def metadata(self) -> dict:
-        """A JSON-ready summary (stored by :func:`save_compressed`)."""
+        """A JSON-ready summary (stored by :func:`save_compressed`).
+
+        ``privacy.status`` is always present (see :attr:`privacy_status`); a private model also
+        records its composed ε at the plan's δ, μ, the events, and where its noise came from
+        (``randomness``: "secure", or "seeded": reproducible, not for publication).
+        """
         out = {"method": self.method, "joint": self.joint, "ranks": dict(self.ranks),
                "parameters_before": self.parameters_before, "parameters_after": self.parameters_after,
                "groups": [g.to_dict() for g in self.groups]}
-        if self.privacy is not None:
-            out["privacy"] = {
+        status = self.privacy_status
+        privacy: dict = {"status": status}
+        if status == "private":
+            privacy.update({
                 "epsilon": self.epsilon(), "delta": self.privacy.delta, "mu": self.privacy.accountant.mu(),
                 "events": [r.privacy_event.to_dict() for r in self.privacy.releases.values()],
                 "unit": "one example (sequence)",
-            }
+                "randomness": self.privacy.randomness,
+                "for_publication": self.privacy.for_publication,
+            })
+        elif status == "not_private":
+            privacy["epsilon"] = None  # no guarantee: JSON has no infinity
+            privacy["warning"] = "factorised from raw statistics of a corpus not declared public"
+        else:
+            privacy["epsilon"] = 0.0
+        out["privacy"] = privacy
         return out
 
     def table(self) -> str:
@@ -98,9 +135,17 @@ class CompressionResult:
                 lines.append(row)
         lines.append(f"weights {self.parameters_before} -> {self.parameters_after} (ratio {self.ratio:.3f}); method={self.method}"
                      + (", joint" if self.joint else ""))
-        if self.privacy is not None:
+        status = self.privacy_status
+        if status == "private":
             lines.append(f"privacy: ({self.epsilon():.4g}, {self.privacy.delta:g})-DP for the whole model, "
-                         f"{len(self.privacy.releases)} releases, one example per unit")
+                         f"{len(self.privacy.releases)} releases, one example per unit; noise "
+                         f"{self.privacy.randomness}" + ("" if self.privacy.for_publication else " (not for publication)"))
+        elif status == "not_private":
+            lines.append("privacy: NOT PRIVATE: factorised from raw statistics of a corpus not declared public "
+                         "(no guarantee; do not publish if the corpus is private)")
+        else:
+            lines.append("privacy: no private data used (" + ("data-free" if status == "data_free" else
+                                                               "public statistics") + ")")
         return "\n".join(lines)
 
 
@@ -226,4 +271,5 @@ def compress_model(
     replace_linears(model, new)
     before = sum(g.parameters for g in groups)
     return CompressionResult(method, joint, groups, ranks, before, after, new, originals,
-                             statistics if method == "private" else None, signal)
+                             statistics if method == "private" else None, signal,
+                             method == "whitened" and bool(statistics.public))

@@ -37,7 +37,7 @@ import torch
 
 from .._validation import check_choice
 from ..accounting import PrivacyAccountant, PrivacyBudget, calibrate_plan
-from ..accounting._events import ComposedEvent
+from ..accounting._events import ComposedEvent, GaussianEvent
 from ..diagnostics import noise_edge
 from ..release import LowRankRelease, release_rank_k
 from ._stats import ActivationStatistics, Coordinates
@@ -74,6 +74,15 @@ class PrivateStatistics:
         """A :class:`PrivacyAccountant` holding every release of the model."""
         return PrivacyAccountant(self.releases.values())
 
+    @property
+    def randomness(self) -> str:
+        """"secure" when every release's noise was keyed from the OS, else "seeded"."""
+        return "secure" if all(r.for_publication for r in self.releases.values()) else "seeded"
+
+    @property
+    def for_publication(self) -> bool:
+        return self.randomness == "secure"
+
     def spent_epsilon(self, delta: float | None = None) -> float:
         """ε of the whole model at ``delta`` (default: the plan's δ), exact GDP composition."""
         return self.accountant.epsilon(self.delta if delta is None else delta)
@@ -109,7 +118,8 @@ def release_statistics(
         then marked not for publication). Default: the secure source (AES-256-CTR keyed from
         ``os.urandom``), as in :func:`dplowrank.release_rank_k`.
     budget : PrivacyBudget, optional
-        Charged with every release; checked for the whole plan before any noise is drawn.
+        Charged once with the whole plan (one composed event of every group's release),
+        atomically, before any noise is drawn.
 
     Returns
     -------
@@ -140,19 +150,16 @@ def release_statistics(
             raise ValueError(f"weights name unknown groups {sorted(unknown)}; groups are {names}")
         w = [float(weights.get(n, 1.0)) for n in names]
     plan = calibrate_plan(epsilon, delta, weights=w, sensitivities=[st.sensitivity for st in stats])
-    if budget is not None and not budget.can_afford(ComposedEvent(tuple(c.event for c in plan))):
-        from ..accounting import BudgetExceededError
-
-        raise BudgetExceededError(
-            f"releasing {len(stats)} statistics at total epsilon={epsilon} would exceed the budget "
-            f"(spent {budget.spent_epsilon():.4g} of {budget.epsilon})"
-        )
+    if budget is not None:
+        # the whole plan is charged once, atomically, before the first noise is drawn: a
+        # refusal charges nothing, and no other thread or process can spend in between
+        budget.spend(ComposedEvent(tuple(GaussianEvent(c.noise_multiplier, statistics.neighbour) for c in plan)))
     releases = {}
     for st, cal in zip(stats, plan):
         releases[st.group.name] = release_rank_k(
             st.gram, st.group.dim, sensitivity=st.sensitivity, noise_scale=cal.noise_scale, delta=delta,
             neighbour=statistics.neighbour, noise_shape=noise_shape, generator=generator,
-            dtype=torch.float64, solver="dense", budget=budget,
+            dtype=torch.float64, solver="dense",
         )
     return PrivateStatistics(
         releases, {st.group.name: st.coordinates for st in stats}, {st.group.name: st.group for st in stats},

@@ -20,6 +20,28 @@ no clipping norm chosen from the data). The Frobenius sensitivity of K = Σ_e S_
 add/remove and √2·C under replace (contributions are PSD, so ⟨S_a, S_b⟩ ≥ 0). Nothing in this
 module is private: a statistic becomes publishable only through
 :func:`dplowrank.compress.release_statistics`.
+
+That sensitivity holds for the *computed* matrix, not just in exact arithmetic, because:
+
+* **One example, one contribution.** Each example's S_e is formed from its own tokens only
+  (a batched product per example, never one product over the batch's tokens, whose rounding
+  would mix examples), scaled by a factor computed from that S_e itself, and rounded entry by
+  entry to a fixed grid g = 2^(t − k) (2^t ≥ C, k = ⌈log₂ ρ⌉ + 17 bits) with a margin
+  (target C·(1 − 2⁻¹⁶)) that covers the rounding (ρg/2 ≤ 2⁻¹⁷·C in Frobenius norm) and the
+  float32 arithmetic (a relative 2⁻²³): every rounded contribution has ‖S_e‖_F ≤ C.
+* **Exact sums.** Rounded contributions are integer multiples of g whose partial sums stay below
+  2⁵³·g for up to 2^(52 − k) examples (2²⁶ at ρ = 384), so their float64 sum is exact, in any
+  order and batching: a neighbouring corpus changes K by exactly one rounded S_e. A group
+  refuses a batch that would exceed that count.
+* **Examples stay apart.** The model runs in eval mode (batch normalisation then uses its
+  running statistics instead of the batch's, and dropout is off), its buffers are checked
+  to be untouched (a layer that updates a buffer from the data would ship private values
+  inside the model), every hooked activation must have the batch's examples on its first
+  axis (``examples``), and on the first batch with two or more examples the activations of
+  the first half, run alone, must equal theirs inside the whole batch (a layer that mixes
+  examples, or a sequence-first layout, fails this). Known sequence-first modules
+  (``nn.MultiheadAttention``, RNNs and ``nn.Transformer`` with ``batch_first=False``, and the
+  ``nn.Transformer*Layer`` built on them) are refused up front.
 """
 
 from __future__ import annotations
@@ -33,14 +55,25 @@ from torch import nn
 
 from .._progress import progress
 from .._validation import check_choice, check_positive
-from ..mechanisms._sensitivity import NEIGHBOURS
+from ..mechanisms._sensitivity import NEIGHBOURS, times_sqrt2
 from ._targets import LayerGroup
 
 __all__ = ["Coordinates", "GroupStatistic", "ActivationStatistics", "collect_statistics", "coordinates_for"]
 
-#: Per-example scales aim at C·(1 − 2⁻¹⁶) so that float32 rounding of the scaled
-#: activations cannot push a contribution above C.
+#: Per-example scales aim at C·(1 − 2⁻¹⁶): the grid rounding (≤ 2⁻¹⁷·C) and float32
+#: arithmetic (≤ 2⁻²³ relative) cannot push a rounded contribution above C.
 _CLIP_MARGIN = 1.0 - 2.0**-16
+#: Grid bits beyond ⌈log₂ ρ⌉: ρ·g/2 ≤ 2⁻¹⁷·2^t (see the module docstring).
+_GRID_EXTRA_BITS = 17
+#: Per-example ρ×ρ contributions are formed this many entries at a time (4 MB in float32:
+#: the chunk stays in cache through its five passes; 7 examples at ρ = 384).
+_CHUNK_ENTRIES = 2**20
+#: Tolerance of the batch-independence probe, relative to the largest activation (float32
+#: products of different batch sizes differ by far less; a layer mixing examples, far more).
+_PROBE_RTOL = 1e-3
+#: Modules whose batch_first=False means activations of shape (T, B, d) inside them.
+#: (nn.Transformer*Layer hold an nn.MultiheadAttention built with their batch_first.)
+_SEQUENCE_FIRST = (nn.MultiheadAttention, nn.RNNBase, nn.Transformer)
 
 #: The output route divides by the singular values of W; it is used only when
 #: s_max / s_min stays below this.
@@ -151,7 +184,7 @@ def coordinates_for(model: nn.Module, group: LayerGroup, *, prior: torch.Tensor 
                        None if reader is None else reader.contiguous())
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class GroupStatistic:
     """The raw (non-private) clipped Gram of one group.
 
@@ -169,6 +202,8 @@ class GroupStatistic:
         C, or ``None`` for an unclipped (analysis-only, unreleasable) statistic.
     sensitivity : float or None
         Frobenius sensitivity of ``gram`` for the neighbour relation (``None`` without clipping).
+    grid : float or None
+        The grid step g of the exact sums (clipped statistics only; see the module docstring).
     """
 
     group: LayerGroup
@@ -178,13 +213,19 @@ class GroupStatistic:
     n_clipped: int = 0
     clip: float | None = None
     sensitivity: float | None = None
+    grid: float | None = None
 
     def row_space_gram(self) -> torch.Tensor:
         """K_u = D⁻¹ K_z D⁻¹ of shape (ρ, ρ) (non-private)."""
         return self.coordinates.to_row_space(self.gram)
 
+    def __repr__(self) -> str:
+        # the Gram and the counts are raw private statistics: a repr ends up in logs
+        return f"GroupStatistic(group={self.group.name!r}, dim={self.group.dim}, clip={self.clip}, " \
+               f"sensitivity={self.sensitivity})"
 
-@dataclass(eq=False)
+
+@dataclass(eq=False, repr=False)
 class ActivationStatistics:
     """Per-group statistics from one pass over a corpus (non-private; see the module docstring).
 
@@ -193,11 +234,16 @@ class ActivationStatistics:
     groups : dict of str to GroupStatistic
     clip : float, "normalize" or None
     neighbour : str
+    public : bool
+        Declared by the caller of :func:`collect_statistics`: the corpus was public (or
+        synthetic). A model factorised from statistics that are not public is *not private*
+        (:attr:`dplowrank.compress.CompressionResult.privacy_status`).
     """
 
     groups: dict
     clip: object
     neighbour: str
+    public: bool = False
 
     def __getitem__(self, name: str) -> GroupStatistic:
         return self.groups[name]
@@ -208,6 +254,21 @@ class ActivationStatistics:
     def __len__(self) -> int:
         return len(self.groups)
 
+    def __repr__(self) -> str:
+        return (f"ActivationStatistics({len(self.groups)} groups, clip={self.clip!r}, "
+                f"neighbour={self.neighbour!r}, public={self.public})")
+
+
+def _grid_for(clip: float, rho: int) -> tuple[float, int]:
+    """(g, most examples) of a group's exact sums: g = 2^(t − k), 2^t ≥ C, k = ⌈log₂ ρ⌉ + 17.
+
+    Each rounded entry is at most 2^k + 1 units, so 2^(52 − k) examples keep every partial sum
+    below 2⁵³ units."""
+    m, e = math.frexp(clip)
+    top = e - 1 if m == 0.5 else e
+    k = (rho - 1).bit_length() + _GRID_EXTRA_BITS
+    return math.ldexp(1.0, top - k), 2 ** (52 - k)
+
 
 class _Collector:
     def __init__(self, model, groups, coords, clip, normalize, matmul_dtype):
@@ -215,19 +276,25 @@ class _Collector:
         self.clip, self.normalize = clip, normalize
         self.matmul_dtype = matmul_dtype
         self.mask: torch.Tensor | None = None
+        self.examples: int = 0  # the current batch's example count (its first axis)
         self.step = 0
         self.stats: dict[str, GroupStatistic] = {}
         self._seen: dict[str, tuple[int, torch.Tensor]] = {}
         self._bias: dict[str, torch.Tensor | None] = {}
         self._readers: dict = {}
         self._handles = []
+        self._limits: dict[str, int] = {}
+        self.capture: dict[str, torch.Tensor] | None = None  # the probe's activations
 
     def install(self):
         mods = dict(self.model.named_modules())
         for g in self.groups:
             c = self.coords[g.name]
             dev = mods[g.members[0]].weight.device
-            self.stats[g.name] = GroupStatistic(g, c, torch.zeros(g.dim, g.dim, dtype=torch.float64, device=dev))
+            st = GroupStatistic(g, c, torch.zeros(g.dim, g.dim, dtype=torch.float64, device=dev))
+            if self.clip is not None:
+                st.grid, self._limits[g.name] = _grid_for(self.clip, g.dim)
+            self.stats[g.name] = st
             if c.route == "output":
                 b = mods[g.members[0]].bias
                 self._bias[g.name] = None if b is None else b.detach()
@@ -256,9 +323,14 @@ class _Collector:
             if c.route == "output":
                 y = output.detach()
                 b = self._bias[group.name]
-                self._add(group, y if b is None else y - b)
+                a = y if b is None else y - b
             else:
-                self._add(group, x.detach())
+                a = x.detach()
+            a = self._by_example(group, a)
+            if self.capture is not None:
+                self.capture[group.name] = a.float().clone()
+                return
+            self._add(group, a)
         return hook
 
     def _reader(self, name: str, a: torch.Tensor) -> torch.Tensor | None:
@@ -271,51 +343,225 @@ class _Collector:
             self._readers[key] = reader.to(device=a.device, dtype=dtype)
         return self._readers[key]
 
+    def _by_example(self, group: LayerGroup, a: torch.Tensor) -> torch.Tensor:
+        """The activations as (B, T, d) with the batch's B examples on the first axis, or an error."""
+        b, mask = self.examples, self.mask
+        if mask is None:
+            if a.ndim == 2:
+                a = a.unsqueeze(1)  # one token per example
+            if a.ndim != 3 or a.shape[0] != b:
+                raise ValueError(
+                    f"group {group.name!r} sees activations of shape {tuple(a.shape)}, but the batch has {b} "
+                    "examples: statistics need them on the first axis, shape (examples, tokens, features) "
+                    "(a sequence-first layout would mix examples; pass examples= if the count is read wrongly)"
+                )
+            return a
+        if a.shape[:-1] == mask.shape:
+            return a
+        if a.ndim == 2 and a.shape[0] == mask.numel():  # flattened (B·T, d), example-major
+            return a.reshape(*mask.shape, a.shape[-1])
+        raise ValueError(
+            f"group {group.name!r} sees activations of shape {tuple(a.shape)}, which do not match the "
+            f"mask of shape {tuple(mask.shape)} (examples, tokens)"
+        )
+
     def _add(self, group: LayerGroup, a: torch.Tensor) -> None:
         mask = self.mask  # shape: (B, T)
-        if mask is None:  # no mask: every token counts; a 2-D input is one token per example
-            if a.ndim == 2:
-                a = a.unsqueeze(1)
+        if mask is None:
             mask = torch.ones(a.shape[:-1], dtype=torch.bool, device=a.device)
-        elif a.shape[:-1] != mask.shape:
-            if a.ndim == 2 and a.shape[0] == mask.numel():
-                a = a.reshape(*mask.shape, a.shape[-1])
-            else:
-                raise ValueError(
-                    f"group {group.name!r} sees activations of shape {tuple(a.shape)}, which do not match the "
-                    f"mask of shape {tuple(mask.shape)} (batch, tokens)"
-                )
         st = self.stats[group.name]
         reader = self._reader(group.name, a)
         if a.dtype != torch.float64:
             a = a.to(torch.float32)
         z = a if reader is None else a @ reader.T  # shape: (B, T, ρ)
         valid = mask.to(device=z.device, dtype=torch.bool)
-        z = z * valid.unsqueeze(-1)
+        # padding is *replaced* by zeros (a NaN or Inf there times 0 would be NaN and poison the
+        # example's norm, which used to switch its clipping off)
+        z = torch.where(valid.unsqueeze(-1), z, torch.zeros((), dtype=z.dtype, device=z.device))
         n = z.shape[0]
-        if self.clip is not None:
-            zd = z.to(torch.float64)
-            if zd.shape[1] <= zd.shape[2]:  # ‖Z Zᵀ‖_F = ‖Zᵀ Z‖_F: use the smaller side
-                fro = torch.linalg.matrix_norm(zd @ zd.transpose(1, 2))
-            else:
-                fro = torch.linalg.matrix_norm(zd.transpose(1, 2) @ zd)
-            target = self.clip * _CLIP_MARGIN
-            safe = torch.where(fro > 0, fro, torch.ones_like(fro))
-            if self.normalize:
-                scale = torch.where(fro > 0, target / safe, torch.zeros_like(fro))
-                st.n_clipped += int((fro > 0).sum())
-            else:
-                scale = torch.where(fro > target, target / safe, torch.ones_like(fro))
-                st.n_clipped += int((fro > target).sum())
-            z = z * scale.sqrt().to(z.dtype)[:, None, None]
-        rows = z[valid]  # shape: (tokens, ρ), padding dropped
+        if self.clip is None:  # analysis only (unreleasable): one product over the batch's tokens
+            rows = z[valid]  # shape: (tokens, ρ), padding dropped
+            if self.matmul_dtype == torch.float64:
+                rows = rows.to(torch.float64)
+            batch_gram = (rows.T @ rows).to(torch.float64)
+            if not math.isfinite(float(batch_gram.sum())):  # a NaN/Inf activation reaches the sum
+                raise ValueError(f"non-finite activations reached group {group.name!r}")
+            st.gram.add_(batch_gram)
+            st.n_examples += n
+            return
+        if st.n_examples + n > self._limits[group.name]:
+            raise ValueError(
+                f"group {group.name!r} has reached the most examples its exact sums hold "
+                f"({self._limits[group.name]}); split the corpus over several releases"
+            )
         if self.matmul_dtype == torch.float64:
-            rows = rows.to(torch.float64)
-        batch_gram = (rows.T @ rows).to(torch.float64)
-        if not math.isfinite(float(batch_gram.sum())):  # a NaN/Inf activation reaches the sum
-            raise ValueError(f"non-finite activations reached group {group.name!r}")
-        st.gram.add_(batch_gram)
+            z = z.to(torch.float64)
+        total = torch.zeros(z.shape[-1], z.shape[-1], dtype=torch.float64, device=z.device)
+        chunk = max(1, _CHUNK_ENTRIES // (z.shape[-1] ** 2))
+        clipped = 0
+        for e0 in range(0, n, chunk):
+            zc = z[e0:e0 + chunk]
+            s_e, bound = _contributions(zc)
+            if not bool(torch.isfinite(bound).all()) and zc.dtype != torch.float64:
+                s_e, bound = _contributions(zc.to(torch.float64))  # float32 overflowed: redo in float64
+            if not bool(torch.isfinite(bound).all()):
+                raise ValueError(f"non-finite activations reached group {group.name!r}")
+            clipped += self._round_to_grid(s_e, bound, st.grid)
+            for e in range(s_e.shape[0]):  # f64 += f32 per example: exact, and fast (no cast pass)
+                total.add_(s_e[e])
+        st.gram.add_(total.mul_(st.grid))  # exact: integer multiples of g below 2⁵³·g
         st.n_examples += n
+        st.n_clipped += clipped
+
+    def _round_to_grid(self, s_e: torch.Tensor, bound: torch.Tensor, grid: float) -> int:
+        """Scale each contribution (shape (e, ρ, ρ), in place) so that ‖S_e‖_F ≤ C·(1 − 2⁻¹⁶)
+        given ``bound`` ≥ its norm, and round it to integer multiples of ``grid`` (in grid units).
+        Returns how many examples were scaled down."""
+        target = self.clip * _CLIP_MARGIN
+        nonzero = bound > 0
+        safe = torch.where(nonzero, bound, torch.ones_like(bound))
+        if self.normalize:
+            scale = torch.where(nonzero, target / safe, torch.zeros_like(bound))
+            clipped = int(nonzero.sum())
+        else:
+            over = bound > target
+            scale = torch.where(over, target / safe, torch.ones_like(bound))
+            clipped = int(over.sum())
+        # s_e holds 2·S_e (symmetrised), hence the ½
+        s_e.mul_((scale * (0.5 / grid)).to(s_e.dtype)[:, None, None]).round_()
+        return clipped
+
+
+def _gamma(n: int, dtype: torch.dtype) -> float:
+    """γ_n = n·u/(1 − n·u): the relative error bound of a sum of n terms (Higham 2002, §3.1)."""
+    u = 2.0**-24 if dtype == torch.float32 else 2.0**-53
+    return n * u / (1.0 - n * u)
+
+
+def _contributions(zc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """2·S_e for each example, S_e the symmetrised Z_eᵀ Z_e (shape (e, ρ, ρ), from zc of shape
+    (e, T, ρ)), and an upper bound on ‖S_e‖_F (shape (e,), float64) *of the computed matrix*.
+
+    The matrix product may round however it likes (even in TF32 or bfloat16 where a user
+    allows it, and not symmetrically): P + Pᵀ is exactly symmetric (fl(a + b) = fl(b + a)) and
+    the bound is computed from its own entries, so the scaling that follows caps the values
+    that are actually added. Row sums of squares carry a relative error at most γ_{ρ+1} in the
+    working dtype (positive terms); the sum over rows is float64.
+    """
+    p = torch.bmm(zc.transpose(1, 2), zc)
+    s_e = p + p.transpose(1, 2)  # 2·S_e, exactly symmetric
+    del p
+    rho = s_e.shape[-1]
+    rows = (s_e * s_e).sum(dim=2)  # shape: (e, ρ)
+    fro2 = rows.to(torch.float64).sum(dim=1)
+    slack = (1.0 + 2.0 * _gamma(rho + 1, s_e.dtype)) * (1.0 + 2.0**-40)
+    return s_e, 0.5 * torch.sqrt(fro2 * slack)
+
+
+def _examples_in(batch: object, mask: torch.Tensor | None) -> int:
+    """The number of examples in ``batch``: the mask's first axis, else the common first axis
+    of the batch's tensors (a ``ValueError`` when they disagree: pass ``examples=``)."""
+    if mask is not None:
+        return int(mask.shape[0])
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, Mapping):
+        sizes = {int(v.shape[0]) for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim >= 1}
+        if len(sizes) == 1:
+            return sizes.pop()
+    raise ValueError(
+        "cannot tell how many examples this batch holds (no mask, and its tensors do not share one "
+        "first axis); pass examples=callable(batch) -> int"
+    )
+
+
+def _slice_batch(batch: object, mask: torch.Tensor | None, b: int, h: int):
+    """The first ``h`` examples of ``batch`` (its tensors with first axis ``b``), or None if it
+    cannot be sliced generically."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:h]
+    if isinstance(batch, Mapping):
+        out = {}
+        for key, v in batch.items():
+            if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == b:
+                out[key] = v[:h]
+            elif isinstance(v, torch.Tensor) and v.ndim >= 1:
+                raise ValueError(
+                    f"batch entry {key!r} has shape {tuple(v.shape)}, but the batch has {b} examples: "
+                    "statistics need them on the first axis (a sequence-first layout would mix examples)"
+                )
+            else:
+                out[key] = v
+        return type(batch)(out) if isinstance(batch, dict) else out
+    return None
+
+
+def _check_layout(model: nn.Module) -> None:
+    """Refuse modules known to put the sequence first (their linears see (T, B, d))."""
+    for name, m in model.named_modules():
+        if isinstance(m, _SEQUENCE_FIRST) and not getattr(m, "batch_first", True):
+            raise ValueError(
+                f"module {name or type(m).__name__!r} ({type(m).__name__}) has batch_first=False: its "
+                "activations put the sequence first and would mix examples; build it with batch_first=True"
+            )
+
+
+def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b.detach().clone() for name, b in model.named_buffers()}
+
+
+def _check_buffers(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """Restore and refuse if the forward pass changed a buffer (it would carry private data)."""
+    changed = []
+    for name, b in model.named_buffers():
+        old = before.get(name)
+        if old is None or old.shape != b.shape or not torch.equal(old, b.detach()):
+            changed.append(name)
+    if changed:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in before and before[name].shape == b.shape:
+                    b.copy_(before[name])
+        raise ValueError(
+            f"the model changed its buffers {changed[:5]} while computing statistics (in eval mode); "
+            "they would carry private data into the saved model. They were restored; statistics need a "
+            "model whose forward pass leaves its state alone"
+        )
+
+
+def _probe(col: _Collector, run, model: nn.Module, batch: object, mask: torch.Tensor | None, b: int) -> None:
+    """Check on one batch (B ≥ 2) that each example's hooked activations do not depend on the others.
+
+    The first ⌈B/2⌉ examples are run alone and their activations compared with theirs inside
+    the whole batch; a layer that mixes examples (batch statistics, sequence-first attention,
+    token routing with a batch-wide capacity) makes them differ.
+    """
+    h = (b + 1) // 2
+    part = _slice_batch(batch, mask, b, h)
+    if part is None:
+        raise ValueError(
+            "cannot check that examples stay apart: the batch is not a tensor or a mapping of tensors "
+            "with the examples on their first axis; pass such batches (and forward=) instead"
+        )
+    outs = []
+    for inputs, n, m in ((batch, b, mask), (part, h, None if mask is None else mask[:h])):
+        col.capture, col.mask, col.examples = {}, m, n
+        col.step += 1
+        run(model, inputs)
+        outs.append(col.capture)
+    col.capture = None
+    for name, whole in outs[0].items():
+        alone = outs[1].get(name)
+        ref = whole[:h]
+        scale = float(ref.abs().max()) if ref.numel() else 0.0
+        if alone is None or alone.shape != ref.shape or \
+                float((alone - ref).abs().max()) > _PROBE_RTOL * scale + 1e-30:
+            raise ValueError(
+                f"group {name!r}: an example's activations change with the other examples in its batch "
+                "(a layer mixes examples, e.g. batch statistics or a sequence-first layout); its "
+                "contribution would not be bounded by the clipping norm. Use a model that processes "
+                "examples independently (eval mode, batch_first=True)"
+            )
 
 
 def _default_forward(model: nn.Module, batch):
@@ -339,15 +585,22 @@ def collect_statistics(
     matmul_dtype: torch.dtype = torch.float32,
     total: int | None = None,
     show_progress: bool = False,
+    examples: Callable[[object], int] | None = None,
+    public: bool = False,
+    check_independence: bool = True,
 ) -> ActivationStatistics:
     """One pass of ``model`` over ``batches``, accumulating each group's clipped Gram.
 
     Parameters
     ----------
     model : nn.Module
-        Run in inference mode; forward hooks are removed afterwards, even on error.
+        Run in inference and eval mode (its training flags are restored afterwards); forward
+        hooks are removed afterwards, even on error. Its buffers must be left untouched by the
+        forward pass, and modules that put the sequence first (``batch_first=False``) are
+        refused (see the module docstring).
     batches : iterable of mapping
-        Model inputs; each row of a batch is one example (the privacy unit).
+        Model inputs; each row of a batch is one example (the privacy unit): every hooked
+        activation must have the batch's examples on its first axis.
         ``batch[mask_key]`` (shape (B, T), nonzero = real token) marks the tokens that count;
         padding never enters a Gram.
     groups : sequence of LayerGroup
@@ -369,10 +622,22 @@ def collect_statistics(
     forward : callable, optional
         ``forward(model, batch)``; default ``model(**batch)``.
     matmul_dtype : torch.float32 or torch.float64
-        Precision of the per-batch Gram products (sums are float64 either way).
+        Precision of the per-example Gram products (the sums are exact either way).
     total : int, optional
         Number of batches, for the progress bar.
     show_progress : bool, default False
+        A progress bar over batches (it shows batch counts only).
+    examples : callable, optional
+        ``examples(batch) -> int``, the number of examples in a batch; default: the mask's
+        first axis, else the common first axis of the batch's tensors.
+    public : bool, default False
+        Declare that ``batches`` are public or synthetic (e.g. a prior): models factorised
+        from these statistics are then reported as using no private data. Never set it for
+        a private corpus.
+    check_independence : bool, default True
+        Run the batch-independence probe on the first batch with two or more examples (one
+        extra forward pass of half a batch). Switch it off only for a model whose examples
+        are known to stay apart.
 
     Returns
     -------
@@ -408,10 +673,19 @@ def collect_statistics(
                 priors[g.name] = torch.as_tensor(prior[g.name])
     coords = {g.name: coordinates_for(model, g, prior=priors.get(g.name), prior_ridge=prior_ridge, route=route)
               for g in groups}
+    if not isinstance(public, bool):
+        raise TypeError(f"public must be a bool, got {public!r}")
+    if examples is not None and not callable(examples):
+        raise TypeError(f"examples must be a callable batch -> int, got {type(examples).__name__}")
+    _check_layout(model)
     col = _Collector(model, groups, coords, c, normalize, matmul_dtype)
     run = forward or _default_forward
+    modes = {m: m.training for m in model.modules()}
+    buffers = _buffers(model)
+    probed = not check_independence
     col.install()
     try:
+        model.eval()  # batch normalisation on running statistics, no dropout: examples stay apart
         with torch.inference_mode():
             for batch in progress(batches, total=total or 0, desc="statistics", enabled=show_progress):
                 if mask_key is None:
@@ -422,15 +696,27 @@ def collect_statistics(
                     mask = torch.as_tensor(batch[mask_key])
                     if mask.ndim != 2:
                         raise ValueError(f"{mask_key!r} must have shape (batch, tokens), got {tuple(mask.shape)}")
-                col.mask = mask
+                b = _examples_in(batch, mask) if examples is None else examples(batch)
+                if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+                    raise ValueError(f"examples(batch) must be a positive int, got {b!r}")
+                if mask is not None and mask.shape[0] != b:
+                    raise ValueError(f"the mask has {mask.shape[0]} rows but the batch holds {b} examples")
+                if not probed and b >= 2:
+                    _probe(col, run, model, batch, mask, b)
+                    _check_buffers(model, buffers)
+                    probed = True
+                col.mask, col.examples = mask, b
                 col.step += 1
                 run(model, batch)
+        _check_buffers(model, buffers)
     finally:
         col.remove()
+        for m, training in modes.items():
+            m.training = training
     sens = None
     if c is not None:
-        sens = c if neighbour == "add_remove" else math.sqrt(2.0) * c
+        sens = c if neighbour == "add_remove" else times_sqrt2(c)  # rounded up
     for st in col.stats.values():
         st.clip, st.sensitivity = c, sens
-    return ActivationStatistics(col.stats, "normalize" if normalize else c, neighbour)
+    return ActivationStatistics(col.stats, "normalize" if normalize else c, neighbour, public)
 
