@@ -81,18 +81,21 @@ _SOLVER_STREAMS = 2**63
 _F64_ONE = np.uint64(0x3FF0000000000000)
 
 
-#: Every live OS-keyed source, rekeyed in a forked child (see the module docstring).
-_LIVE: "weakref.WeakSet[SecureNormalSource]" = weakref.WeakSet()
-_LIVE_LOCK = threading.Lock()
+#: Provenance: every live source whose key the library drew from the OS, mapped to that key
+#: (the very bytes object). A source is secure only while it is in here with its own key, so a
+#: clone made by hand, a subclass or a key swapped in afterwards is not; forked children rekey.
+_OS_KEYED: "weakref.WeakKeyDictionary[SecureNormalSource, bytes]" = weakref.WeakKeyDictionary()
+_OS_KEYED_LOCK = threading.Lock()
 
 
 def _rekey_after_fork() -> None:
     """In a forked child: fresh OS keys and counters for every secure source it inherited,
     so that it never draws the noise its parent draws."""
-    global _LIVE_LOCK
-    _LIVE_LOCK = threading.Lock()  # the parent's lock may have been held by another thread
-    for src in list(_LIVE):
+    global _OS_KEYED_LOCK
+    _OS_KEYED_LOCK = threading.Lock()  # the parent's lock may have been held by another thread
+    for src in list(_OS_KEYED.keys()):
         src._key = os.urandom(32)
+        _OS_KEYED[src] = src._key
         src._next, src._next_solver = 0, _SOLVER_STREAMS
         src._lock = threading.Lock()
 
@@ -119,9 +122,12 @@ class SecureNormalSource:
     Attributes
     ----------
     seeded : bool
-        True when the key came from the caller (``key=`` or :meth:`from_seed`).
+        ``not secure``: the key came from the caller (``key=`` or :meth:`from_seed`).
     secure : bool
-        ``not seeded``: the key was drawn by the library from the OS, with the hardening on.
+        The key was drawn by the library from the OS for this very object, with the hardening
+        on (read-only; a subclass, a hand-made clone or a key replaced afterwards is seeded).
+    combine : int
+        Read-only.
 
     Raises
     ------
@@ -129,6 +135,8 @@ class SecureNormalSource:
         On :func:`copy.copy`, :func:`copy.deepcopy` or pickling of a secure source (a copy
         would repeat its noise).
     """
+
+    __slots__ = ("_key", "_combine", "_next", "_next_solver", "_lock", "__weakref__")
 
     def __init__(self, key: bytes | None = None, *, combine: int = 2, _seeded: bool = False) -> None:
         try:
@@ -148,19 +156,29 @@ class SecureNormalSource:
         if not isinstance(key, (bytes, bytearray)) or len(key) != 32:
             raise ValueError(f"key must be 32 bytes, got {type(key).__name__} of length {len(key) if hasattr(key, '__len__') else '?'}")
         self._key = bytes(key)
-        self.combine = combine
-        self.seeded = seeded or bool(_seeded)
+        self._combine = combine
         self._next = 0
         self._next_solver = _SOLVER_STREAMS
         self._lock = threading.Lock()
-        if not self.seeded:
-            with _LIVE_LOCK:
-                _LIVE.add(self)
+        if not (seeded or _seeded):
+            with _OS_KEYED_LOCK:
+                _OS_KEYED[self] = self._key
+
+    @property
+    def combine(self) -> int:
+        return self._combine
 
     @property
     def secure(self) -> bool:
-        """Whether the noise is fit to publish: key from ``os.urandom``, hardening on."""
-        return not self.seeded
+        """Whether the noise is fit to publish: key from ``os.urandom`` drawn for this object by
+        the library, hardening on, and the class itself (not a subclass)."""
+        return (type(self) is SecureNormalSource and _OS_KEYED.get(self) is self._key
+                and self._combine >= 2)
+
+    @property
+    def seeded(self) -> bool:
+        """``not secure``: reproducible by whoever knows the key (not for publication)."""
+        return not self.secure
 
     def __copy__(self):
         return self._copy()
@@ -171,7 +189,7 @@ class SecureNormalSource:
     def __reduce_ex__(self, protocol):
         self._refuse_copy()
         with self._lock:
-            state = (self._key, self.combine, self._next, self._next_solver)
+            state = (self._key, self._combine, self._next, self._next_solver)
         return (_restore_seeded, state)
 
     def _refuse_copy(self) -> None:
@@ -184,7 +202,7 @@ class SecureNormalSource:
     def _copy(self):
         self._refuse_copy()
         with self._lock:
-            return _restore_seeded(self._key, self.combine, self._next, self._next_solver)
+            return _restore_seeded(self._key, self._combine, self._next, self._next_solver)
 
     @classmethod
     def from_seed(cls, seed: int | bytes | str, *, combine: int = 2) -> "SecureNormalSource":
@@ -271,11 +289,11 @@ class SecureNormalSource:
         enc = self._encryptor(stream)
         dst = out.numpy()
         size = _CHUNK[work]
-        kernel = _Chunk(min(n, size), self.combine, single)
+        kernel = _Chunk(min(n, size), self._combine, single)
         for c0 in range(0, n, size):
             c = min(size, n - c0)
             if c != kernel.c:  # the shorter last chunk
-                kernel = _Chunk(c, self.combine, single)
+                kernel = _Chunk(c, self._combine, single)
             self._keystream(enc, kernel.nbytes, kernel.raw)
             kernel.convert(dst[c0 : c0 + c])
         return out if dtype == work else out.to(dtype)

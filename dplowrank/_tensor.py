@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["as_tensor", "as_device"]
+__all__ = ["as_tensor", "as_device", "InexactIntegerError"]
+
+
+class InexactIntegerError(ValueError):
+    """Integer input that float64 cannot hold exactly (see :func:`as_tensor`'s ``exact``)."""
 
 
 def as_device(device: torch.device | str | None) -> torch.device | None:
@@ -30,12 +34,14 @@ def check_dense(t: torch.Tensor, name: str) -> torch.Tensor:
     return t
 
 
-def as_tensor(x: object, name: str, *, allow_complex: bool = False) -> torch.Tensor:
+def as_tensor(x: object, name: str, *, allow_complex: bool = False, exact: bool = False) -> torch.Tensor:
     """Return ``x`` (numpy array, torch tensor or nested sequence) as a floating tensor.
 
     Integer and boolean input becomes float64; complex input raises ``TypeError`` unless
     ``allow_complex``; anything else that is not numeric raises ``TypeError``. No copy is
-    made when ``x`` already is a floating tensor.
+    made when ``x`` already is a floating tensor. ``exact``: refuse integers beyond 2⁵³ in
+    magnitude, which float64 would round (for a private matrix that is about to get its
+    noise, where rounding first would change its sensitivity).
     """
     if isinstance(x, torch.Tensor):
         t = check_dense(x, name)
@@ -54,6 +60,12 @@ def as_tensor(x: object, name: str, *, allow_complex: bool = False) -> torch.Ten
             raise TypeError(f"{name} must be real, got complex dtype {t.dtype}")
         return t
     if not t.is_floating_point():
+        if exact and t.numel() and t.dtype not in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32):
+            if bool((t.abs() > 2**53).any()) or bool((t == torch.iinfo(t.dtype).min).any()):
+                raise InexactIntegerError(
+                    f"{name} holds integers beyond 2**53 in magnitude, which float64 cannot represent "
+                    "exactly; scale it down (and its sensitivity with it)"
+                )
         return t.to(torch.float64)
     if t.dtype in (torch.float16, torch.bfloat16):
         return t.to(torch.float32)

@@ -225,10 +225,17 @@ class GramAccumulator:
 
     @property
     def gram(self) -> torch.Tensor:
-        """The raw clipped Gram, Tensor of shape (d, d), float64 (non-private)."""
+        """The raw clipped Gram, Tensor of shape (d, d), float64 (non-private).
+
+        With ``dim`` known it exists before any row (zeros), so that releasing an empty
+        accumulator behaves like releasing any other: whether rows were added is private.
+        Without ``dim`` and without rows there is no matrix (``ValueError``).
+        """
         self._check_not_consumed()
         if self._gram is None:
-            raise ValueError("the accumulator has no rows yet; call update() first")
+            if self._dim is None:
+                raise ValueError("the accumulator has no rows yet and no dim; call update() first or pass dim=")
+            self._allocate(self._dim, self._device or torch.device("cpu"))
         return self._gram
 
     def _on_grid(self, x: torch.Tensor) -> torch.Tensor:

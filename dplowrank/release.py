@@ -22,7 +22,7 @@ from ._io import atomic_write_bytes
 from ._memory import check_allocation
 from ._parallel import run_blocks
 from ._random import SECURE, SEEDED, _device_key, resolve_noise_source
-from ._tensor import as_device, as_tensor
+from ._tensor import InexactIntegerError, as_device, as_tensor
 from ._validation import check_choice, check_dense_input, check_k, check_positive
 from .accounting._budget import PrivacyBudget
 from .accounting._events import EVENT_NEIGHBOURS, GaussianEvent
@@ -444,7 +444,10 @@ def _resolve_matrix(data, row_norm, sensitivity, neighbour, device):
         )
     check_dense_input(data, "data")
     try:
-        x = as_tensor(data, "data")
+        # a given Gram is used as it is (integers beyond 2⁵³ would be rounded before the noise)
+        x = as_tensor(data, "data", exact=sensitivity is not None)
+    except InexactIntegerError:
+        raise
     except ValueError as exc:  # e.g. a ragged nested list
         raise ValueError(f"data could not be read as a 2-D array: {exc}") from exc
     x = x.detach()  # the release never differentiates; a view, so overwrite= still writes into data

@@ -28,7 +28,8 @@ reference = encode(st_model, held_out)  # original embeddings, shape (300, 384)
 groups = BERT.groups(model, "ffn")  # 12 linears, 12 releases of dimension 384
 # A public prior: the model's activations on random token sequences (no corpus involved).
 public = dl.collect_statistics(
-    model, synthetic_batches(st_model.tokenizer, generator=torch.Generator().manual_seed(1)), groups, clip=None
+    model, synthetic_batches(st_model.tokenizer, generator=torch.Generator().manual_seed(1)), groups, clip=None,
+    public=True,  # declared public: the prior ships with the release (as its preconditioner)
 )
 # Per-sentence clipped Grams: NOT private yet.
 stats = dl.collect_statistics(model, token_batches(st_model.tokenizer, private_text), groups, prior=public)

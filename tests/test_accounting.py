@@ -300,19 +300,20 @@ def test_infinite_noise_serialises_as_standard_json():
     assert '"inf"' in text and "Infinity" not in text
     assert event_from_dict(json.loads(text)) == ev
     # old files written with the Infinity token still read back
-    assert event_from_dict(json.loads('{"type": "gaussian", "noise_multiplier": Infinity}')) == GaussianEvent(math.inf)
+    assert event_from_dict(json.loads('{"type": "gaussian", "noise_multiplier": Infinity, "neighbour": null}')) \
+        == GaussianEvent(math.inf)
     for bad in ("Inf", "infinity", "-inf", "nan", "3.0"):
         with pytest.raises(ValueError, match="malformed"):
-            event_from_dict({"type": "gaussian", "noise_multiplier": bad})
+            event_from_dict({"type": "gaussian", "noise_multiplier": bad, "neighbour": None})
 
 
 def test_deeply_nested_event_is_a_clean_error():
-    obj = {"type": "gaussian", "noise_multiplier": 1.0}
+    obj = {"type": "gaussian", "noise_multiplier": 1.0, "neighbour": None}
     for _ in range(5000):
         obj = {"type": "self_composed", "count": 1, "event": obj}
     with pytest.raises(ValueError, match="nested deeper than 100"):
         event_from_dict(obj)
-    ok = {"type": "gaussian", "noise_multiplier": 1.0}
+    ok = {"type": "gaussian", "noise_multiplier": 1.0, "neighbour": None}
     for _ in range(100):
         ok = {"type": "composed", "events": [ok]}
     assert PrivacyAccountant([event_from_dict(ok)]).mu() == 1.0

@@ -357,6 +357,25 @@ def _slow_pricing(monkeypatch, seconds=0.02):
     monkeypatch.setattr(PrivacyAccountant, "delta", slow)
 
 
+def _race(threads: int, release) -> tuple[int, int]:
+    """Start ``threads`` threads together, each calling ``release()``; return (made, refused)."""
+    barrier, made, refused = threading.Barrier(threads), [], []
+
+    def worker():
+        barrier.wait()
+        try:
+            made.append(release())
+        except dl.BudgetExceededError:
+            refused.append(1)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(120)
+    return len(made), len(refused)
+
+
 @pytest.mark.parametrize("on_disk", [False, True])
 def test_threads_cannot_overspend_a_shared_budget(tmp_path, monkeypatch, on_disk):
     """Four threads release on a budget that fits one release: exactly one release is made and
@@ -366,23 +385,8 @@ def test_threads_cannot_overspend_a_shared_budget(tmp_path, monkeypatch, on_disk
     rows = np.random.default_rng(0).normal(size=(100, 5)) / 3
     for trial in range(3):
         budget = dl.PrivacyBudget(1.0, 1e-6, path=(tmp_path / f"b{trial}.json") if on_disk else None)
-        barrier = threading.Barrier(4)
-        made, refused = [], []
-
-        def worker():
-            barrier.wait()
-            try:
-                made.append(dl.release_rank_k(rows, 2, epsilon=1.0, delta=1e-6, row_norm=1.0, budget=budget,
-                                              generator=torch.Generator().manual_seed(1)))
-            except dl.BudgetExceededError:
-                refused.append(1)
-
-        threads = [threading.Thread(target=worker) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert len(made) == 1 and len(refused) == 3
+        assert _race(4, lambda: dl.release_rank_k(rows, 2, epsilon=1.0, delta=1e-6, row_norm=1.0, budget=budget,
+                                                  generator=torch.Generator().manual_seed(1))) == (1, 3)
         assert len(budget.events) == 1 and budget.spent_epsilon() <= 1.0 + 1e-9
 
 
@@ -412,22 +416,9 @@ def test_compression_charges_its_whole_plan_once_and_atomically(monkeypatch):
     # concurrent plans on a budget that fits one: exactly one is released
     _slow_pricing(monkeypatch)
     budget = dl.PrivacyBudget(1.0, 1e-6)
-    barrier, done, refused = threading.Barrier(3), [], []
-
-    def worker():
-        barrier.wait()
-        try:
-            done.append(release_statistics(stats, epsilon=1.0, delta=1e-6, budget=budget,
-                                           generator=torch.Generator().manual_seed(0)))
-        except dl.BudgetExceededError:
-            refused.append(1)
-
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert len(done) == 1 and len(refused) == 2 and len(budget.events) == 1
+    assert _race(3, lambda: release_statistics(stats, epsilon=1.0, delta=1e-6, budget=budget,
+                                               generator=torch.Generator().manual_seed(0))) == (1, 2)
+    assert len(budget.events) == 1
 
 
 # ---- integrity: a checksum is not tamper evidence; an HMAC with the user's key is ---------------
@@ -503,7 +494,9 @@ def test_events_record_their_neighbour_relation_and_mixed_relations_are_refused(
     assert GaussianEvent(1.0).for_replace().mu == 2.0
     with pytest.raises(ValueError, match="sensitivity_ratio"):
         GaussianEvent(1.0).for_replace(0.5)
-    # the relation survives the ledger
+    # the relation survives the ledger, and a dict without one is refused (it is required)
     assert dl.event_from_dict(rep.privacy_event.to_dict()) == rep.privacy_event
+    with pytest.raises(ValueError, match="malformed"):
+        dl.event_from_dict({"type": "gaussian", "noise_multiplier": 1.0})
     with pytest.raises(ValueError, match="neighbour must be one of"):
         GaussianEvent(1.0, "swap")

@@ -405,7 +405,7 @@ def test_layers_that_mix_examples_sequence_first_layouts_and_buffer_writes_are_r
         collect_statistics(seq_first, [{"x": torch.randn(5, 3, 4)}], find_groups(seq_first, ["0"]),
                            mask_key=None, forward=lambda m, b: m(b["x"]), examples=lambda b: 3)
     writer = nn.Sequential(_Counter(), nn.Linear(4, 4))
-    with pytest.raises(ValueError, match="changed its buffers"):
+    with pytest.raises(ValueError, match="changed its state"):
         collect_statistics(writer, [{"x": x}], find_groups(writer, ["1"]), **fwd)
     assert torch.equal(writer[0].seen, torch.zeros(4))  # restored
 
@@ -764,3 +764,106 @@ def test_huge_activations_are_still_clipped_to_c(dtype):
                                 forward=lambda m, b: m(b["x"]), matmul_dtype=dtype)
         norm = float(torch.linalg.matrix_norm(st["0"].gram))
         assert 0.99 < norm <= 1.0, (mag, norm)
+
+
+# ---- found by the independent audit of the statistics ------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, tiny", [(torch.float32, 3.4e-12), (torch.float64, 8e-82)])
+def test_tiny_activations_cannot_underflow_the_norm_bound(dtype, tiny):
+    """Squares of entries near 1e-23 (float32) vanish: the norm bound was ~0 and "normalize"
+    divided by it, one example moving ‖K‖_F to 39.7 (C = 1). The bound is now taken after
+    dividing by a power of two near the largest entry."""
+    d = 64
+    model = nn.Sequential(nn.Linear(d, d)).to(dtype)
+    groups = find_groups(model, ["0"])
+    x = torch.full((1, 1, d), tiny, dtype=dtype)
+    x[0, 0, 0] = tiny * 1.14
+    for clip in ("normalize", 1.0):
+        st = collect_statistics(model, [{"x": x}], groups, clip=clip, mask_key=None, matmul_dtype=dtype,
+                                forward=lambda m, b: m(b["x"]))
+        assert float(torch.linalg.matrix_norm(st["0"].gram)) <= 1.0
+
+
+class _Cumulative(nn.Module):
+    def forward(self, x):
+        return torch.cumsum(x, dim=0)  # example i sees examples < i
+
+
+class _BigBatchOnly(nn.Module):
+    def forward(self, x):
+        return x + 10 * x.mean(0, keepdim=True) if x.shape[0] > 2 else x
+
+
+class _Faint(nn.Module):
+    def forward(self, x):
+        return x + 1e-4 * x.sum(0, keepdim=True)
+
+
+@pytest.mark.parametrize("mix", [_Cumulative, _BigBatchOnly, _Faint])
+def test_the_probe_catches_one_sided_faint_and_batch_size_dependent_mixing(mix):
+    """The probe compared only the first half of the first batch at a 1e-3 tolerance: a causal
+    sum over the batch, mixing only in larger batches, and mixing at 1e-4 all passed."""
+    gen = torch.Generator().manual_seed(27)
+    model = nn.Sequential(mix(), nn.Linear(6, 6))
+    first, later = torch.randn(2, 3, 6, generator=gen), torch.randn(8, 3, 6, generator=gen)
+    with pytest.raises(ValueError, match="change with the other examples"):
+        collect_statistics(model, [first, later], find_groups(model, ["1"]), mask_key=None, clip="normalize")
+
+
+def test_a_prior_must_be_declared_public():
+    """A prior ships inside the release (its preconditioner); one collected from the private
+    corpus published the raw Gram up to a scale."""
+    gen = torch.Generator().manual_seed(28)
+    model = Toy(gen)
+    _, groups = _toy_groups(model)
+    raw = collect_statistics(model, _batches(gen), groups, clip=None)
+    with pytest.raises(ValueError, match="declared public"):
+        collect_statistics(model, _batches(gen), groups, prior=raw)
+    public = collect_statistics(model, _batches(gen), groups, clip=None, public=True)
+    assert collect_statistics(model, _batches(gen), groups, prior=public)
+
+
+class _Ema(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ema = nn.Parameter(torch.zeros(4), requires_grad=False)
+
+    def forward(self, x):
+        self.ema.data.mul_(0.5).add_(0.5 * x.detach().reshape(-1, 4).mean(0))
+        return x
+
+
+def test_a_parameter_updated_by_the_forward_pass_is_refused_and_restored():
+    model = nn.Sequential(_Ema(), nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="changed its state"):
+        collect_statistics(model, [torch.randn(3, 2, 4)], find_groups(model, ["1"]), mask_key=None)
+    assert torch.equal(model[0].ema, torch.zeros(4))
+
+
+def test_replace_bounds_hold_for_contributions_that_are_not_exactly_psd():
+    """float32 products can round a contribution to a matrix with a negative eigenvalue, and
+    ‖S_a − S_b‖_F then exceeded √2·C (by 1.45% at 2²⁰ tokens). Under replace the products are
+    float64 and the scale leaves room for the rounded contribution's distance from PSD."""
+    t = 2**14
+    a = math.sqrt(2.0**-24 * (1 - 2**-6))
+    b = 2.0**-24 * (1 + 2**-6) / a
+    z = torch.tensor([[1.0, 1.0]] + [[a, b]] * (t - 1), dtype=torch.float32)
+    model = nn.Sequential(nn.Linear(2, 2))
+    groups = find_groups(model, ["0"])
+    p = (z.T @ z).double()
+    v = torch.linalg.eigh(p)[1][:, 0].float()
+    kw = dict(clip="normalize", mask_key=None, neighbour="replace")
+    s_a = collect_statistics(model, [z[None]], groups, **kw)["0"]
+    s_b = collect_statistics(model, [v[None, None]], groups, **kw)["0"]
+    assert float(torch.linalg.matrix_norm(s_a.gram - s_b.gram)) <= s_a.sensitivity
+
+
+def test_release_statistics_refuses_bad_arguments_before_charging_the_plan():
+    """Found by the audit: a bad noise_shape or generator raised after the plan was charged."""
+    _, groups, stats = _toy_stats()
+    budget = dl.PrivacyBudget(5.0, 1e-6)
+    for kw, exc in ((dict(noise_shape="bogus"), ValueError), (dict(generator="not a generator"), TypeError)):
+        with pytest.raises(exc):
+            release_statistics(stats, epsilon=1.0, delta=1e-6, budget=budget, **kw)
+    assert budget.events == ()

@@ -109,6 +109,21 @@ def test_the_gram_is_the_exact_sum_of_grid_rows(rows, c, log_max_rows):
     assert torch.equal(rev.gram, acc.gram)
 
 
+def test_an_empty_accumulator_with_a_known_dim_releases_like_any_other():
+    """Found by the audit: with dim known and no rows, the release refused (before the charge)
+    while one row released: under add/remove that is one bit of the private count."""
+    budget = dl.PrivacyBudget(10.0, 1e-6)
+    for rows in (0, 1):
+        acc = dl.GramAccumulator(row_norm=1.0, dim=3)
+        if rows:
+            acc.update(np.ones((1, 3)) / 2)
+        r = dl.release_rank_k(acc, 2, epsilon=1.0, delta=1e-6, budget=budget,
+                              generator=torch.Generator().manual_seed(0))
+        assert r.dim == 3
+    assert len(budget.events) == 2
+    assert torch.equal(dl.GramAccumulator(row_norm=1.0, dim=2).gram, torch.zeros(2, 2, dtype=torch.float64))
+
+
 def test_max_rows_is_a_public_cap_that_refuses_and_changes_nothing():
     acc = dl.GramAccumulator(row_norm=1.0, max_rows=100).update(np.ones((60, 3)) / 2)
     before = acc.gram.clone()

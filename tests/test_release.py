@@ -426,3 +426,13 @@ def test_release_structure_property(d, data, mechanism, psd, seed, log_sigma):
     assert torch.allclose(dense, dense.T, atol=1e-12)
     assert int(torch.linalg.matrix_rank(dense, atol=1e-9 * (1 + float(dense.abs().max())))) <= k
     assert r.epsilon is not None and r.epsilon > 0
+
+
+def test_an_integer_gram_beyond_2_53_is_refused_not_rounded_before_its_noise():
+    """Found by the audit: two int64 Grams 1 apart near 2⁶⁰ (declared Δ = 1) were both rounded to
+    float64 before the noise and released 256 apart."""
+    m = np.full((2, 2), 2**60, dtype=np.int64)
+    with pytest.raises(ValueError, match="beyond 2\\*\\*53"):
+        dl.release_rank_k(m, 1, sensitivity=1.0, epsilon=1.0, delta=1e-6, generator=_g())
+    ok = np.full((2, 2), 2**52, dtype=np.int64)  # exact in float64
+    assert dl.release_rank_k(ok, 1, sensitivity=1.0, epsilon=1.0, delta=1e-6, generator=_g()).k == 1

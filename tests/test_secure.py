@@ -262,3 +262,31 @@ def test_a_forked_child_draws_different_noise_from_the_same_source():
     for stream in range(8):
         assert not np.array_equal(child, src.normals(64, stream=stream, dtype=torch.float32).numpy())
     assert child_stream == 0  # (its counters restart with the new key)
+
+
+def test_secure_is_a_provenance_the_caller_cannot_set_by_accident():
+    """Found by the audit: seeded and combine were plain attributes (a caller key plus
+    ``src.seeded = False`` was "secure"), a clone through __dict__ or a subclass with a fixed key
+    stayed secure, and a forked clone was never rekeyed."""
+    src = SecureNormalSource()
+    assert src.secure
+    for attr, value in (("seeded", False), ("secure", True), ("combine", 1)):
+        with pytest.raises(AttributeError):
+            setattr(src, attr, value)
+    assert not hasattr(src, "__dict__")
+    clone = object.__new__(SecureNormalSource)  # a hand-made copy of every slot
+    for slot in ("_key", "_combine", "_next", "_next_solver", "_lock"):
+        object.__setattr__(clone, slot, object.__getattribute__(src, slot))
+    assert clone.seeded and not clone.secure
+
+    class Fixed(SecureNormalSource):
+        __slots__ = ()
+
+        def __init__(self):
+            super().__init__()
+            self._key = b"\x01" * 32
+
+    assert Fixed().seeded
+    swapped = SecureNormalSource()
+    swapped._key = bytes(32)  # a key put in afterwards
+    assert swapped.seeded

@@ -279,7 +279,8 @@ def event_from_dict(obj: object) -> PrivacyEvent:
     Raises
     ------
     ValueError
-        For an unknown type, a missing or ill-typed field, or nesting deeper than
+        For an unknown type, a missing or ill-typed field (a Gaussian event's
+        ``"neighbour"`` is required; ``null`` means not stated), or nesting deeper than
         100 levels.
     """
     return _from_dict(obj, 0)
@@ -294,7 +295,7 @@ def _from_dict(obj: object, depth: int) -> PrivacyEvent:
     try:
         if kind == "gaussian":
             z = obj["noise_multiplier"]
-            return GaussianEvent(math.inf if z == _INF else z, obj.get("neighbour"))
+            return GaussianEvent(math.inf if z == _INF else z, obj["neighbour"])  # required: null = unstated
         if kind == "poisson_sampled":
             return PoissonSampledEvent(obj["sampling_probability"], _from_dict(obj["event"], depth + 1))
         if kind == "self_composed":

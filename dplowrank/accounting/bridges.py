@@ -57,12 +57,14 @@ def to_dp_accounting(obj: Any):
     return conv(_events_of(obj))
 
 
-def from_dp_accounting(event: Any, neighbour: str | None = None) -> PrivacyEvent:
+def from_dp_accounting(event: Any, neighbour: str | None) -> PrivacyEvent:
     """Read a ``dp_accounting.DpEvent`` built from Gaussian, Poisson-sampled and composed events.
 
     dp_accounting's events do not say which neighbour relation their noise multipliers are
-    for (its accountants do): pass ``neighbour`` ("add_remove" or "replace") to state it on
-    the Gaussian events; Poisson-sampled steps are add/remove events in any case.
+    for (its accountants do), so ``neighbour`` is required: "add_remove" or "replace" states
+    it on the Gaussian events (Poisson-sampled steps are add/remove events in any case), and
+    ``None`` deliberately leaves it unstated (such events compose with either relation: the
+    caller vouches for them).
     """
     dpa = _dpa()
     if isinstance(event, dpa.GaussianDpEvent):

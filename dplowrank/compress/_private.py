@@ -35,11 +35,13 @@ from dataclasses import dataclass
 
 import torch
 
+from .._random import resolve_noise_source
 from .._validation import check_choice
 from ..accounting import PrivacyAccountant, PrivacyBudget, calibrate_plan
 from ..accounting._events import ComposedEvent, GaussianEvent
 from ..diagnostics import noise_edge
-from ..release import LowRankRelease, release_rank_k
+from ..mechanisms._gaussian import NOISE_SHAPES
+from ..release import LowRankRelease, _check_gram, _check_range, release_rank_k
 from ._stats import ActivationStatistics, Coordinates
 from ._targets import LayerGroup
 
@@ -150,6 +152,15 @@ def release_statistics(
             raise ValueError(f"weights name unknown groups {sorted(unknown)}; groups are {names}")
         w = [float(weights.get(n, 1.0)) for n in names]
     plan = calibrate_plan(epsilon, delta, weights=w, sensitivities=[st.sensitivity for st in stats])
+    # Everything release_rank_k would refuse is refused now, before the plan is charged: the
+    # arguments, and each Gram's checks (finite, symmetric, in range with its noise: one-bit
+    # side channels, as in release_rank_k; see docs/threat_model.md).
+    check_choice(noise_shape, "noise_shape", NOISE_SHAPES)
+    if budget is not None and not isinstance(budget, PrivacyBudget):
+        raise TypeError(f"budget must be a PrivacyBudget, got {type(budget).__name__}")
+    for st, cal in zip(stats, plan):
+        resolve_noise_source(generator, st.gram.device)  # type and device of the generator
+        _check_range(_check_gram(st.gram), cal.noise_scale, st.group.dim, torch.float64)
     if budget is not None:
         # the whole plan is charged once, atomically, before the first noise is drawn: a
         # refusal charges nothing, and no other thread or process can spend in between

@@ -28,18 +28,23 @@ That sensitivity holds for the *computed* matrix, not just in exact arithmetic, 
   would mix examples), scaled by a factor computed from that S_e itself, and rounded entry by
   entry to a fixed grid g = 2^(t − k) (2^t ≥ C, k = ⌈log₂ ρ⌉ + 17 bits) with a margin
   (target C·(1 − 2⁻¹⁶)) that covers the rounding (ρg/2 ≤ 2⁻¹⁷·C in Frobenius norm) and the
-  float32 arithmetic (a relative 2⁻²³): every rounded contribution has ‖S_e‖_F ≤ C.
+  float32 arithmetic (a relative 2⁻²³): every rounded contribution has ‖S_e‖_F ≤ C. The norm
+  bound is taken after dividing S_e by a power of two near its largest entry, so tiny
+  activations cannot underflow it. Under the replace relation the products are float64 and
+  each scale also keeps ‖S_a − S_b‖_F ≤ √2·C although rounded contributions are only nearly
+  PSD (see ``_Collector._round_to_grid``).
 * **Exact sums.** Rounded contributions are integer multiples of g whose partial sums stay below
-  2⁵³·g for up to 2^(52 − k) examples (2²⁶ at ρ = 384), so their float64 sum is exact, in any
+  2⁵³·g for up to 2^(51 − k) examples (2²⁵ at ρ = 384), so their float64 sum is exact, in any
   order and batching: a neighbouring corpus changes K by exactly one rounded S_e. A group
   refuses a batch that would exceed that count.
 * **Examples stay apart.** The model runs in eval mode (batch normalisation then uses its
-  running statistics instead of the batch's, and dropout is off), its buffers are checked
-  to be untouched (a layer that updates a buffer from the data would ship private values
-  inside the model), every hooked activation must have the batch's examples on its first
-  axis (``examples``), and on the first batch with two or more examples the activations of
-  the first half, run alone, must equal theirs inside the whole batch (a layer that mixes
-  examples, or a sequence-first layout, fails this). Known sequence-first modules
+  running statistics instead of the batch's, and dropout is off), its parameters and buffers
+  are checked to be untouched (a layer that updates its state from the data would ship private
+  values inside the model), every hooked activation must have the batch's examples on its
+  first axis (``examples``), and on the first batch of every batch size (two or more
+  examples) each half of the batch, run alone, must give the activations it has inside the
+  whole batch (a layer that mixes examples, or a sequence-first layout, fails this; the probe
+  is a heuristic, not a proof). Known sequence-first modules
   (``nn.MultiheadAttention``, RNNs and ``nn.Transformer`` with ``batch_first=False``, and the
   ``nn.Transformer*Layer`` built on them) are refused up front.
 """
@@ -68,9 +73,14 @@ _GRID_EXTRA_BITS = 17
 #: Per-example ρ×ρ contributions are formed this many entries at a time (4 MB in float32:
 #: the chunk stays in cache through its five passes; 7 examples at ρ = 384).
 _CHUNK_ENTRIES = 2**20
-#: Tolerance of the batch-independence probe, relative to the largest activation (float32
-#: products of different batch sizes differ by far less; a layer mixing examples, far more).
-_PROBE_RTOL = 1e-3
+#: Tolerance of the batch-independence probe, relative to the largest activation. On this
+#: project's CPU, MiniLM's activations of a half batch run alone are bit-identical to theirs in
+#: the whole batch; 1e-5 leaves room for BLAS kernels that block differently by batch size.
+_PROBE_RTOL = 1e-5
+#: Targets of the per-example scaling, as fractions of C: the grid rounding (≤ 2⁻¹⁷·C) and
+#: float32 arithmetic (≤ 2⁻²³) fit under the add/remove margin; the replace relation also
+#: needs room for contributions that are not exactly PSD (see _Collector._round_to_grid).
+_CLIP_MARGIN_REPLACE = 1.0 - 2.0**-14
 #: Modules whose batch_first=False means activations of shape (T, B, d) inside them.
 #: (nn.Transformer*Layer hold an nn.MultiheadAttention built with their batch_first.)
 _SEQUENCE_FIRST = (nn.MultiheadAttention, nn.RNNBase, nn.Transformer)
@@ -138,7 +148,7 @@ def coordinates_for(model: nn.Module, group: LayerGroup, *, prior: torch.Tensor 
     model : nn.Module
     group : LayerGroup
     prior : Tensor of shape (ρ, ρ), optional
-        A public Gram K₀ in row-space coordinates (e.g. ``collect_statistics(..., clip=None)``
+        A public Gram K₀ in row-space coordinates (e.g. ``collect_statistics(..., clip=None, public=True)``
         on public or synthetic input); gives D = (K₀/κ + λI)^{-1/2}, κ = tr K₀/ρ.
     prior_ridge : float, default 0.1
         λ > 0: how much of the identity is kept in D⁻² (the prior's limit is data-free SVD as λ → ∞).
@@ -262,19 +272,21 @@ class ActivationStatistics:
 def _grid_for(clip: float, rho: int) -> tuple[float, int]:
     """(g, most examples) of a group's exact sums: g = 2^(t − k), 2^t ≥ C, k = ⌈log₂ ρ⌉ + 17.
 
-    Each rounded entry is at most 2^k + 1 units, so 2^(52 − k) examples keep every partial sum
-    below 2⁵³ units."""
+    Each rounded entry is at most 2^k + 1 units, so 2^(51 − k) examples keep every partial sum,
+    and the sum of a total and its transpose, below 2⁵³ units (symmetrised totals are halves
+    of units: below 2⁵³ half-units)."""
     m, e = math.frexp(clip)
     top = e - 1 if m == 0.5 else e
     k = (rho - 1).bit_length() + _GRID_EXTRA_BITS
-    return math.ldexp(1.0, top - k), 2 ** (52 - k)
+    return math.ldexp(1.0, top - k), 2 ** (51 - k)
 
 
 class _Collector:
-    def __init__(self, model, groups, coords, clip, normalize, matmul_dtype):
+    def __init__(self, model, groups, coords, clip, normalize, matmul_dtype, neighbour="add_remove"):
         self.model, self.groups, self.coords = model, groups, coords
         self.clip, self.normalize = clip, normalize
         self.matmul_dtype = matmul_dtype
+        self.replace = neighbour == "replace"
         self.mask: torch.Tensor | None = None
         self.examples: int = 0  # the current batch's example count (its first axis)
         self.step = 0
@@ -394,41 +406,81 @@ class _Collector:
                 f"group {group.name!r} has reached the most examples its exact sums hold "
                 f"({self._limits[group.name]}); split the corpus over several releases"
             )
-        if self.matmul_dtype == torch.float64:
+        if self.matmul_dtype == torch.float64 or self.replace:
+            # replace needs a bound on how far each computed S_e is from PSD: float64 products
+            # (never TF32 or bfloat16, whatever the matmul precision setting) keep it tiny
             z = z.to(torch.float64)
         total = torch.zeros(z.shape[-1], z.shape[-1], dtype=torch.float64, device=z.device)
         chunk = max(1, _CHUNK_ENTRIES // (z.shape[-1] ** 2))
         clipped = 0
         for e0 in range(0, n, chunk):
             zc = z[e0:e0 + chunk]
-            s_e, bound = _contributions(zc)
+            a, scale, bound = _contributions(zc)
             if not bool(torch.isfinite(bound).all()) and zc.dtype != torch.float64:
-                s_e, bound = _contributions(zc.to(torch.float64))  # float32 overflowed: redo in float64
+                a, scale, bound = _contributions(zc.to(torch.float64))  # float32 overflowed: redo in float64
             if not bool(torch.isfinite(bound).all()):
                 raise ValueError(f"non-finite activations reached group {group.name!r}")
-            clipped += self._round_to_grid(s_e, bound, st.grid)
-            for e in range(s_e.shape[0]):  # f64 += f32 per example: exact, and fast (no cast pass)
-                total.add_(s_e[e])
-        st.gram.add_(total.mul_(st.grid))  # exact: integer multiples of g below 2⁵³·g
+            tokens = (valid[e0:e0 + chunk].sum(dim=1) if valid.ndim == 2 else None)
+            clipped += self._round_to_grid(a, scale, bound, st.grid, zc, tokens)
+            for e in range(a.shape[0]):  # f64 += f32 per example: exact, and fast (no cast pass)
+                total.add_(a[e])
+        # Symmetrise the batch's total: (Σ q_e + Σ q_eᵀ)/2 = Σ (q_e + q_eᵀ)/2, exact (integers below
+        # 2⁵² units, then a halving), and (q + qᵀ)/2 is never longer than q in Frobenius norm, nor
+        # farther from a PSD matrix: every bound on q_e holds for what is added.
+        total = total.add_(total.T.clone()).mul_(0.5)
+        st.gram.add_(total.mul_(st.grid))  # exact: multiples of g/2 below 2⁵³·g/2
         st.n_examples += n
         st.n_clipped += clipped
 
-    def _round_to_grid(self, s_e: torch.Tensor, bound: torch.Tensor, grid: float) -> int:
-        """Scale each contribution (shape (e, ρ, ρ), in place) so that ‖S_e‖_F ≤ C·(1 − 2⁻¹⁶)
-        given ``bound`` ≥ its norm, and round it to integer multiples of ``grid`` (in grid units).
-        Returns how many examples were scaled down."""
-        target = self.clip * _CLIP_MARGIN
-        nonzero = bound > 0
-        safe = torch.where(nonzero, bound, torch.ones_like(bound))
+    def _round_to_grid(self, a: torch.Tensor, scale: torch.Tensor, bound: torch.Tensor, grid: float,
+                       zc: torch.Tensor, tokens: torch.Tensor | None) -> int:
+        """Scale each contribution and round it to the grid, in place; return how many were scaled down.
+
+        ``a`` (shape (e, ρ, ρ)) holds S_e/``scale`` (S_e = Z_eᵀ Z_e as computed; ``scale`` a
+        power of two, float64) and ``bound`` ≥ ‖a‖_F, so ‖S_e‖_F ≤ scale·bound. ``tokens``: each
+        example's token count. The target t is C·(1 − 2⁻¹⁶) (or C·(1 − 2⁻¹⁴)
+        under replace); each example is multiplied by f = c/grid with c = t/(scale·bound) (when
+        clipped or normalised) and rounded: the rounded integers, times the grid, have
+        Frobenius norm ≤ t·(1 + 2⁻²³) + ρ·grid/2 ≤ C.
+
+        Replace: ‖q_a − q_b‖²_F = ‖q_a‖² + ‖q_b‖² − 2⟨q_a, q_b⟩ ≤ 2C² needs ⟨q_a, q_b⟩ ≥ 0, which
+        holds for PSD contributions; a rounded one is q = P + e with P = c·Z_eᵀZ_e (exact, PSD)
+        and ‖e‖ ≤ ν = ρ·grid/2 + c·γ_T·tr(Z_eᵀZ_e) (grid rounding; float64 products, Higham
+        2002, §3.1) + 2⁻⁵⁰·t, so ⟨q_a, q_b⟩ ≥ −‖P_a‖ν − ν‖P_b‖ − ν² ≥ −2tν − 3ν² (‖P‖ ≤ t + ν)
+        and ‖q_a − q_b‖² ≤ 2t² + 4tν + 6ν². Each example's scale is lowered until that is ≤ 2C²
+        (a relative 2⁻¹⁵ suffices unless T·tr is astronomically large).
+        """
+        target = self.clip * (_CLIP_MARGIN_REPLACE if self.replace else _CLIP_MARGIN)
+        norm = scale * bound  # ≥ ‖S_e‖_F, float64, shape (e,)
+        nonzero = norm > 0
+        safe = torch.where(nonzero, norm, torch.ones_like(norm))
         if self.normalize:
-            scale = torch.where(nonzero, target / safe, torch.zeros_like(bound))
+            c = torch.where(nonzero, target / safe, torch.zeros_like(norm))
             clipped = int(nonzero.sum())
         else:
-            over = bound > target
-            scale = torch.where(over, target / safe, torch.ones_like(bound))
+            over = norm > target
+            c = torch.where(over, target / safe, torch.ones_like(norm))
             clipped = int(over.sum())
-        # s_e holds 2·S_e (symmetrised), hence the ½
-        s_e.mul_((scale * (0.5 / grid)).to(s_e.dtype)[:, None, None]).round_()
+        if self.replace and nonzero.any():
+            rho = a.shape[-1]
+            # each example's own token count (padding adds exact zeros to the dot products)
+            t_len = (tokens if tokens is not None else torch.full((a.shape[0],), zc.shape[1]))
+            t_len = t_len.to(device=norm.device, dtype=torch.float64).clamp(min=1.0)
+            u = 2.0**-53  # the products are float64 under replace (see _add)
+            gamma = t_len * u / (1.0 - t_len * u)
+            trace = (zc.to(torch.float64) ** 2).sum(dim=(1, 2))  # tr(Z_eᵀ Z_e) ≥ 0
+            cap = float(self.clip)
+            nu = rho * grid / 2 + c * gamma * trace + 2.0**-50 * target
+            t = c * norm * (1.0 + 2.0**-23) + rho * grid / 2  # ≥ the rounded contribution's norm
+            excess = 2 * t * t + 4 * t * nu + 6 * nu * nu > 2 * cap * cap * (1.0 - 2.0**-30)
+            if bool(excess.any()):
+                # largest t' with 2t'² + 4t'ν + 6ν² ≤ 2C²(1 − 2⁻³⁰): t' = −ν + √(C²(1 − 2⁻³⁰) − 2ν²)
+                t_max = -nu + torch.sqrt((cap * cap * (1.0 - 2.0**-30) - 2 * nu * nu).clamp(min=0.0))
+                room = ((t_max - rho * grid / 2) / (1.0 + 2.0**-23)).clamp(min=0.0) * (1.0 - 2.0**-40)
+                c = torch.where(excess, torch.minimum(c, room / safe), c)
+        # S_e = a·scale, so the integers are round(S_e·c/grid) = round(a·(scale·c/grid))
+        f = (scale * c / grid).to(a.dtype)
+        a.mul_(f[:, None, None]).round_()
         return clipped
 
 
@@ -438,24 +490,40 @@ def _gamma(n: int, dtype: torch.dtype) -> float:
     return n * u / (1.0 - n * u)
 
 
-def _contributions(zc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """2·S_e for each example, S_e the symmetrised Z_eᵀ Z_e (shape (e, ρ, ρ), from zc of shape
-    (e, T, ρ)), and an upper bound on ‖S_e‖_F (shape (e,), float64) *of the computed matrix*.
+def _contributions(zc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each example's contribution, scaled by a power of two, and an upper bound on its norm.
+
+    From zc of shape (e, T, ρ): a = P/2^s (shape (e, ρ, ρ)) with P = Z_eᵀ Z_e as computed and
+    2^s > max|P| a power of two (exact scaling; entries of a in (−1, 1)), or 2^s = 1 when every
+    example's largest entry lies in [2⁻⁴⁰, 2⁴⁰] (the squares are safe as they are), the scale
+    2^s (shape (e,), float64; P = a·scale), and ``bound`` ≥ ‖a‖_F (shape (e,), float64).
 
     The matrix product may round however it likes (even in TF32 or bfloat16 where a user
-    allows it, and not symmetrically): P + Pᵀ is exactly symmetric (fl(a + b) = fl(b + a)) and
-    the bound is computed from its own entries, so the scaling that follows caps the values
-    that are actually added. Row sums of squares carry a relative error at most γ_{ρ+1} in the
-    working dtype (positive terms); the sum over rows is float64.
+    allows it, and not symmetrically: the batch's rounded total is symmetrised exactly in
+    ``_add``, which does not increase any contribution's norm): the bound is computed from the
+    entries that are actually rounded and added. Dividing by
+    the power of two first keeps the squares from underflowing (squares of entries near 1e-23
+    vanish in float32 and made the bound 0, which "normalize" then divided by). Row sums of
+    squares carry a relative error at most γ_{ρ+1} (positive terms); squares below the
+    smallest normal number add at most ρ²·2⁻¹⁴⁹ (float32) in all; the sum over rows is float64.
     """
-    p = torch.bmm(zc.transpose(1, 2), zc)
-    s_e = p + p.transpose(1, 2)  # 2·S_e, exactly symmetric
-    del p
-    rho = s_e.shape[-1]
-    rows = (s_e * s_e).sum(dim=2)  # shape: (e, ρ)
+    a = torch.bmm(zc.transpose(1, 2), zc)  # P, not necessarily symmetric (see _add)
+    e, rho = a.shape[0], a.shape[-1]
+    top = a.reshape(e, -1).abs().amax(dim=1).to(torch.float64)  # shape: (e,)
+    if bool(((top >= 2.0**-40) & (top <= 2.0**40)).all()):
+        # squares in [2⁻⁸⁰, 2⁸⁰]·(few) neither underflow nor overflow in float32: no scaling pass
+        power = torch.ones_like(top)
+    else:
+        _, exp = torch.frexp(torch.where(top > 0, top, torch.ones_like(top)))
+        power = torch.ldexp(torch.ones_like(top), exp.to(torch.int64))  # 2^s > top
+        power = torch.where(torch.isfinite(top), power, top)
+        a.div_(power.to(a.dtype)[:, None, None])  # exact: a power of two (entries of a in (−1, 1))
+    rows = (a * a).sum(dim=2)  # shape: (e, ρ)
     fro2 = rows.to(torch.float64).sum(dim=1)
-    slack = (1.0 + 2.0 * _gamma(rho + 1, s_e.dtype)) * (1.0 + 2.0**-40)
-    return s_e, 0.5 * torch.sqrt(fro2 * slack)
+    tiny = rho * rho * (2.0**-149 if a.dtype == torch.float32 else 2.0**-1074)
+    slack = (1.0 + 2.0 * _gamma(rho + 1, a.dtype)) * (1.0 + 2.0**-40)
+    bound = torch.sqrt((fro2 + tiny) * slack)  # ≥ ‖a‖_F
+    return a, power, bound
 
 
 def _examples_in(batch: object, mask: torch.Tensor | None) -> int:
@@ -475,16 +543,16 @@ def _examples_in(batch: object, mask: torch.Tensor | None) -> int:
     )
 
 
-def _slice_batch(batch: object, mask: torch.Tensor | None, b: int, h: int):
-    """The first ``h`` examples of ``batch`` (its tensors with first axis ``b``), or None if it
+def _slice_batch(batch: object, mask: torch.Tensor | None, b: int, part: slice):
+    """The examples ``part`` of ``batch`` (its tensors with first axis ``b``), or None if it
     cannot be sliced generically."""
     if isinstance(batch, torch.Tensor):
-        return batch[:h]
+        return batch[part]
     if isinstance(batch, Mapping):
         out = {}
         for key, v in batch.items():
             if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == b:
-                out[key] = v[:h]
+                out[key] = v[part]
             elif isinstance(v, torch.Tensor) and v.ndim >= 1:
                 raise ValueError(
                     f"batch entry {key!r} has shape {tuple(v.shape)}, but the batch has {b} examples: "
@@ -506,62 +574,86 @@ def _check_layout(model: nn.Module) -> None:
             )
 
 
-def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: b.detach().clone() for name, b in model.named_buffers()}
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer (what ``state_dict`` would save)."""
+    out = {f"param:{n}": p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
+    out.update({f"buffer:{n}": b.detach().clone() for n, b in model.named_buffers(remove_duplicate=False)})
+    return out
 
 
-def _check_buffers(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    """Restore and refuse if the forward pass changed a buffer (it would carry private data)."""
-    changed = []
-    for name, b in model.named_buffers():
-        old = before.get(name)
-        if old is None or old.shape != b.shape or not torch.equal(old, b.detach()):
-            changed.append(name)
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = {f"param:{n}": p for n, p in model.named_parameters(remove_duplicate=False)}
+    out.update({f"buffer:{n}": b for n, b in model.named_buffers(remove_duplicate=False)})
+    return out
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal in shape, dtype and every value (NaN equal to NaN)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True))
+    return torch.equal(a, b)
+
+
+def _check_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """Restore and refuse if the forward pass changed a parameter or buffer (it would carry
+    private data into the saved model: running statistics, an exponential moving average)."""
+    now = _tensors(model)
+    changed = [name.split(":", 1)[1] for name, t in now.items()
+               if name not in before or not _same(before[name], t.detach())]
+    changed += [name.split(":", 1)[1] for name in before if name not in now]
     if changed:
         with torch.no_grad():
-            for name, b in model.named_buffers():
-                if name in before and before[name].shape == b.shape:
-                    b.copy_(before[name])
+            for name, t in now.items():
+                if name in before and before[name].shape == t.shape:
+                    t.copy_(before[name])
         raise ValueError(
-            f"the model changed its buffers {changed[:5]} while computing statistics (in eval mode); "
-            "they would carry private data into the saved model. They were restored; statistics need a "
-            "model whose forward pass leaves its state alone"
+            f"the model changed its state {changed[:5]} while computing statistics (in eval mode); "
+            "it would carry private data into the saved model. It was restored; statistics need a "
+            "model whose forward pass leaves its parameters and buffers alone"
         )
 
 
 def _probe(col: _Collector, run, model: nn.Module, batch: object, mask: torch.Tensor | None, b: int) -> None:
     """Check on one batch (B ≥ 2) that each example's hooked activations do not depend on the others.
 
-    The first ⌈B/2⌉ examples are run alone and their activations compared with theirs inside
-    the whole batch; a layer that mixes examples (batch statistics, sequence-first attention,
-    token routing with a batch-wide capacity) makes them differ.
+    The first ⌈B/2⌉ examples and the rest are each run alone and their activations compared
+    with theirs inside the whole batch (to a relative 1e-5): a layer that mixes examples (batch
+    statistics, a sequence-first layout, a cumulative sum over the batch, token routing with a
+    batch-wide capacity) makes them differ. A heuristic, not a proof: it sees only the batches
+    it probes (every new batch size is probed), and mixing far below the tolerance, or mixing
+    that only an unusual example triggers, passes; the model processing examples independently
+    is the caller's responsibility (docs/threat_model.md).
     """
     h = (b + 1) // 2
-    part = _slice_batch(batch, mask, b, h)
-    if part is None:
+    parts = [(slice(0, h), h), (slice(h, b), b - h)]
+    sliced = [_slice_batch(batch, mask, b, sl) for sl, _ in parts]
+    if any(p is None for p in sliced):
         raise ValueError(
             "cannot check that examples stay apart: the batch is not a tensor or a mapping of tensors "
             "with the examples on their first axis; pass such batches (and forward=) instead"
         )
+    runs = [(batch, b, mask)] + [(p, n, None if mask is None else mask[sl]) for p, (sl, n) in zip(sliced, parts)]
     outs = []
-    for inputs, n, m in ((batch, b, mask), (part, h, None if mask is None else mask[:h])):
+    for inputs, n, m in runs:
         col.capture, col.mask, col.examples = {}, m, n
         col.step += 1
         run(model, inputs)
         outs.append(col.capture)
     col.capture = None
     for name, whole in outs[0].items():
-        alone = outs[1].get(name)
-        ref = whole[:h]
-        scale = float(ref.abs().max()) if ref.numel() else 0.0
-        if alone is None or alone.shape != ref.shape or \
-                float((alone - ref).abs().max()) > _PROBE_RTOL * scale + 1e-30:
-            raise ValueError(
-                f"group {name!r}: an example's activations change with the other examples in its batch "
-                "(a layer mixes examples, e.g. batch statistics or a sequence-first layout); its "
-                "contribution would not be bounded by the clipping norm. Use a model that processes "
-                "examples independently (eval mode, batch_first=True)"
-            )
+        for (sl, _), alone in zip(parts, (outs[1].get(name), outs[2].get(name))):
+            ref = whole[sl]
+            scale = float(whole.abs().max()) if whole.numel() else 0.0
+            if alone is None or alone.shape != ref.shape or \
+                    float((alone - ref).abs().max()) > _PROBE_RTOL * scale + 1e-30:
+                raise ValueError(
+                    f"group {name!r}: an example's activations change with the other examples in its batch "
+                    "(a layer mixes examples, e.g. batch statistics or a sequence-first layout); its "
+                    "contribution would not be bounded by the clipping norm. Use a model that processes "
+                    "examples independently (eval mode, batch_first=True)"
+                )
 
 
 def _default_forward(model: nn.Module, batch):
@@ -595,9 +687,9 @@ def collect_statistics(
     ----------
     model : nn.Module
         Run in inference and eval mode (its training flags are restored afterwards); forward
-        hooks are removed afterwards, even on error. Its buffers must be left untouched by the
-        forward pass, and modules that put the sequence first (``batch_first=False``) are
-        refused (see the module docstring).
+        hooks are removed afterwards, even on error. Its parameters and buffers must be left
+        untouched by the forward pass, and modules that put the sequence first
+        (``batch_first=False``) are refused (see the module docstring).
     batches : iterable of mapping
         Model inputs; each row of a batch is one example (the privacy unit): every hooked
         activation must have the batch's examples on its first axis.
@@ -613,7 +705,10 @@ def collect_statistics(
         Neighbour relation for the sensitivity: C, or √2·C.
     prior : ActivationStatistics or mapping of str to Tensor, optional
         Public prior Grams in row-space coordinates, one per group (see :func:`coordinates_for`).
-        Must come from public or synthetic input, never from the private corpus.
+        Must come from public or synthetic input, never from the private corpus: statistics
+        must have been collected with ``public=True`` (others are refused); a mapping of
+        tensors is the caller's declaration that they are public. The prior ships with the
+        release (as its preconditioner).
     prior_ridge : float, default 0.1
         λ of the preconditioner.
     route : {"auto", "input", "output"}
@@ -635,9 +730,9 @@ def collect_statistics(
         from these statistics are then reported as using no private data. Never set it for
         a private corpus.
     check_independence : bool, default True
-        Run the batch-independence probe on the first batch with two or more examples (one
-        extra forward pass of half a batch). Switch it off only for a model whose examples
-        are known to stay apart.
+        Run the batch-independence probe on the first batch of each batch size with two or
+        more examples (one extra forward pass of a whole batch, in two halves). Switch it off
+        only for a model whose examples are known to stay apart.
 
     Returns
     -------
@@ -651,6 +746,8 @@ def collect_statistics(
         raise ValueError(f"clip must be a positive number, 'normalize' or None, got {clip!r}")
     else:
         c, normalize = check_positive(clip, "clip"), False
+        if not 1e-150 <= c <= 1e150:
+            raise ValueError(f"clip={clip!r} is outside the range in which the sums are exact (1e-150 to 1e150)")
     check_choice(neighbour, "neighbour", NEIGHBOURS)
     if matmul_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"matmul_dtype must be torch.float32 or torch.float64, got {matmul_dtype!r}")
@@ -664,6 +761,12 @@ def collect_statistics(
     if prior is not None:
         for g in groups:
             if isinstance(prior, ActivationStatistics):
+                if not prior.public:
+                    raise ValueError(
+                        "the prior's statistics were not declared public: a prior ships inside the "
+                        "release's coordinates (its preconditioner), so it must come from public or "
+                        "synthetic input, collected with collect_statistics(..., public=True)"
+                    )
                 if g.name not in prior.groups:
                     raise ValueError(f"the prior has no statistic for group {g.name!r}")
                 priors[g.name] = prior[g.name].row_space_gram()
@@ -678,11 +781,11 @@ def collect_statistics(
     if examples is not None and not callable(examples):
         raise TypeError(f"examples must be a callable batch -> int, got {type(examples).__name__}")
     _check_layout(model)
-    col = _Collector(model, groups, coords, c, normalize, matmul_dtype)
+    col = _Collector(model, groups, coords, c, normalize, matmul_dtype, neighbour)
     run = forward or _default_forward
     modes = {m: m.training for m in model.modules()}
-    buffers = _buffers(model)
-    probed = not check_independence
+    state = _state(model)
+    probed: set[int] = set()  # the batch sizes probed so far
     col.install()
     try:
         model.eval()  # batch normalisation on running statistics, no dropout: examples stay apart
@@ -701,14 +804,14 @@ def collect_statistics(
                     raise ValueError(f"examples(batch) must be a positive int, got {b!r}")
                 if mask is not None and mask.shape[0] != b:
                     raise ValueError(f"the mask has {mask.shape[0]} rows but the batch holds {b} examples")
-                if not probed and b >= 2:
+                if check_independence and b >= 2 and b not in probed:
                     _probe(col, run, model, batch, mask, b)
-                    _check_buffers(model, buffers)
-                    probed = True
+                    _check_state(model, state)
+                    probed.add(b)
                 col.mask, col.examples = mask, b
                 col.step += 1
                 run(model, batch)
-        _check_buffers(model, buffers)
+        _check_state(model, state)
     finally:
         col.remove()
         for m, training in modes.items():

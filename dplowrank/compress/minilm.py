@@ -52,7 +52,7 @@ def synthetic_batches(tokenizer, *, n: int = 256, length: int = 24, batch_size: 
 
     They depend only on the tokenizer and ``generator``, never on any corpus, so statistics
     of the model on them are public: usable as a prior (:func:`collect_statistics` with
-    ``clip=None``) at no privacy cost.
+    ``clip=None, public=True``) at no privacy cost.
     """
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
