@@ -371,8 +371,7 @@ def _check_gram(M: torch.Tensor) -> float:
 
 def _judge(M: torch.Tensor, figures) -> float:
     """Raise the input error for M (shape (d, d)) from per-block figures ``(max |entry|,
-    max asymmetry)``; the offending entry is located only when there is one. Returns the
-    largest |entry|."""
+    max asymmetry)``, naming the check but no value or position. Returns the largest |entry|."""
     # The messages name the check, never a value or a position of the (private) matrix.
     if not all(math.isfinite(top) and math.isfinite(asym) for top, asym in figures):
         raise ValueError("the Gram matrix has a NaN or Inf entry")
