@@ -574,17 +574,16 @@ def _check_layout(model: nn.Module) -> None:
             )
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of every parameter and buffer (what ``state_dict`` would save)."""
-    out = {f"param:{n}": p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
-    out.update({f"buffer:{n}": b.detach().clone() for n, b in model.named_buffers(remove_duplicate=False)})
-    return out
-
-
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``model`` (what ``state_dict`` would save), by name."""
     out = {f"param:{n}": p for n, p in model.named_parameters(remove_duplicate=False)}
     out.update({f"buffer:{n}": b for n, b in model.named_buffers(remove_duplicate=False)})
     return out
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer."""
+    return {name: t.detach().clone() for name, t in _tensors(model).items()}
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
