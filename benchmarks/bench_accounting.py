@@ -47,7 +47,7 @@ def _baselines(plan, delta: float, *, pld: bool):
         from dp_accounting.rdp import rdp_privacy_accountant
     except ImportError:
         return None, None, None
-    from dplowrank.accounting._rdp import DEFAULT_ORDERS
+    from dplowrank.privacy import DEFAULT_ORDERS
 
     event = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(c.noise_multiplier) for c in plan])
 

@@ -18,7 +18,7 @@ from dplowrank.accounting import (
     SelfComposedEvent,
     event_from_dict,
 )
-from dplowrank.accounting._rdp import DEFAULT_ORDERS, sampled_gaussian_rdp
+from dplowrank.privacy import DEFAULT_ORDERS, sampled_gaussian_rdp
 
 
 def ten_at_three():
@@ -192,8 +192,8 @@ def test_weighted_plan_never_overshoots_in_any_order(weights, log_delta, eps, se
 @given(mus=st.lists(st.floats(1e-4, 1e3), min_size=1, max_size=20), log_delta=st.floats(-15, -1))
 def test_vectorised_gdp_epsilon_is_the_scalar_one(mus, log_delta):
     """The plan's vectorised bisection returns gdp_epsilon's value (to a few ulps), never below it."""
-    from dplowrank.accounting._plan import _gdp_epsilon_many
-    from dplowrank.mechanisms._calibration import gdp_delta, gdp_epsilon
+    from dplowrank.privacy import gdp_delta, gdp_epsilon
+    from dplowrank.privacy import gdp_epsilon_many as _gdp_epsilon_many
 
     delta = 10.0**log_delta
     for mu, e in zip(mus, _gdp_epsilon_many(mus, delta)):
@@ -216,7 +216,7 @@ def test_plan_is_fast_and_exact_for_many_releases():
     assert plan[0].epsilon == pytest.approx(dl.gaussian_epsilon(plan[0].noise_scale, 1e-6), rel=1e-12)
     # many distinct shares: one vectorised bisection, the same values as the scalar one
     w = np.random.default_rng(0).uniform(0.5, 2.0, size=300).tolist()
-    with mock.patch.object(_plan, "_gdp_epsilon_many", wraps=_plan._gdp_epsilon_many) as vec:
+    with mock.patch.object(_plan, "gdp_epsilon_many", wraps=_plan.gdp_epsilon_many) as vec:
         plan = dl.calibrate_plan(1.0, 1e-6, weights=w)
     assert vec.call_count == 1 and len(vec.call_args.args[0]) == 300
     for c in plan[:20]:
@@ -267,7 +267,7 @@ def test_tiny_noise_multiplier_costs_infinity(z):
 @pytest.mark.parametrize("z", [1e154, 1e200, 1.7e308])
 def test_huge_noise_multiplier_costs_nothing_measurable(z):
     """z**2 overflows for z > 1.3e154 (OverflowError); the cost is 0 to float precision."""
-    from dplowrank.accounting._rdp import rdp_to_epsilon
+    from dplowrank.privacy import rdp_to_epsilon
 
     floor = rdp_to_epsilon(np.zeros(len(DEFAULT_ORDERS)), DEFAULT_ORDERS, 1e-5)[0]  # RDP's grid floor
     acc = PrivacyAccountant([GaussianEvent(z)] * 3)

@@ -19,7 +19,7 @@ from dplowrank.accounting import (
     PrivacyAccountant,
     SelfComposedEvent,
 )
-from dplowrank.accounting._rdp import DEFAULT_ORDERS, rdp_to_epsilon, sampled_gaussian_rdp
+from dplowrank.privacy import DEFAULT_ORDERS, rdp_to_epsilon, sampled_gaussian_rdp
 
 dpa = pytest.importorskip("dp_accounting", reason="dp_accounting (optional extra) not installed")
 opacus_rdp = pytest.importorskip("opacus.accountants.analysis.rdp", reason="opacus (optional extra) not installed")

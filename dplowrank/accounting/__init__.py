@@ -6,7 +6,7 @@ import those libraries only when called.
 
 from ._accountant import METHODS, PrivacyAccountant, as_event
 from ._budget import BudgetExceededError, PrivacyBudget
-from ._events import (
+from ..privacy import (
     ComposedEvent,
     GaussianEvent,
     PoissonSampledEvent,
@@ -15,7 +15,7 @@ from ._events import (
     event_from_dict,
 )
 from ._plan import calibrate_plan
-from ._rdp import DEFAULT_ORDERS
+from ..privacy import DEFAULT_ORDERS
 
 __all__ = [
     "BudgetExceededError",

@@ -24,20 +24,28 @@ import numbers
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from .._validation import check_choice, check_delta, check_positive
-from ..mechanisms._calibration import gdp_delta, gdp_epsilon
-from ._events import (
+from ..privacy import (
+    DEFAULT_ORDERS,
+    EVENT_TYPES,
     ComposedEvent,
     GaussianEvent,
     PoissonSampledEvent,
     PrivacyEvent,
     SelfComposedEvent,
-    _EVENT_TYPES,
+    count_as_float,
+    gaussian_rdp,
+    gdp_delta,
+    gdp_epsilon,
     neighbour_of,
+    rdp_to_delta,
+    rdp_to_epsilon,
+    sampled_gaussian_rdp,
+    sum_mu2,
+    zcdp_delta,
+    zcdp_epsilon,
 )
-from ._rdp import DEFAULT_ORDERS, gaussian_rdp, rdp_to_delta, rdp_to_epsilon, sampled_gaussian_rdp
 
 __all__ = ["METHODS", "PrivacyAccountant", "as_event"]
 
@@ -46,11 +54,11 @@ METHODS = ("auto", "gdp", "zcdp", "rdp")
 
 def as_event(obj: object) -> PrivacyEvent:
     """The privacy event of an event, a release (``privacy_event``) or a mechanism (``event``)."""
-    if isinstance(obj, _EVENT_TYPES):
+    if isinstance(obj, EVENT_TYPES):
         return obj
     for attr in ("privacy_event", "event"):
         inner = getattr(obj, attr, None)
-        if isinstance(inner, _EVENT_TYPES):
+        if isinstance(inner, EVENT_TYPES):
             return inner
     raise TypeError(f"not a privacy event, release or mechanism: {obj!r} of type {type(obj).__name__}")
 
@@ -77,69 +85,6 @@ def _leaves(event: PrivacyEvent, count: int = 1) -> Iterable[tuple[GaussianEvent
             yield from _leaves(e, count)
     else:  # pragma: no cover - _check_event rejects these earlier
         raise TypeError(f"not a privacy event: {event!r}")
-
-
-#: Counts below this convert to float without overflow (the fast path of _sum_mu2).
-_BIG_COUNT = 2**1000
-
-
-def _as_float(n: int) -> float:
-    """A multiplicity as a float (``inf`` past the float range, where ``float(n)`` raises)."""
-    try:
-        return float(n)
-    except OverflowError:
-        return math.inf
-
-
-def _sum_mu2(pairs: Iterable[tuple[float, int]]) -> float:
-    """Σ nᵢ μᵢ² over (μᵢ, nᵢ) pairs in the order given: the one place the GDP total is computed.
-
-    ``μ*μ`` overflows to ``inf`` where ``μ**2`` would raise ``OverflowError``; a μ² that
-    underflows to 0 adds nothing (and never meets an infinite count as ∞·0).
-    """
-    total = 0.0
-    for mu, n in pairs:
-        m2 = mu * mu
-        if m2:
-            total += n * m2 if n < _BIG_COUNT else _as_float(n) * m2
-    return total
-
-
-def _zcdp_epsilon(rho: float, delta: float) -> float:
-    if rho == 0.0:
-        return 0.0
-    if math.isinf(rho):
-        return math.inf
-    log_delta = math.log(delta)
-
-    def eps(log_am1: float) -> float:  # α = 1 + e^t, minimised over t
-        a = 1.0 + math.exp(log_am1)
-        return a * rho + math.log1p(-1.0 / a) - (log_delta + math.log(a)) / (a - 1.0)
-
-    ts = np.linspace(-12, 14, 261)
-    vals = [eps(t) for t in ts]
-    i = int(np.argmin(vals))
-    res = minimize_scalar(eps, bounds=(ts[max(i - 1, 0)], ts[min(i + 1, len(ts) - 1)]), method="bounded",
-                          options={"xatol": 1e-10})
-    return max(0.0, min(vals[i], float(res.fun)))
-
-
-def _zcdp_delta(rho: float, epsilon: float) -> float:
-    if rho == 0.0:
-        return 0.0
-    if math.isinf(rho):
-        return 1.0
-
-    def log_delta(log_am1: float) -> float:
-        a = 1.0 + math.exp(log_am1)
-        return (a - 1.0) * (a * rho - epsilon) + (a - 1.0) * math.log1p(-1.0 / a) - math.log(a)
-
-    ts = np.linspace(-12, 14, 261)
-    vals = [log_delta(t) for t in ts]
-    i = int(np.argmin(vals))
-    res = minimize_scalar(log_delta, bounds=(ts[max(i - 1, 0)], ts[min(i + 1, len(ts) - 1)]),
-                          method="bounded", options={"xatol": 1e-10})
-    return float(min(1.0, math.exp(min(0.0, vals[i], float(res.fun)))))
 
 
 class PrivacyAccountant:
@@ -229,7 +174,7 @@ class PrivacyAccountant:
         """
         if not self._gaussian_only():
             return None
-        return math.sqrt(_sum_mu2((e.mu, n) for e, n in _leaves(self.composed_event())))
+        return math.sqrt(sum_mu2((e.mu, n) for e, n in _leaves(self.composed_event())))
 
     def rho(self) -> float | None:
         """Total zCDP ρ = Σ μᵢ²/2, or ``None`` for subsampled events."""
@@ -246,7 +191,7 @@ class PrivacyAccountant:
             else:
                 r = sampled_gaussian_rdp(e.sampling_probability, e.event.noise_multiplier, a)
             with np.errstate(over="ignore", invalid="ignore"):
-                total += np.where(r > 0.0, _as_float(n) * r, 0.0)  # never ∞·0
+                total += np.where(r > 0.0, count_as_float(n) * r, 0.0)  # never ∞·0
         return total
 
     def valid_methods(self) -> tuple[str, ...]:
@@ -284,7 +229,7 @@ class PrivacyAccountant:
             if m == "gdp":
                 out = min(out, gdp_epsilon(self.mu(), delta))
             elif m == "zcdp":
-                out = min(out, _zcdp_epsilon(self.rho(), delta))
+                out = min(out, zcdp_epsilon(self.rho(), delta))
             else:
                 out = min(out, rdp_to_epsilon(self.rdp(), self._orders, delta)[0])
         return out
@@ -300,7 +245,7 @@ class PrivacyAccountant:
             if m == "gdp":
                 out = min(out, gdp_delta(self.mu(), epsilon))
             elif m == "zcdp":
-                out = min(out, _zcdp_delta(self.rho(), epsilon))
+                out = min(out, zcdp_delta(self.rho(), epsilon))
             else:
                 out = min(out, rdp_to_delta(self.rdp(), self._orders, epsilon)[0])
         return out

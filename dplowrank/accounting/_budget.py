@@ -28,12 +28,10 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-from .._integrity import check_key, seal, verify
-from .._io import atomic_write_bytes
+from .._files import atomic_write_bytes, check_key, seal, verify
 from .._validation import check_choice, check_delta, check_epsilon
 from ._accountant import METHODS, PrivacyAccountant, as_event
-from ._events import PrivacyEvent, event_from_dict
-from ._rdp import DEFAULT_ORDERS
+from ..privacy import DEFAULT_ORDERS, PrivacyEvent, event_from_dict, gdp_delta, gdp_mu, nudge
 
 __all__ = ["BudgetExceededError", "PrivacyBudget"]
 
@@ -222,8 +220,6 @@ class PrivacyBudget:
 
         Releases whose μ's satisfy Σ μᵢ² ≤ remaining_mu()² fit in the budget.
         """
-        from ..mechanisms._calibration import gdp_delta, gdp_mu
-
         with self._thread_lock:
             spent = self._acc.mu()
         if spent is None or self.method in ("zcdp", "rdp"):
@@ -232,10 +228,8 @@ class PrivacyBudget:
         rem2 = total * total - spent * spent
         if rem2 <= 0:
             return 0.0
-        rem = math.sqrt(rem2)
-        while rem > 0 and gdp_delta(math.sqrt(spent * spent + rem * rem), self.epsilon) > self.delta:
-            rem = math.nextafter(rem, 0.0)
-        return rem
+        return nudge(lambda r: gdp_delta(math.sqrt(spent * spent + r * r), self.epsilon) <= self.delta,
+                     math.sqrt(rem2), -1.0, limit=0.0)
 
     # ---- persistence -----------------------------------------------------------------------
     def _payload(self, acc: PrivacyAccountant) -> dict:

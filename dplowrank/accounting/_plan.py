@@ -15,24 +15,14 @@ import numbers
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.special import log_ndtr
 
 from .._validation import check_delta, check_epsilon, check_positive
-from ..mechanisms._calibration import (
-    _DELTA_SAFETY,
-    _EPS_SLACK,
-    NoiseCalibration,
-    gdp_delta,
-    gdp_epsilon,
-    gdp_mu,
-)
-from ._accountant import _sum_mu2
+from ..privacy import EPS_SLACK, NoiseCalibration, gdp_delta, gdp_epsilon, gdp_epsilon_many, gdp_mu, nudge, sum_mu2
 
 __all__ = ["calibrate_plan"]
 
 #: A plan is a list of releases, one calibration each: more than this is a mistake.
 _MAX_PLAN = 1_000_000
-_BISECT_STEPS = 200
 _ULP = 2.0**-52
 #: From this many distinct μ on, one vectorised bisection beats scalar ones (~0.6 ms fixed cost).
 _VECTORISE_FROM = 12
@@ -165,23 +155,24 @@ def _plan(epsilon: float, delta: float, roots: list[float], sens: list[float]) -
             "zero share of the budget (infinite noise) in floating point; give weights within a "
             "ratio floating point can represent"
         )
-    # Start below μ by the any-order summation slack of _fits, so the first check passes.
-    shrink, step = (1.0 + (m + 2) * _ULP) ** -0.5 * (1.0 - 4.0 * _ULP), 1e-12
-    for _ in range(_BISECT_STEPS):
-        mus = mu_total * shrink * r_arr  # shape: (m,)
-        sigmas = s_arr / mus
-        if _fits(s_arr, sigmas, epsilon, delta):
-            break
-        shrink *= 1.0 - step  # the step doubles, so an extreme input cannot loop for long
-        step = min(2.0 * step, 0.5)
-    else:
+    # Start below μ by the any-order summation slack of _fits, so the first check passes;
+    # otherwise shrink all shares together until the plan fits.
+    start = (1.0 + (m + 2) * _ULP) ** -0.5 * (1.0 - 4.0 * _ULP)
+    try:
+        shrink = nudge(lambda f: f > 0.0 and _fits(s_arr, s_arr / (mu_total * f * r_arr), epsilon, delta), start, -1.0,
+                       first_step=1e-12 * start, limit=0.0)
+    except ValueError:
+        shrink = 0.0
+    if shrink <= 0.0:
         raise ValueError(f"cannot split epsilon={epsilon!r}, delta={delta!r} over {m} releases in floating point")
+    mus = mu_total * shrink * r_arr  # shape: (m,)
+    sigmas = s_arr / mus
     mus_l = mus.tolist()
     distinct = list(dict.fromkeys(mus_l))
     if len(distinct) < _VECTORISE_FROM:  # e.g. equal shares: one scalar bisection
         eps_of = {mu: gdp_epsilon(mu, delta) for mu in distinct}
     else:
-        eps_of = dict(zip(distinct, _gdp_epsilon_many(distinct, delta)))
+        eps_of = dict(zip(distinct, gdp_epsilon_many(distinct, delta)))
     return tuple(
         NoiseCalibration("plan", sg, s, mu, eps_of[mu], delta) for sg, s, mu in zip(sigmas.tolist(), sens, mus_l)
     )
@@ -192,55 +183,14 @@ def _fits(s_arr: np.ndarray, sigmas: np.ndarray, epsilon: float, delta: float) -
 
     Each release is priced as its event, ``GaussianEvent(σᵢ/Δᵢ)`` with μ = 1/(σᵢ/Δᵢ), as the
     accountant will price it (NumPy's division is IEEE-exact, as Python's). Two checks: the
-    accountant's own sum (``_sum_mu2``, in plan order), and an upper bound on Σμ² for *any*
+    accountant's own sum (``sum_mu2``, in plan order), and an upper bound on Σμ² for *any*
     order of summation or grouping: a recursive sum of m non-negative terms is within a
     factor 1 + (m − 1)u of the exact one (Higham 2002, "Accuracy and Stability of Numerical
     Algorithms", Eq. (4.4)), and ``math.fsum`` within 1 + u.
     """
     emus = (1.0 / (sigmas / s_arr)).tolist()
-    epsilon = epsilon * (1.0 - _EPS_SLACK)  # see mechanisms._calibration._EPS_SLACK
-    if gdp_delta(math.sqrt(_sum_mu2(zip(emus, itertools.repeat(1)))), epsilon) > delta:
+    epsilon = epsilon * (1.0 - EPS_SLACK)  # see privacy.EPS_SLACK
+    if gdp_delta(math.sqrt(sum_mu2(zip(emus, itertools.repeat(1)))), epsilon) > delta:
         return False
     bound = math.fsum(e * e for e in emus) * (1.0 + (len(emus) + 2) * _ULP)
     return gdp_delta(math.sqrt(bound), epsilon) <= delta
-
-
-def _gdp_delta_many(mu: np.ndarray, eps: np.ndarray | float) -> np.ndarray:
-    """``gdp_delta`` elementwise (same formula: Balle & Wang 2018, Thm 8), for μ > 0 finite."""
-    a = log_ndtr(mu / 2.0 - eps / mu)
-    b = eps + log_ndtr(-mu / 2.0 - eps / mu)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.minimum(1.0, np.where(b >= a, 0.0, np.exp(a) * -np.expm1(b - a)) * _DELTA_SAFETY)
-
-
-def _gdp_epsilon_many(mus: Sequence[float], delta: float) -> list[float]:
-    """``gdp_epsilon(μ, δ)`` for many finite μ > 0 at once: the same bisection, vectorised.
-
-    Each element follows the scalar bisection's path (bracket [0, 1] doubled until it
-    holds the root, then halved until the midpoint equals an end) and returns the
-    conservative (high) end. NumPy's ``exp`` may differ from ``math.exp`` in the last
-    bit, so each result is finally checked with the scalar ``gdp_delta``; the rare one
-    that fails is recomputed by the scalar ``gdp_epsilon``.
-    """
-    mu = np.asarray(mus, dtype=float)  # shape: (k,)
-    zero = _gdp_delta_many(mu, 0.0) <= delta
-    active = ~zero
-    lo, hi = np.zeros_like(mu), np.ones_like(mu)
-    while True:
-        up = active & (_gdp_delta_many(mu, hi) > delta)
-        if not up.any():
-            break
-        lo, hi = np.where(up, hi, lo), np.where(up, 2.0 * hi, hi)
-    for _ in range(_BISECT_STEPS):
-        mid = 0.5 * (lo + hi)
-        live = active & (mid > lo) & (mid < hi)
-        if not live.any():
-            break
-        ok = _gdp_delta_many(mu, mid) <= delta
-        hi = np.where(live & ok, mid, hi)
-        lo = np.where(live & ~ok, mid, lo)
-    out = np.where(zero, 0.0, hi).tolist()
-    for i, (m_i, e_i) in enumerate(zip(mus, out)):
-        if gdp_delta(m_i, e_i) > delta:
-            out[i] = gdp_epsilon(m_i, delta)
-    return out

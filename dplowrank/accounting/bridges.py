@@ -18,7 +18,7 @@ import numbers
 from typing import Any
 
 from ._accountant import PrivacyAccountant, as_event
-from ._events import ComposedEvent, GaussianEvent, PoissonSampledEvent, PrivacyEvent, SelfComposedEvent, neighbour_of
+from ..privacy import ComposedEvent, GaussianEvent, PoissonSampledEvent, PrivacyEvent, SelfComposedEvent, neighbour_of
 
 __all__ = ["to_dp_accounting", "from_dp_accounting", "from_opacus", "pld_epsilon"]
 
@@ -134,7 +134,7 @@ def _step_count(steps: object, entry: object) -> int:
 
 def pld_epsilon(obj: Any, delta: float, *, value_discretization_interval: float = 1e-4) -> float:
     """ε(δ) of an event / release / accountant by dp_accounting's PLD accountant."""
-    dpa = _dpa()
+    _dpa()  # a clear ImportError without the extra
     from dp_accounting.pld import pld_privacy_accountant
 
     # A Gaussian event's z is relative to the sensitivity of its own relation, and its privacy

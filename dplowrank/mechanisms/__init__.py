@@ -1,6 +1,7 @@
-"""Sensitivity, noise shapes and calibration of the Gaussian mechanisms."""
+"""The Gaussian mechanisms: sensitivity, noise shapes, and (re-exported from
+:mod:`dplowrank.privacy`) their calibration."""
 
-from ._calibration import (
+from ..privacy import (
     NoiseCalibration,
     analytic_gaussian_sigma,
     calibrate_noise,
@@ -12,7 +13,7 @@ from ._calibration import (
     gdp_mu,
 )
 from ._gaussian import NOISE_SHAPES, ComplexGaussianMechanism, GaussianMechanism
-from ._sensitivity import NEIGHBOURS, gram_sensitivity
+from ._sensitivity import NEIGHBOURS, clip_factors, contribution_sensitivity, gram_sensitivity, square_up, times_sqrt2
 
 __all__ = [
     "NEIGHBOURS",
@@ -23,10 +24,14 @@ __all__ = [
     "analytic_gaussian_sigma",
     "calibrate_noise",
     "classic_gaussian_sigma",
+    "clip_factors",
+    "contribution_sensitivity",
     "gaussian_delta",
     "gaussian_epsilon",
     "gdp_delta",
     "gdp_epsilon",
     "gdp_mu",
     "gram_sensitivity",
+    "square_up",
+    "times_sqrt2",
 ]

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .._memory import empty
 from .._tensor import as_device, check_dense
 from .._validation import check_choice, check_positive
-from ..accounting._events import GaussianEvent
+from ..privacy import GaussianEvent
 from ._noise import noisy_hermitian, noisy_symmetric
+
+if TYPE_CHECKING:  # annotations only; the source is imported where it is used
+    from .._secure import SecureNormalSource
 
 __all__ = ["NOISE_SHAPES", "GaussianMechanism", "ComplexGaussianMechanism"]
 

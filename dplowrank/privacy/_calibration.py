@@ -1,16 +1,8 @@
 """Noise calibration for the Gaussian mechanism: the ε, δ, σ relations.
 
 Everything here is stateless arithmetic on the privacy parameters; it never sees data.
-
-A Gaussian mechanism with L2 sensitivity Δ and noise scale σ is μ-GDP with μ = Δ/σ
-(Dong, Roth & Su 2019, arXiv:1905.02383, Thm 2.7) and is (ε, δ)-DP exactly when
-
-    δ(ε; μ) = Φ(μ/2 − ε/μ) − e^ε Φ(−μ/2 − ε/μ) ≤ δ
-
-(Balle & Wang 2018, "Improving the Gaussian Mechanism for Differential Privacy",
-arXiv:1805.06530, Thm 8; the same curve is Dong–Roth–Su Cor. 2.13). δ(ε; μ) is strictly
-increasing in μ and strictly decreasing in ε, so both inversions are bisections; each
-returns the end of its bracket that is on the private side.
+σ = Δ/μ with μ from the exact GDP curve (:mod:`._gdp`: Balle & Wang 2018, Thm 8), or the
+classical σ = Δ·√(2 ln(1.25/δ))/ε (Dwork & Roth 2014, Thm A.1).
 """
 
 from __future__ import annotations
@@ -18,10 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-from scipy.special import log_ndtr
-
 from .._validation import check_choice, check_delta, check_epsilon, check_positive
+from ._events import GaussianEvent
+from ._gdp import EPS_SLACK, gdp_delta, gdp_epsilon, gdp_mu
+from ._search import nudge
 
 __all__ = [
     "NoiseCalibration",
@@ -30,85 +22,9 @@ __all__ = [
     "calibrate_noise",
     "gaussian_delta",
     "gaussian_epsilon",
-    "gdp_delta",
-    "gdp_epsilon",
-    "gdp_mu",
 ]
 
 CALIBRATIONS = ("analytic", "classic")
-_BISECT_STEPS = 200
-#: gdp_delta returns the computed curve times this, an upper bound on the exact value: against
-#: mpmath (80 digits) the float64 evaluation was at most 2.8e-9 (relative) below the exact δ,
-#: worst for tiny ε and δ (3,000 random (μ, ε) and the corners ε = 1e-5…1e-3, δ = 1e-30…1e-12).
-_DELTA_SAFETY = 1.0 + 1e-7
-#: Calibrations aim at ε·(1 − 1e-9): near its root the computed δ(ε) is not monotone to the
-#: last bits, so ε read back by bisection (``gdp_epsilon``) could land a few ulps above an ε
-#: calibrated exactly at the edge; the slack keeps the reported ε at or below the target.
-_EPS_SLACK = 1e-9
-
-
-def gdp_delta(mu: float, epsilon: float) -> float:
-    """δ(ε) of a μ-GDP mechanism (Balle & Wang 2018, Thm 8; Dong et al. 2019, Cor. 2.13).
-
-    Computed as exp(a)·(1 − exp(b − a)) with a = log Φ(μ/2 − ε/μ) and
-    b = ε + log Φ(−μ/2 − ε/μ), which is stable where both terms are tiny, then raised by a
-    relative 1e-7 so that it is never below the exact value (its float64 error is ≤ 3e-9):
-    every calibration and budget check built on it errs on the side of privacy.
-    """
-    if mu == 0.0:
-        return 0.0
-    if math.isinf(mu):
-        return 1.0
-    a = float(log_ndtr(mu / 2.0 - epsilon / mu))
-    b = epsilon + float(log_ndtr(-mu / 2.0 - epsilon / mu))
-    if b >= a:  # only by rounding; the true value is ≥ 0
-        return 0.0
-    d = float(math.exp(a) * -math.expm1(b - a))
-    return d if math.isnan(d) else min(1.0, d * _DELTA_SAFETY)  # (min(1, NaN) would be 1)
-
-
-def gdp_mu(epsilon: float, delta: float) -> float:
-    """The largest μ such that μ-GDP implies (ε, δ)-DP (bisection, conservative: returns the low end)."""
-    epsilon = check_epsilon(epsilon) * (1.0 - _EPS_SLACK)
-    delta = check_delta(delta)
-    lo, hi = 0.0, 1.0
-    while gdp_delta(hi, epsilon) <= delta:
-        lo, hi = hi, 2.0 * hi
-        if hi > 1e12:  # pragma: no cover - ε would have to be astronomically large
-            raise ValueError(f"no finite noise scale is needed for epsilon={epsilon!r}, delta={delta!r}")
-    for _ in range(_BISECT_STEPS):
-        mid = 0.5 * (lo + hi)
-        if mid <= lo or mid >= hi:
-            break
-        if gdp_delta(mid, epsilon) <= delta:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def gdp_epsilon(mu: float, delta: float) -> float:
-    """The smallest ε such that μ-GDP implies (ε, δ)-DP (bisection, conservative: returns the high end)."""
-    delta = check_delta(delta)
-    mu = float(mu)
-    if math.isnan(mu) or mu < 0.0:
-        raise ValueError(f"mu must be >= 0, got {mu!r}")
-    if math.isinf(mu):
-        return math.inf
-    if gdp_delta(mu, 0.0) <= delta:
-        return 0.0
-    lo, hi = 0.0, 1.0
-    while gdp_delta(mu, hi) > delta:
-        lo, hi = hi, 2.0 * hi
-    for _ in range(_BISECT_STEPS):
-        mid = 0.5 * (lo + hi)
-        if mid <= lo or mid >= hi:
-            break
-        if gdp_delta(mu, mid) <= delta:
-            hi = mid
-        else:
-            lo = mid
-    return hi
 
 
 def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1.0) -> float:
@@ -138,20 +54,17 @@ def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1
     3.7306
     """
     sens = check_positive(sensitivity, "sensitivity")
-    sigma = sens / gdp_mu(epsilon, delta)
-    # Δ/σ can round to a μ one ulp above the bisection's safe end: step σ up until the
-    # δ actually achieved by the returned σ is within the target.
-    step = 0.0
-    for _ in range(200):
-        if gdp_delta(sens / sigma, float(epsilon) * (1.0 - _EPS_SLACK)) <= delta:
-            return sigma
-        # one ulp at first; the step doubles, so an extreme input cannot loop for long
-        step = max(2.0 * step, math.nextafter(sigma, math.inf) - sigma)
-        sigma += step
-    raise ValueError(
-        f"cannot calibrate a noise scale for epsilon={epsilon!r}, delta={delta!r}, "
-        f"sensitivity={sensitivity!r} in floating point"
-    )
+    eps, delta = check_epsilon(epsilon), check_delta(delta)
+    target = eps * (1.0 - EPS_SLACK)
+    try:
+        # Δ/μ can round to a σ whose μ is one ulp above the bisection's safe end: σ steps up
+        # until the δ it achieves is within the target.
+        return nudge(lambda s: gdp_delta(sens / s, target) <= delta, sens / gdp_mu(eps, delta), +1.0)
+    except ValueError:
+        raise ValueError(
+            f"cannot calibrate a noise scale for epsilon={epsilon!r}, delta={delta!r}, "
+            f"sensitivity={sensitivity!r} in floating point"
+        ) from None
 
 
 def classic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1.0) -> float:
@@ -227,8 +140,6 @@ class NoiseCalibration:
     @property
     def event(self):
         """The accounting event of one release with this noise: ``GaussianEvent(σ/Δ)``."""
-        from ..accounting._events import GaussianEvent  # local: accounting imports this module
-
         return GaussianEvent(self.noise_multiplier)
 
     @property

@@ -34,6 +34,7 @@ __all__ = [
     "ComposedEvent",
     "PrivacyEvent",
     "EVENT_NEIGHBOURS",
+    "EVENT_TYPES",
     "event_from_dict",
     "neighbour_of",
 ]
@@ -229,11 +230,11 @@ class ComposedEvent:
 
 
 PrivacyEvent = Union[GaussianEvent, PoissonSampledEvent, SelfComposedEvent, ComposedEvent]
-_EVENT_TYPES = (GaussianEvent, PoissonSampledEvent, SelfComposedEvent, ComposedEvent)
+EVENT_TYPES = (GaussianEvent, PoissonSampledEvent, SelfComposedEvent, ComposedEvent)
 
 
 def _check_event(e: object) -> None:
-    if not isinstance(e, _EVENT_TYPES):
+    if not isinstance(e, EVENT_TYPES):
         raise TypeError(f"not a privacy event: {e!r} of type {type(e).__name__}")
 
 
