@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dplowrank.linalg import EighResult, topk_eigh
-from dplowrank.linalg._eigsh import _block_lanczos, _cholqr, _extend_basis
+from dplowrank.linalg import _warm_start as ws
+from dplowrank.linalg._basis import _cholqr, _extend_basis
+from dplowrank.linalg._lanczos import _block_lanczos
 
 REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 # Tolerances against a float64 reference, relative to ‖A‖₂: eigenvalues, eigenvectors.
@@ -756,8 +758,8 @@ def test_result_is_frozen():
         (torch.eye(3, dtype=torch.float16), 1, TypeError, "float16"),
         (torch.eye(3, dtype=torch.bfloat16), 1, TypeError, "bfloat16"),
         (torch.eye(3, dtype=torch.int64), 1, TypeError, "int64"),
-        (torch.eye(3), 0, ValueError, "k=0.*d=3"),
-        (torch.eye(3), 4, ValueError, "k=4.*d=3"),
+        (torch.eye(3), 0, ValueError, r"k must be in \[1, 3\], got k=0"),
+        (torch.eye(3), 4, ValueError, r"k must be in \[1, 3\], got k=4"),
         (torch.eye(3), -1, ValueError, "k=-1"),
         (torch.eye(3), 2.0, TypeError, "2.0"),
         (torch.eye(3), "2", TypeError, "'2'"),
@@ -897,11 +899,13 @@ def test_warm_start_keeps_the_stated_accuracy_and_saves_steps(dtype, kind):
         assert subspace_distance(warm.eigenvectors[:, :6], v_ref[:, :6]) <= 1e-3
         assert subspace_distance(warm.eigenvectors, v_ref) <= 1e-3
     assert warm.matvecs > warm.iterations * (k + max(8, k // 4))  # the half-precision products are counted
+    half = ws._half_capability(A.device)[0]
+    assert warm.warm_start == str(half).removeprefix("torch.") and cold.warm_start is None
 
 
 def test_warm_start_is_skipped_when_the_copy_does_not_fit(monkeypatch):
     from dplowrank import _memory
-    from dplowrank._memory import InsufficientMemoryError
+    from dplowrank import InsufficientMemoryError
 
     def refuse(nbytes, device, what):
         raise InsufficientMemoryError(f"no room for {what}")
@@ -911,39 +915,118 @@ def test_warm_start_is_skipped_when_the_copy_does_not_fit(monkeypatch):
     r = topk_eigh(A, 8, solver="lanczos", generator=_gen(2), atol=0.05, warm_start=True)
     ref = topk_eigh(A, 8, solver="lanczos", generator=_gen(2), atol=0.05, warm_start=False)
     assert torch.equal(r.eigenvectors, ref.eigenvectors) and r.matvecs == ref.matvecs
+    assert r.warm_start is None  # it fell back to a random block: nothing to record
 
 
 def test_warm_start_is_ignored_for_complex_input_and_checked_for_type():
     A = spiked(600, 4, 35, torch.complex64)
     r = topk_eigh(A, 4, solver="lanczos", generator=_gen(3), warm_start=True)
     ref = topk_eigh(A, 4, solver="lanczos", generator=_gen(3), warm_start=False)
-    assert torch.equal(r.eigenvectors, ref.eigenvectors)
+    assert torch.equal(r.eigenvectors, ref.eigenvectors) and r.warm_start is None
     with pytest.raises(TypeError, match="warm_start"):
         topk_eigh(A, 4, warm_start="yes")
 
 
+def _fast(monkeypatch, dtype: torch.dtype) -> None:
+    """Make the device rule choose ``dtype``, on by default, for every device."""
+    monkeypatch.setattr(ws, "_half_capability", lambda device: (dtype, True))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_both_half_precision_warm_starts_keep_the_accuracy(monkeypatch, dtype):
-    """Whichever half type the device probe picks, the result meets the same target; the
-    float16 start (finer rounding) needs no more Krylov steps than the bfloat16 one."""
-    from dplowrank.linalg import _eigsh
-
+    """Whichever half type the device rule picks, the result meets the same target and
+    records the type."""
     A = spiked(2100, 12, 41, torch.float32)
-    monkeypatch.setitem(_eigsh._FAST_LOW, "cpu", (dtype, True))
+    _fast(monkeypatch, dtype)
     r = topk_eigh(A, 12, solver="lanczos", generator=_gen(4), atol=0.05)
-    assert r.converged and r.matvecs > r.iterations * 20  # the warm start ran
+    assert r.converged and r.matvecs > r.iterations * 20  # the warm start ran (by default)
+    assert r.warm_start == str(dtype).removeprefix("torch.")
     w_ref, v_ref, _ = reference(A, 12)
     assert aligned_error(r.eigenvectors, v_ref) <= 1e-3
     assert true_residual(A, r) <= 1.05 * r.tol * float(r.eigenvalues.abs().max()) + 1e-3
+    # small matrices get none by default, warm_start=False none at all, dense none
+    assert topk_eigh(A[:700, :700], 4, solver="lanczos", generator=_gen(4)).warm_start is None
+    assert topk_eigh(A, 12, solver="lanczos", generator=_gen(4), warm_start=False).warm_start is None
+    assert topk_eigh(A, 12, solver="dense").warm_start is None
+
+
+def test_fallback_to_dense_keeps_the_warm_start_record(monkeypatch):
+    """After "auto" falls back to dense, the warm start's products stay in ``matvecs``
+    and its type in ``warm_start``."""
+    _fast(monkeypatch, torch.bfloat16)
+    A = _noise(2100, _gen(36)).float()
+    r = topk_eigh(A, 4, generator=_gen(1), max_iters=1, tol=1e-7)
+    assert r.solver == "dense" and r.iterations == 1 and r.warm_start == "bfloat16"
+    assert r.matvecs > 1 * 12 + 4
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ({"avx2"}, (torch.bfloat16, False)),
+        ({"avx512f", "avx512_bf16"}, (torch.bfloat16, False)),
+        ({"avx512f", "avx512_fp16", "avx512_bf16"}, (torch.float16, False)),
+        ({"amx_bf16", "amx_tile"}, (torch.bfloat16, True)),
+        ({"amx_bf16", "amx_fp16", "amx_tile", "avx512_fp16"}, (torch.float16, True)),
+        (set(), (torch.bfloat16, False)),
+    ],
+)
+def test_cpu_warm_start_rule_reads_isa_flags(monkeypatch, flags, expected):
+    monkeypatch.setattr(ws, "_CAPABILITY", {})
+    monkeypatch.setattr(ws, "_cpu_flags", lambda: frozenset(flags))
+    assert ws._half_capability(torch.device("cpu")) == expected
+    monkeypatch.setattr(ws, "_cpu_flags", lambda: frozenset({"amx_fp16"}))
+    assert ws._half_capability(torch.device("cpu")) == expected  # cached per device type
+
+
+@pytest.mark.parametrize("cc, fast", [((6, 1), False), ((7, 0), True), ((9, 0), True)])
+def test_cuda_warm_start_rule_reads_compute_capability(monkeypatch, cc, fast):
+    monkeypatch.setattr(ws, "_CAPABILITY", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cc)
+    assert ws._half_capability(torch.device("cuda")) == (torch.float16, fast)
+
+
+def test_cpu_flags_come_from_proc_cpuinfo(monkeypatch):
+    import io
+
+    text = "processor\t: 0\nflags\t\t: fpu sse2 amx_bf16 avx512_fp16\nbogomips\t: 1\n"
+    monkeypatch.setattr(ws, "open", lambda *a, **kw: io.StringIO(text), raising=False)
+    assert ws._cpu_flags() == frozenset({"fpu", "sse2", "amx_bf16", "avx512_fp16"})
+
+    def missing(*a, **kw):
+        raise FileNotFoundError("/proc/cpuinfo")
+
+    monkeypatch.setattr(ws, "open", missing, raising=False)
+    assert ws._cpu_flags() == frozenset()  # other systems: no flags, default warm start off
+
+
+def test_warm_start_choice_never_calls_a_timer(monkeypatch):
+    """The solver path depends on the device's capabilities only, never on a timing (a
+    seeded release must not depend on the machine's load): deciding it reads no clock,
+    and the result records what ran."""
+    import time
+
+    def no_clock(*a, **kw):
+        raise AssertionError("the warm start choice read a clock")
+
+    monkeypatch.setattr(ws, "_CAPABILITY", {})
+    for name in ("perf_counter", "perf_counter_ns", "monotonic", "monotonic_ns", "process_time", "time"):
+        monkeypatch.setattr(time, name, no_clock)
+    A = spiked(2100, 8, 37, torch.float32)
+    half, fast = ws._half_capability(A.device)
+    r = topk_eigh(A, 8, generator=_gen(5), atol=0.05)
+    assert r.warm_start == (str(half).removeprefix("torch.") if fast else None)
+    forced = topk_eigh(A, 8, generator=_gen(5), atol=0.05, warm_start=True)
+    assert forced.warm_start == str(half).removeprefix("torch.") and forced.converged
+    again = topk_eigh(A, 8, generator=_gen(5), atol=0.05, warm_start=True)
+    assert torch.equal(again.eigenvectors, forced.eigenvectors)  # reproducible
 
 
 @pytest.mark.parametrize("scale", [1e-9, 0.01, 1.0, 3e3, 1e9])
 def test_float16_copy_is_scaled_by_a_power_of_two_into_range(scale):
-    from dplowrank.linalg._eigsh import _to_low
-
     A = (torch.randn(700, 700, generator=_gen(5), dtype=torch.float64) * scale).float()
     A = 0.5 * (A + A.T)
-    low, s = _to_low(A, torch.float16)
+    low, s = ws._to_low(A, torch.float16)
     top = float(A.abs().max())
     assert low.dtype == torch.float16 and math.log2(s) == int(math.log2(s))  # exact scaling
     assert (s == 1.0) == (0.25 <= top <= 2.0**14)  # in range already: copied as it is
@@ -955,35 +1038,28 @@ def test_float16_copy_is_scaled_by_a_power_of_two_into_range(scale):
 
 
 def test_warm_start_falls_back_for_zero_and_for_an_entry_the_scale_missed(monkeypatch):
-    from dplowrank.linalg import _eigsh
-    from dplowrank.linalg._eigsh import _to_low, _warm_start
-
-    monkeypatch.setitem(_eigsh._FAST_LOW, "cpu", (torch.float16, True))
-
-    assert _to_low(torch.zeros(300, 300), torch.float16) is None
+    assert ws._to_low(torch.zeros(300, 300), torch.float16) is None
     A = torch.eye(2100) * 1e-3
     A[5, 7] = A[7, 5] = 1e6  # not on the diagonal, not in a sampled row: float16 overflows
-    X, n = _warm_start(A, 16, _gen(6))
+    X, n = ws._warm_start_block(A, 16, _gen(6), dtype=torch.float16)
     assert X is None and n == 0
+    _fast(monkeypatch, torch.float16)
     r = topk_eigh(A, 2, solver="lanczos", generator=_gen(6), warm_start=True)
     torch.testing.assert_close(r.eigenvalues, torch.tensor([1e6, 1e-3]), rtol=1e-5, atol=1e-3)
+    assert r.warm_start is None
 
 
-def test_half_copy_padding_is_zero_so_recycled_nan_cannot_leak(monkeypatch):
+def test_half_copy_padding_is_zero_so_recycled_nan_cannot_leak():
     """Regression: some float16 kernels read the padding columns of the strided copy; NaN
     left there by recycled memory once made every second warm start fall back."""
-    from dplowrank.linalg import _eigsh
-    from dplowrank.linalg._eigsh import _to_low, _warm_start
-
-    monkeypatch.setitem(_eigsh._FAST_LOW, "cpu", (torch.float16, True))
     A = spiked(2100, 12, 31, torch.float32)
     for _ in range(2):
         junk = torch.full((2100 * 2120,), float("nan"), dtype=torch.float16)  # recycled next
         del junk
-        buf, _ = _to_low(A, torch.float16, extra=20)
+        buf, _ = ws._to_low(A, torch.float16, extra=20)
         assert bool((buf[:, 2100:] == 0).all())
-    first = _warm_start(A, 20, _gen(1), 12)
-    second = _warm_start(A, 20, _gen(1), 12)
+    first = ws._warm_start_block(A, 20, _gen(1), 12, dtype=torch.float16)
+    second = ws._warm_start_block(A, 20, _gen(1), 12, dtype=torch.float16)
     assert first[0] is not None and torch.equal(first[0], second[0]) and first[1] == second[1]
 
 
@@ -993,13 +1069,9 @@ def test_warm_start_beats_the_rounding_floor_of_half_products(monkeypatch, dtype
     top-k Ritz residual ends far below 2⁻¹¹·λ₁, the floor of products rounded to float16,
     and the Krylov solve then needs at most two steps (the solver stops the start early,
     at a few times its target)."""
-    from dplowrank.linalg import _eigsh
-    from dplowrank.linalg._eigsh import _warm_start
-
-    monkeypatch.setitem(_eigsh._FAST_LOW, "cpu", (torch.float16, True))
     A = spiked(2100, 12, 31, dtype)
-    X, n = _warm_start(A, 20, _gen(1), 12)
-    assert X is not None and 4 * 20 <= n <= _eigsh._WARM_MAX_STEPS * 20
+    X, n = ws._warm_start_block(A, 20, _gen(1), 12, dtype=torch.float16)
+    assert X is not None and 4 * 20 <= n <= ws._WARM_MAX_STEPS * 20
     A64 = A.double()
     Q = torch.linalg.qr(X.double())[0]
     theta, Y = torch.linalg.eigh(Q.T @ A64 @ Q)
@@ -1007,6 +1079,7 @@ def test_warm_start_beats_the_rounding_floor_of_half_products(monkeypatch, dtype
     res = float(torch.linalg.vector_norm(A64 @ V - V * theta[-12:], dim=0).max())
     lam1 = float(theta[-1])
     assert res < 0.1 * 2.0**-11 * lam1, (res, lam1)
+    _fast(monkeypatch, torch.float16)
     r = topk_eigh(A, 12, solver="lanczos", generator=_gen(1), atol=0.05, warm_start=True)
     cold = topk_eigh(A, 12, solver="lanczos", generator=_gen(1), atol=0.05, warm_start=False)
-    assert r.converged and r.iterations <= 2 < cold.iterations
+    assert r.converged and r.iterations <= 2 < cold.iterations and r.warm_start == "float16"
