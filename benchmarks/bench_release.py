@@ -28,8 +28,8 @@ import scipy.linalg as sla
 import torch
 
 import dplowrank as dl
-from dplowrank.linalg._eigsh import NOISE_ATOL_FRACTION
-from dplowrank.release import _check_gram
+from dplowrank.linalg import NOISE_ATOL_FRACTION
+from dplowrank.gram import check_gram
 
 
 def spiked_gram(d: int, k: int, sigma: float, seed: int) -> torch.Tensor:
@@ -82,7 +82,7 @@ def main() -> None:
                 md, k, epsilon=eps, delta=delta, sensitivity=1.0, dtype=dtype,
                 generator=torch.Generator().manual_seed(seed)), repeats=3)
             mech = dl.GaussianMechanism(rel.noise_scale, 1.0)
-            t_check, _ = timed(lambda: _check_gram(md), repeats=3)
+            t_check, _ = timed(lambda: check_gram(md), repeats=3)
             # the same noisy matrix, from the same seed, built as the call builds it
             t_noise, noisy = timed(lambda: mech.perturb(
                 md, generator=torch.Generator().manual_seed(seed)), repeats=3)

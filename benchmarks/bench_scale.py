@@ -332,7 +332,7 @@ def run_big(args, sigma: float) -> None:
     float64 releases out of place (best of ``--repeats``), then the in-place one. Each row
     is followed by its breakdown: the Gram check, the noise, the solve (timed alone).
     """
-    from dplowrank.release import _check_gram
+    from dplowrank.gram import check_gram
 
     d, k = args.big_d, 64
     dev = args.device
@@ -356,7 +356,7 @@ def run_big(args, sigma: float) -> None:
         else:
             t_rel, rel = best_time(lambda: release(gram, k, dtype, seed), args.repeats)
         peak = peak_gb(dev)
-        t_check, _ = best_time(lambda: _check_gram(gram), 1)
+        t_check, _ = best_time(lambda: check_gram(gram), 1)
         if in_place:
             noisy = gram  # it now holds M + E
             t_noise = None

@@ -16,16 +16,8 @@ from .accounting import (
     calibrate_plan,
     event_from_dict,
 )
-from .diagnostics import (
-    BoundCheck,
-    GapReport,
-    check_bounds,
-    diagnose,
-    gap_repulsion,
-    noise_edge,
-    noise_norm_bound,
-    theory_bounds,
-)
+from .analysis import BoundCheck, check_bounds, gap_repulsion, theory_bounds
+from .diagnostics import GapReport, diagnose, noise_edge, noise_norm_bound
 from ._memory import InsufficientMemoryError
 from ._secure import SecureNormalSource
 from .gram import GramAccumulator

@@ -27,7 +27,7 @@ OS_SEEDED = "os_seeded"
 USER_GENERATOR = "user_generator"
 
 
-def _device_key(device: torch.device) -> tuple[str, int]:
+def device_key(device: torch.device) -> tuple[str, int]:
     index = device.index
     if device.type == "cuda" and index is None:
         index = torch.cuda.current_device()
@@ -60,7 +60,7 @@ def resolve_generator(
         raise TypeError(
             f"generator must be a torch.Generator, a SecureNormalSource or None, got {type(generator).__name__}"
         )
-    if _device_key(torch.device(generator.device)) != _device_key(device):
+    if device_key(torch.device(generator.device)) != device_key(device):
         raise ValueError(
             f"generator lives on {generator.device} but the draws happen on {device}; "
             f"create it with torch.Generator(device={str(device)!r})"

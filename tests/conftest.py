@@ -1,3 +1,6 @@
+import hashlib
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -72,3 +75,15 @@ def exact_gram(q: np.ndarray, g: float) -> np.ndarray:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def release_file_digest(meta: dict, data: dict) -> str:
+    """The SHA-256 a release file's integrity field holds for ``meta`` and its arrays ``data``
+    (name → ndarray), written independently of the library, as a forger would: metadata, then
+    each array's dtype, shape and bytes, hashed, and the hash hashed again."""
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in ("eigenvalues", "eigenvectors", "spectrum", "hermitian_eigenvalues", "hermitian_eigenvectors"):
+        if name in data:
+            a = data[name]
+            h.update(f"|{name}|{a.dtype.str}|{a.shape}|".encode() + np.ascontiguousarray(a).tobytes())
+    return hashlib.sha256(h.digest()).hexdigest()

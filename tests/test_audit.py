@@ -13,7 +13,7 @@ import torch
 
 import dplowrank as dl
 from dplowrank import SecureNormalSource
-from dplowrank.audit import audit, block_diagonal_sampler, clopper_pearson
+from dplowrank.analysis import audit, block_diagonal_sampler, clopper_pearson
 
 N = 100_000
 C = 1.0

@@ -21,6 +21,8 @@ from torch import nn
 
 import dplowrank as dl
 
+from .conftest import release_file_digest
+
 ROOT = Path(__file__).resolve().parents[1]
 DIM, TOTAL = 768, 200  # a 4.7 MB checkpoint: writing it (≈ 20 ms) is most of each step
 
@@ -290,16 +292,22 @@ def test_damaged_release_file_is_refused_by_field(tmp_path):
         data = {k: f[k] for k in f.files}
     for key, value, match in [("noise_scale", None, "noise_scale"), ("psd", "yes", "psd"),
                               ("mechanism", "laplace", "mechanism"), ("delta", 2.0, "delta"),
-                              ("extra", [], "extra")]:
-        meta = json.loads(str(data["metadata"]))
+                              ("warm_start", "int8", "warm_start")]:
+        doc = json.loads(str(data["metadata"]))
+        meta = doc["meta"]
         if value is None:
             del meta[key]
         else:
             meta[key] = value
-        np.savez(tmp_path / "bad.npz", **{**data, "metadata": np.array(json.dumps(meta))})
+        # a forger who recomputes the checksum: the field check still refuses it
+        doc["integrity"] = {"sha256": release_file_digest(meta, data)}
+        np.savez(tmp_path / "bad.npz", **{**data, "metadata": np.array(json.dumps(doc))})
         with pytest.raises(ValueError, match=f"bad.npz.*{match}"):
             dl.load_release(tmp_path / "bad.npz")
-    np.savez(tmp_path / "bad.npz", **{**data, "eigenvalues": np.array(["a", "b"])})
+    bad = {**data, "eigenvalues": np.array(["a", "b"])}
+    doc = json.loads(str(data["metadata"]))
+    doc["integrity"] = {"sha256": release_file_digest(doc["meta"], bad)}
+    np.savez(tmp_path / "bad.npz", **{**bad, "metadata": np.array(json.dumps(doc))})
     with pytest.raises(ValueError, match="bad.npz.*eigenvalues"):
         dl.load_release(tmp_path / "bad.npz")
     with pytest.raises(FileNotFoundError, match="nothing.npz"):

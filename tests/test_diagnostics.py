@@ -9,16 +9,15 @@ import torch
 from scipy import stats
 
 import dplowrank as dl
-from dplowrank.diagnostics import (
+from dplowrank.analysis import (
     analyze_gauss_captured_variance_bound,
     deterministic_frobenius_bound,
     deterministic_spectral_bound,
     mangoubi_vishnoi_bound,
-    noise_edge,
-    noise_norm_bound,
     re_analyze_gauss_bound,
 )
-from dplowrank.diagnostics._montecarlo import _draw_errors
+from dplowrank.analysis._montecarlo import _draw_errors
+from dplowrank.diagnostics import noise_edge, noise_norm_bound
 
 
 def _g(seed):
@@ -278,7 +277,7 @@ def test_pure_noise_at_full_rank_recommends_nothing(k):
 @pytest.mark.parametrize("shape", ["isotropic", "upper_triangular", "hermitian"])
 def test_recommended_k_near_the_threshold(shape):
     # Planted k = 3 of a released k = 5; gaps a hair above / below threshold + 2B (the Weyl margin).
-    from dplowrank.diagnostics._theorems import gap_threshold
+    from dplowrank.diagnostics import gap_threshold
 
     d, sigma, beta = 100, 1.0, 0.05
     b = noise_norm_bound(shape, d, sigma, beta)

@@ -1,5 +1,6 @@
 """release_rank_k end to end: utility, structure, records, serialisation, bad input."""
 
+import json
 import math
 
 import numpy as np
@@ -261,6 +262,42 @@ def test_load_rejects_damaged_files(tmp_path, spiked):
     np.savez(tmp_path / "obj.npz", metadata=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match="obj.npz"):
         dl.load_release(tmp_path / "obj.npz")
+
+
+def test_release_files_carry_a_checksum_and_an_hmac_with_a_key(tmp_path, spiked):
+    """A flipped byte in an array is refused by the checksum; a file saved with a key needs
+    that key (a wrong key, no key, or a key for an unkeyed file are refused); format 1
+    files (no integrity fields) still load."""
+    x, c, _ = spiked
+    r = dl.release_rank_k(x, 2, epsilon=1.0, delta=1e-6, row_norm=c, generator=_g())
+    p = r.save(tmp_path / "r.npz")
+    with np.load(p, allow_pickle=False) as f:
+        data = {k: f[k] for k in f.files}
+    flipped = data["eigenvectors"].copy()
+    flipped[0, 0] = np.nextafter(flipped[0, 0], np.inf)  # one ulp: still a valid release otherwise
+    np.savez(tmp_path / "flip.npz", **{**data, "eigenvectors": flipped})
+    with pytest.raises(ValueError, match="flip.npz.*checksum"):
+        dl.load_release(tmp_path / "flip.npz")
+    key = b"k" * 32
+    keyed = r.save(tmp_path / "keyed.npz", key=key)
+    assert torch.equal(dl.load_release(keyed, key=key).eigenvectors, r.eigenvectors)
+    with pytest.raises(ValueError, match="key"):
+        dl.load_release(keyed)
+    with pytest.raises(ValueError, match="HMAC"):
+        dl.load_release(keyed, key=b"x" * 32)
+    with pytest.raises(ValueError, match="no HMAC"):
+        dl.load_release(p, key=key)
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        r.save(tmp_path / "short.npz", key=b"short")
+    assert not (tmp_path / "short.npz").exists()
+    # format 1: the metadata object itself, with the never-filled "extra" field, no integrity
+    meta = json.loads(str(data["metadata"]))["meta"]
+    old = {**{k: v for k, v in meta.items() if k != "warm_start"}, "version": 1, "extra": {}}
+    np.savez(tmp_path / "v1.npz", **{**data, "metadata": np.array(json.dumps(old))})
+    back = dl.load_release(tmp_path / "v1.npz")
+    assert torch.equal(back.eigenvectors, r.eigenvectors) and back.warm_start is None
+    with pytest.raises(ValueError, match="format 1"):
+        dl.load_release(tmp_path / "v1.npz", key=key)
 
 
 # ---- bad input: a clear error naming the value, raised before any noise -----------------

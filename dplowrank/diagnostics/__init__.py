@@ -1,35 +1,40 @@
-"""Eigengap diagnostics of releases (free post-processing) and error-bound analysis tools."""
+"""Diagnostics of a release, computed from the release alone: free post-processing.
 
-from ._bounds import (
-    TheoryBounds,
-    analyze_gauss_captured_variance_bound,
-    deterministic_frobenius_bound,
-    deterministic_spectral_bound,
-    mangoubi_vishnoi_bound,
-    re_analyze_gauss_bound,
-    theory_bounds,
-)
-from ._montecarlo import BoundCheck, RepulsionResult, check_bounds, gap_repulsion
-from ._noise import isotropic_equivalent_scale, noise_edge, noise_lipschitz, noise_norm_bound
+The noise edge and norm bound of each noise shape, the gap conditions of the theorems, and
+:func:`diagnose`, which judges a release's spectrum against them. Nothing here reads private
+data. The tools that need the true matrix live in :mod:`dplowrank.analysis`.
+"""
+
+from ._noise import SHAPES, isotropic_equivalent_scale, noise_edge, noise_lipschitz, noise_norm_bound
 from ._report import GapCondition, GapReport, diagnose
+from ._theorems import (
+    C_MV,
+    C_RAG,
+    GAP_THEOREMS,
+    MV_GAP,
+    RAG_GAP,
+    applies,
+    gap_threshold,
+    primary_theorem,
+    supported_k,
+)
 
 __all__ = [
-    "BoundCheck",
+    "C_MV",
+    "C_RAG",
+    "GAP_THEOREMS",
     "GapCondition",
     "GapReport",
-    "RepulsionResult",
-    "TheoryBounds",
-    "analyze_gauss_captured_variance_bound",
-    "check_bounds",
-    "deterministic_frobenius_bound",
-    "deterministic_spectral_bound",
+    "MV_GAP",
+    "RAG_GAP",
+    "SHAPES",
+    "applies",
     "diagnose",
-    "gap_repulsion",
+    "gap_threshold",
     "isotropic_equivalent_scale",
-    "mangoubi_vishnoi_bound",
     "noise_edge",
     "noise_lipschitz",
     "noise_norm_bound",
-    "re_analyze_gauss_bound",
-    "theory_bounds",
+    "primary_theorem",
+    "supported_k",
 ]

@@ -36,13 +36,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
+import torch
 
 from ._noise import noise_edge, noise_norm_bound
 from ._theorems import GAP_THEOREMS, applies, gap_threshold, primary_theorem, supported_k
 
-__all__ = ["GapCondition", "GapReport", "diagnose"]
+__all__ = ["GapCondition", "GapReport", "ReleasedSpectrum", "diagnose"]
+
+
+@runtime_checkable
+class ReleasedSpectrum(Protocol):
+    """What :func:`diagnose` reads of a release (:class:`dplowrank.LowRankRelease` has it).
+
+    Defined here, below the release, so that the release can offer ``diagnose()`` without
+    this layer importing it.
+    """
+
+    spectrum: torch.Tensor | None
+    dim: int
+    k: int
+    noise_shape: str
+    noise_scale: float
+    mechanism: str
+    epsilon: float | None
+    delta: float | None
 
 
 @dataclass(frozen=True)
@@ -179,14 +199,16 @@ def diagnose(release, *, failure_probability: float = 0.05) -> GapReport:
     Parameters
     ----------
     release : LowRankRelease
-        Must carry its ``spectrum`` (releases made by this library do).
+        Or anything with the attributes of :class:`ReleasedSpectrum`; must carry its
+        ``spectrum`` of shape (k + 1,) (or (k,) when k = d; releases made by this library do).
     failure_probability : float, default 0.05
         β: the intervals hold jointly with probability ≥ 1 − β over the noise.
     """
-    from ..release import LowRankRelease  # local: release imports this module
-
-    if not isinstance(release, LowRankRelease):
-        raise TypeError(f"release must be a LowRankRelease, got {type(release).__name__}")
+    if not isinstance(release, ReleasedSpectrum):
+        raise TypeError(
+            "release must be a LowRankRelease (or have its fields spectrum, dim, k, noise_shape, "
+            f"noise_scale, mechanism, epsilon, delta), got {type(release).__name__}"
+        )
     if release.spectrum is None:
         raise ValueError("this release has no spectrum (λ_{k+1}); re-release with dplowrank >= 0.1")
     lam = release.spectrum.detach().cpu().double().numpy()

@@ -23,7 +23,7 @@ def _pyplot():
 
 
 def _save(fig, path, width_px: int, height_px: int, dpi: int) -> Path:
-    from .._io import atomic_write_bytes
+    from .._files import atomic_write_bytes
     import io
 
     fig.set_size_inches(width_px / dpi, height_px / dpi)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from scipy.stats import beta as beta_dist
 
-from .mechanisms._calibration import gdp_epsilon
+from ..privacy import gdp_epsilon
 
 __all__ = ["AuditResult", "audit", "block_diagonal_sampler", "clopper_pearson"]
 

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from .._validation import check_choice, check_k
-from ._noise import SHAPES, isotropic_equivalent_scale, noise_norm_bound
-from ._theorems import C_MV, C_RAG, applies, gap_threshold
+from ..diagnostics import C_MV, C_RAG, SHAPES, applies, gap_threshold, isotropic_equivalent_scale, noise_norm_bound
 
 __all__ = [
     "TheoryBounds",

@@ -1,0 +1,7 @@
+"""The release: the value object, its file format, and the pipeline that makes one."""
+
+from ._format import MECHANISMS
+from ._pipeline import release_rank_k
+from ._result import LowRankRelease, load_release
+
+__all__ = ["MECHANISMS", "LowRankRelease", "load_release", "release_rank_k"]
