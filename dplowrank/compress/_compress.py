@@ -11,7 +11,7 @@ from torch import nn
 
 from .._validation import check_choice
 from ..diagnostics import noise_edge
-from ._factor import ALLOCATIONS, Unit, left_basis
+from ._factor import ALLOCATIONS, Unit, allocate_ranks, left_basis
 from ._module import LowRankLinear, replace_linears
 from ._private import ESTIMATORS, PrivateStatistics
 from ._stats import ActivationStatistics
@@ -198,8 +198,22 @@ def compress_model(
         method = "whitened"
     else:
         raise TypeError(f"statistics must be None, ActivationStatistics or PrivateStatistics, got {type(statistics).__name__}")
+    grams, bases, signal = _group_grams(groups, statistics, method, estimator)
+    weights = {n: mods[n].weight.detach() for g in groups for n in g.members}
+    units, bases_by_unit = _units(groups, weights, grams, bases, joint)
+    unit_ranks = allocate_ranks(units, ratio, strategy=allocation)
+    new, ranks, after = _factorised_layers(groups, mods, weights, bases_by_unit, unit_ranks, joint)
+    originals = {n: mods[n] for n in new}
+    replace_linears(model, new)
+    before = sum(g.parameters for g in groups)
+    return CompressionResult(method, joint, groups, ranks, before, after, new, originals,
+                             statistics if method == "private" else None, signal,
+                             method == "whitened" and bool(statistics.public))
 
-    # 1. the (estimated) row-space Gram of every group, and its public basis
+
+def _group_grams(groups, statistics, method, estimator) -> tuple[dict, dict, dict]:
+    """Step 1: the (estimated) row-space Gram of every group, its public basis, and (private)
+    how many released eigenvalues clear the noise edge."""
     grams, bases, signal = {}, {}, {}
     for g in groups:
         if method == "svd":
@@ -217,9 +231,12 @@ def compress_model(
             bases[g.name] = statistics.coordinates[g.name].basis
             edge = noise_edge(rel.noise_shape, rel.dim, rel.noise_scale)
             signal[g.name] = int((rel.eigenvalues > edge).sum())
+    return grams, bases, signal
 
-    # 2. the spectra that rank allocation needs, one unit per factorised matrix
-    weights = {n: mods[n].weight.detach() for g in groups for n in g.members}
+
+def _units(groups, weights, grams, bases, joint) -> tuple[list[Unit], dict]:
+    """Step 2: one rank-allocation unit per factorised matrix (a joint group's stacked
+    weights, or each member), with its left basis and output energy spectrum."""
     units, bases_by_unit = [], {}
     for g in groups:
         if joint and len(g.members) > 1:
@@ -232,11 +249,12 @@ def compress_model(
                 vecs, energy = left_basis(weights[n], gram=grams[g.name], basis=bases[g.name])
                 units.append(Unit(n, g.in_features, int(weights[n].shape[0]), energy))
                 bases_by_unit[n] = vecs
-    from ._factor import allocate_ranks
+    return units, bases_by_unit
 
-    unit_ranks = allocate_ranks(units, ratio, strategy=allocation)
 
-    # 3. factors and modules
+def _factorised_layers(groups, mods, weights, bases_by_unit, unit_ranks, joint):
+    """Step 3: the low-rank modules (a joint group's members share their down-projection);
+    returns (new modules by name, ranks by name, factorised parameter count)."""
     new: dict[str, LowRankLinear] = {}
     ranks: dict[str, int] = {}
     after = 0
@@ -267,9 +285,4 @@ def compress_model(
                                                     None if lin.bias is None else lin.bias.detach())
                 ranks[n] = r
                 after += r * (g.in_features + int(lin.out_features))
-    originals = {n: mods[n] for n in new}
-    replace_linears(model, new)
-    before = sum(g.parameters for g in groups)
-    return CompressionResult(method, joint, groups, ranks, before, after, new, originals,
-                             statistics if method == "private" else None, signal,
-                             method == "whitened" and bool(statistics.public))
+    return new, ranks, after

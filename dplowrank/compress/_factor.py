@@ -17,7 +17,6 @@ factorisation (it minimises Σᵢ ‖(Wᵢ − Ŵᵢ)X‖²_F with a shared righ
 from __future__ import annotations
 
 import heapq
-import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_write_files
+from .._files import atomic_write_files
 
 __all__ = ["LowRankLinear", "replace_linears", "save_compressed", "load_compressed", "count_parameters"]
 

@@ -29,7 +29,6 @@ vanishes every eigenvalue is a spike and the estimate tends to K (the non-privat
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,12 +37,12 @@ import torch
 from .._random import resolve_noise_source
 from .._validation import check_choice
 from ..accounting import PrivacyAccountant, PrivacyBudget, calibrate_plan
-from ..accounting._events import ComposedEvent, GaussianEvent
+from ..privacy import ComposedEvent, GaussianEvent
 from ..diagnostics import noise_edge
-from ..mechanisms._gaussian import NOISE_SHAPES
-from ..release import LowRankRelease, _check_gram, _check_range, release_rank_k
-from ._stats import ActivationStatistics, Coordinates
-from ._targets import LayerGroup
+from ..mechanisms import NOISE_SHAPES
+from ..gram import check_gram, check_range
+from ..release import LowRankRelease, release_rank_k
+from ._stats import ActivationStatistics
 
 __all__ = ["PrivateStatistics", "release_statistics", "denoise_gram", "ESTIMATORS"]
 
@@ -160,7 +159,7 @@ def release_statistics(
         raise TypeError(f"budget must be a PrivacyBudget, got {type(budget).__name__}")
     for st, cal in zip(stats, plan):
         resolve_noise_source(generator, st.gram.device)  # type and device of the generator
-        _check_range(_check_gram(st.gram), cal.noise_scale, st.group.dim, torch.float64)
+        check_range(check_gram(st.gram), cal.noise_scale, st.group.dim, torch.float64)
     if budget is not None:
         # the whole plan is charged once, atomically, before the first noise is drawn: a
         # refusal charges nothing, and no other thread or process can spend in between

@@ -32,7 +32,6 @@ release), and every standard deviation is rounded *up* to the precision it is us
 from __future__ import annotations
 
 import contextlib
-import math
 import queue
 
 import numpy as np

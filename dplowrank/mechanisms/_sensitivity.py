@@ -1,4 +1,15 @@
-"""Sensitivity of the unnormalised Gram matrix M = Σ aaᵀ of rows with ‖a‖₂ ≤ C.
+"""Clipping and sensitivity: the one place a privacy unit's bound becomes a sensitivity.
+
+Every private statistic of the library is a sum of per-unit contributions, each clipped to
+a public bound before it is added: rows a with ‖a‖₂ ≤ C in the Gram accumulator
+(contribution aaᵀ, ‖aaᵀ‖_F = ‖a‖² ≤ C²), per-example second moments S_e with ‖S_e‖_F ≤ C
+in the compression statistics. :func:`clip_factors` computes the clipping of both, and
+:func:`contribution_sensitivity` turns a bound B on one contribution's Frobenius norm into
+the sum's sensitivity: B under add/remove (one contribution appears or disappears), √2·B
+under replace for PSD contributions (‖P − Q‖²_F = ‖P‖² + ‖Q‖² − 2⟨P, Q⟩ ≤ 2B² as ⟨P, Q⟩ ≥ 0),
+both rounded up.
+
+Sensitivity of the unnormalised Gram matrix M = Σ aaᵀ of rows with ‖a‖₂ ≤ C.
 
 Neighbouring datasets differ in one row (the privacy unit):
 
@@ -18,9 +29,11 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+import torch
+
 from .._validation import check_choice, check_positive
 
-__all__ = ["NEIGHBOURS", "gram_sensitivity", "times_sqrt2", "square_up"]
+__all__ = ["NEIGHBOURS", "clip_factors", "contribution_sensitivity", "gram_sensitivity", "square_up", "times_sqrt2"]
 
 NEIGHBOURS = ("add_remove", "replace")
 
@@ -41,6 +54,47 @@ def times_sqrt2(x: float) -> float:
     return s
 
 
+def clip_factors(
+    norms: torch.Tensor, limit: torch.Tensor | float, target: float, *, normalize: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-unit clipping factors: which units to scale, and by what.
+
+    Parameters
+    ----------
+    norms : Tensor of shape (n,)
+        Each unit's norm (or a quantity proportional to it, see ``limit``), ≥ 0, finite.
+    limit : float or Tensor of shape (n,)
+        A unit is clipped when ``norms > limit`` (the bound C in the units of ``norms``).
+    target : float
+        Clipped units get factor ``target / norms``: the norm they are scaled to, just
+        below the bound. The caller's margin (target < C) covers the rounding *after* the
+        clip, which the caller bounds and checks (the Gram's exact grid check, the
+        compression statistics' rounding bound).
+    normalize : bool
+        Scale every nonzero unit to ``target`` (not only those above ``limit``).
+
+    Returns
+    -------
+    (factors, clipped) : Tensor of shape (n,), bool Tensor of shape (n,)
+        ``factors`` is 1 for units left as they are.
+    """
+    nonzero = norms > 0
+    clipped = nonzero if normalize else norms > limit
+    safe = torch.where(clipped, norms, torch.ones_like(norms))
+    return torch.where(clipped, target / safe, torch.ones_like(norms)), clipped
+
+
+def contribution_sensitivity(bound: float, neighbour: str = "add_remove") -> float:
+    """Frobenius sensitivity of a sum of PSD contributions each of Frobenius norm ≤ ``bound``.
+
+    ``bound`` under add/remove, √2·``bound`` (rounded up) under replace; see the module
+    docstring. Both private statistics of the library are priced here.
+    """
+    b = check_positive(bound, "bound")
+    check_choice(neighbour, "neighbour", NEIGHBOURS)
+    return b if neighbour == "add_remove" else times_sqrt2(b)
+
+
 def gram_sensitivity(row_norm: float, neighbour: str = "add_remove") -> float:
     """Frobenius sensitivity of Σ aaᵀ for rows clipped to L2 norm ``row_norm``.
 
@@ -57,5 +111,5 @@ def gram_sensitivity(row_norm: float, neighbour: str = "add_remove") -> float:
     """
     c = check_positive(row_norm, "row_norm")
     check_choice(neighbour, "neighbour", NEIGHBOURS)
-    c2 = square_up(c)  # rounded up, like √2·C²: the sensitivity is never below the exact one
-    return c2 if neighbour == "add_remove" else times_sqrt2(c2)
+    # ‖aaᵀ‖_F = ‖a‖² ≤ C², rounded up, like √2·C²: the sensitivity is never below the exact one
+    return contribution_sensitivity(square_up(c), neighbour)

@@ -110,7 +110,7 @@ def run_demo(
     """Compress MiniLM with each method and measure it on held-out docstring sentences.
 
     The private corpus is the first ``n_train`` sentences of
-    :func:`dplowrank.datasets.stdlib_sentences` (seed 0); the next ``n_heldout`` are held
+    :func:`dplowrank.demo.datasets.stdlib_sentences` (seed 0); the next ``n_heldout`` are held
     out. Methods: ``svd`` (data-free), ``joint_svd`` (data-free, Peng et al.),
     ``public_prior`` (whitened with the Gram of random token sequences: data-free),
     ``nonprivate`` (whitened with the unclipped training Gram: a reference, NOT private),
@@ -135,12 +135,8 @@ def run_demo(
     """
     import time
 
-    from ..datasets import stdlib_sentences
-    from ._compress import compress_model
-    from ._evaluate import embedding_agreement, output_errors
-    from ._private import release_statistics
-    from ._stats import ActivationStatistics, collect_statistics
-    from ._targets import BERT
+    from ..compress import BERT, compress_model, embedding_agreement, output_errors
+    from .datasets import stdlib_sentences
 
     say = log or (lambda *_: None)
     st_model = load_minilm()
@@ -159,21 +155,8 @@ def run_demo(
         _forward_time(enc, train_b[:2])  # warm-up
         timings["forward"] = _forward_time(enc, train_b)
         say(f"plain forward over {n_train} sentences: {timings['forward']:.1f} s")
-    t0 = time.perf_counter()
-    private = collect_statistics(enc, train_b, all_groups, clip="normalize")
-    timings["statistics"] = time.perf_counter() - t0
-    say(f"statistics ({len(all_groups)} groups, per-example clipping): {timings['statistics']:.1f} s")
-    need_prior = any(m in methods for m in ("public_prior", "private_prior"))
-    prior = collect_statistics(enc, pub_b, all_groups, clip=None, public=True) if need_prior else None
-    private_prior = (collect_statistics(enc, train_b, all_groups, clip="normalize", prior=prior)
-                     if "private_prior" in methods else None)
-    nonprivate = collect_statistics(enc, train_b, all_groups, clip=None) if "nonprivate" in methods else None
-    heldout = collect_statistics(enc, held_b, all_groups, clip=None)
+    stats_all = _corpus_statistics(enc, train_b, held_b, pub_b, all_groups, methods, timings, say)
     reference = encode(st_model, held)
-
-    def subset(stats, groups):
-        return ActivationStatistics({g.name: stats[g.name] for g in groups}, stats.clip, stats.neighbour,
-                                    stats.public)
 
     rows = []
     gen = None if seed is None else torch.Generator().manual_seed(seed)
@@ -183,29 +166,18 @@ def run_demo(
     for scope in scopes:
         groups = BERT.groups(enc, scope)
         for ratio in ratios:
-            plan = []
-            for m in methods:
-                if m in ("private", "private_prior"):
-                    plan += [(m, eps) for eps in epsilons]
-                else:
-                    plan.append((m, None))
+            plan = [(m, eps) for m in methods
+                    for eps in (epsilons if m in ("private", "private_prior") else (None,))]
             for m, eps in plan:
                 t0 = time.perf_counter()
-                stats, joint = None, m == "joint_svd"
-                if m == "public_prior":
-                    stats = subset(prior, groups)
-                elif m == "nonprivate":
-                    stats = subset(nonprivate, groups)
-                elif m == "private":
-                    stats = release_statistics(subset(private, groups), epsilon=eps, delta=delta, generator=gen)
-                elif m == "private_prior":
-                    stats = release_statistics(subset(private_prior, groups), epsilon=eps, delta=delta, generator=gen)
+                joint = m == "joint_svd"
+                stats = _method_statistics(m, eps, stats_all, groups, delta, gen)
                 result = compress_model(enc, groups, ratio=ratio, statistics=stats, joint=joint)
                 seconds = time.perf_counter() - t0
-                errs = output_errors(result, subset(heldout, groups))
+                errs = output_errors(result, _subset(stats_all["heldout"], groups))
                 agree = embedding_agreement(reference, encode(st_model, held))
                 if to_save == (scope, ratio, m, eps):
-                    from ._module import save_compressed
+                    from ..compress import save_compressed
 
                     saved = str(save_compressed(enc, save_dir, metadata=result.metadata()))
                     say(f"saved the {m} model at epsilon={eps:g}, ratio {ratio:g} to {saved}")
@@ -221,6 +193,47 @@ def run_demo(
                 say(_format_row(row))
     return {"rows": rows, "timings": timings, "table": format_table(rows, delta=delta),
             "n_train": n_train, "n_heldout": n_heldout, "saved": saved}
+
+
+def _subset(stats, groups):
+    """The statistics of ``groups`` only."""
+    from ..compress import ActivationStatistics
+
+    return ActivationStatistics({g.name: stats[g.name] for g in groups}, stats.clip, stats.neighbour, stats.public)
+
+
+def _corpus_statistics(enc, train_b, held_b, pub_b, groups, methods, timings, say) -> dict:
+    """The statistics every method needs, collected once: private (clipped), with the public
+    prior, the prior itself, non-private references and the held-out ones."""
+    import time
+
+    from ..compress import collect_statistics
+
+    t0 = time.perf_counter()
+    out = {"private": collect_statistics(enc, train_b, groups, clip="normalize")}
+    timings["statistics"] = time.perf_counter() - t0
+    say(f"statistics ({len(groups)} groups, per-example clipping): {timings['statistics']:.1f} s")
+    if any(m in methods for m in ("public_prior", "private_prior")):
+        out["prior"] = collect_statistics(enc, pub_b, groups, clip=None, public=True)
+    if "private_prior" in methods:
+        out["private_prior"] = collect_statistics(enc, train_b, groups, clip="normalize", prior=out["prior"])
+    if "nonprivate" in methods:
+        out["nonprivate"] = collect_statistics(enc, train_b, groups, clip=None)
+    out["heldout"] = collect_statistics(enc, held_b, groups, clip=None)
+    return out
+
+
+def _method_statistics(m, eps, stats_all, groups, delta, gen):
+    """What ``compress_model`` gets for method ``m`` (``None``: data-free)."""
+    from ..compress import release_statistics
+
+    if m == "public_prior":
+        return _subset(stats_all["prior"], groups)
+    if m == "nonprivate":
+        return _subset(stats_all["nonprivate"], groups)
+    if m in ("private", "private_prior"):
+        return release_statistics(_subset(stats_all[m], groups), epsilon=eps, delta=delta, generator=gen)
+    return None
 
 
 _PRIVACY_LABEL = {"data_free": "none: data-free", "public": "none: public data", "not_private": "NOT PRIVATE"}

@@ -1,0 +1,152 @@
+"""Keeping examples apart: layouts refused up front, the model's state checked, and the
+batch-independence probe (see :mod:`._stats`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # annotations only
+    from ._collector import _Collector
+
+__all__ = []
+
+#: Tolerance of the batch-independence probe, relative to the largest activation. On this
+#: project's CPU, MiniLM's activations of a half batch run alone are bit-identical to theirs in
+#: the whole batch; 1e-5 leaves room for BLAS kernels that block differently by batch size.
+_PROBE_RTOL = 1e-5
+#: Modules whose batch_first=False means activations of shape (T, B, d) inside them.
+#: (nn.Transformer*Layer hold an nn.MultiheadAttention built with their batch_first.)
+_SEQUENCE_FIRST = (nn.MultiheadAttention, nn.RNNBase, nn.Transformer)
+
+
+def _examples_in(batch: object, mask: torch.Tensor | None) -> int:
+    """The number of examples in ``batch``: the mask's first axis, else the common first axis
+    of the batch's tensors (a ``ValueError`` when they disagree: pass ``examples=``)."""
+    if mask is not None:
+        return int(mask.shape[0])
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, Mapping):
+        sizes = {int(v.shape[0]) for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim >= 1}
+        if len(sizes) == 1:
+            return sizes.pop()
+    raise ValueError(
+        "cannot tell how many examples this batch holds (no mask, and its tensors do not share one "
+        "first axis); pass examples=callable(batch) -> int"
+    )
+
+
+def _slice_batch(batch: object, mask: torch.Tensor | None, b: int, part: slice):
+    """The examples ``part`` of ``batch`` (its tensors with first axis ``b``), or None if it
+    cannot be sliced generically."""
+    if isinstance(batch, torch.Tensor):
+        return batch[part]
+    if isinstance(batch, Mapping):
+        out = {}
+        for key, v in batch.items():
+            if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == b:
+                out[key] = v[part]
+            elif isinstance(v, torch.Tensor) and v.ndim >= 1:
+                raise ValueError(
+                    f"batch entry {key!r} has shape {tuple(v.shape)}, but the batch has {b} examples: "
+                    "statistics need them on the first axis (a sequence-first layout would mix examples)"
+                )
+            else:
+                out[key] = v
+        return type(batch)(out) if isinstance(batch, dict) else out
+    return None
+
+
+def _check_layout(model: nn.Module) -> None:
+    """Refuse modules known to put the sequence first (their linears see (T, B, d))."""
+    for name, m in model.named_modules():
+        if isinstance(m, _SEQUENCE_FIRST) and not getattr(m, "batch_first", True):
+            raise ValueError(
+                f"module {name or type(m).__name__!r} ({type(m).__name__}) has batch_first=False: its "
+                "activations put the sequence first and would mix examples; build it with batch_first=True"
+            )
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``model`` (what ``state_dict`` would save), by name."""
+    out = {f"param:{n}": p for n, p in model.named_parameters(remove_duplicate=False)}
+    out.update({f"buffer:{n}": b for n, b in model.named_buffers(remove_duplicate=False)})
+    return out
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer."""
+    return {name: t.detach().clone() for name, t in _tensors(model).items()}
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal in shape, dtype and every value (NaN equal to NaN)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True))
+    return torch.equal(a, b)
+
+
+def _check_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """Restore and refuse if the forward pass changed a parameter or buffer (it would carry
+    private data into the saved model: running statistics, an exponential moving average)."""
+    now = _tensors(model)
+    changed = [name.split(":", 1)[1] for name, t in now.items()
+               if name not in before or not _same(before[name], t.detach())]
+    changed += [name.split(":", 1)[1] for name in before if name not in now]
+    if changed:
+        with torch.no_grad():
+            for name, t in now.items():
+                if name in before and before[name].shape == t.shape:
+                    t.copy_(before[name])
+        raise ValueError(
+            f"the model changed its state {changed[:5]} while computing statistics (in eval mode); "
+            "it would carry private data into the saved model. It was restored; statistics need a "
+            "model whose forward pass leaves its parameters and buffers alone"
+        )
+
+
+def _probe(col: _Collector, run, model: nn.Module, batch: object, mask: torch.Tensor | None, b: int) -> None:
+    """Check on one batch (B ≥ 2) that each example's hooked activations do not depend on the others.
+
+    The first ⌈B/2⌉ examples and the rest are each run alone and their activations compared
+    with theirs inside the whole batch (to a relative 1e-5): a layer that mixes examples (batch
+    statistics, a sequence-first layout, a cumulative sum over the batch, token routing with a
+    batch-wide capacity) makes them differ. A heuristic, not a proof: it sees only the batches
+    it probes (every new batch size is probed), and mixing far below the tolerance, or mixing
+    that only an unusual example triggers, passes; the model processing examples independently
+    is the caller's responsibility (docs/threat_model.md).
+    """
+    h = (b + 1) // 2
+    parts = [(slice(0, h), h), (slice(h, b), b - h)]
+    sliced = [_slice_batch(batch, mask, b, sl) for sl, _ in parts]
+    if any(p is None for p in sliced):
+        raise ValueError(
+            "cannot check that examples stay apart: the batch is not a tensor or a mapping of tensors "
+            "with the examples on their first axis; pass such batches (and forward=) instead"
+        )
+    runs = [(batch, b, mask)] + [(p, n, None if mask is None else mask[sl]) for p, (sl, n) in zip(sliced, parts)]
+    outs = []
+    for inputs, n, m in runs:
+        col.capture, col.mask, col.examples = {}, m, n
+        col.step += 1
+        run(model, inputs)
+        outs.append(col.capture)
+    col.capture = None
+    for name, whole in outs[0].items():
+        for (sl, _), alone in zip(parts, (outs[1].get(name), outs[2].get(name))):
+            ref = whole[sl]
+            scale = float(whole.abs().max()) if whole.numel() else 0.0
+            if alone is None or alone.shape != ref.shape or \
+                    float((alone - ref).abs().max()) > _PROBE_RTOL * scale + 1e-30:
+                raise ValueError(
+                    f"group {name!r}: an example's activations change with the other examples in its batch "
+                    "(a layer mixes examples, e.g. batch statistics or a sequence-first layout); its "
+                    "contribution would not be bounded by the clipping norm. Use a model that processes "
+                    "examples independently (eval mode, batch_first=True)"
+                )
