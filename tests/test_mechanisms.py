@@ -219,7 +219,7 @@ def test_cpu_generator_noise_is_the_keyed_stream_and_normal(dtype):
     noise of block r (rows 512r…) is stream r, in the documented layout; the entries are
     standard normal (KS, with the tail reached) and the matrix exactly symmetric across
     the 256-column mirror tiles and the 512-row blocks."""
-    from dplowrank._secure import SecureNormalSource
+    from dplowrank import SecureNormalSource
 
     d = 1100  # 3 row blocks, partial mirror tiles
     g = torch.Generator().manual_seed(11)

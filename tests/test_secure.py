@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy import stats
 
-from dplowrank._secure import _CHUNK, SecureNormalSource, _layout, _normals_from_words
+from dplowrank import SecureNormalSource
+from dplowrank._secure import _CHUNK, _layout, _normals_from_words
 
 N = 400_000
 

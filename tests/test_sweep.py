@@ -14,6 +14,13 @@ was hit, at least 30 % of the examples were valid calls and every public name it
 was both called successfully and (for entry points) refused. ``test_every_public_name_is_swept``
 compares those declarations with ``dplowrank.__all__``; ``test_sweep_is_large_enough`` reads
 each sweep's ``max_examples``.
+
+Bad values come from the validators: a parameter checked by one of the ``check_*`` functions of
+``dplowrank/_validation.py`` (or by an entry point's own check with the same contract: a
+positive real, a probability, k in [1, d], one of a set of names) is spoiled with a value drawn
+by :func:`_bad` from the table kept next to that validator (``BAD_EPSILON``, ``BAD_DELTA``,
+``BAD_POSITIVE``, ``bad_k(d)``, ``BAD_CHOICE``, ...), and must raise the exception the table
+gives. ``test_validators_refuse_their_own_bad_values`` checks each table against its validator.
 """
 
 from __future__ import annotations
@@ -43,8 +50,26 @@ from hypothesis import strategies as st
 from torch import nn
 
 import dplowrank as dl
+import dplowrank._validation as validation
+from dplowrank._validation import (  # the tables of bad values kept next to each validator
+    BAD_CHOICE,
+    BAD_DELTA,
+    BAD_EPSILON,
+    BAD_NONNEGATIVE,
+    BAD_POSITIVE,
+    BAD_VALUES,
+    bad_k,
+    check_choice,
+    check_dense_input,
+    check_int,
+    check_k,
+    check_positive,
+    check_tolerance,
+)
 from dplowrank.accounting import event_from_dict
-from dplowrank.compress._factor import allocate_ranks
+from dplowrank.compress import allocate_ranks
+
+from .conftest import release_file_digest
 
 DOCUMENTED = (ValueError, TypeError, FileNotFoundError)
 SETTINGS = dict(suppress_health_check=list(HealthCheck), deadline=None)
@@ -151,9 +176,26 @@ def _error_for_real(value) -> type:
     return TypeError if isinstance(value, bool) or not isinstance(value, numbers.Real) else ValueError
 
 
-BAD_POSITIVE = [0, 0.0, -1, -1e-300, math.nan, math.inf, -math.inf, "1", b"x", True, 1j, [1.0]]
-BAD_PROBABILITY = [0, 0.0, 1, 1.0, 1.5, -0.1, math.nan, math.inf, "0.1", True, 1j]
-BAD_CHOICE = ["nope", "", None, 3, "Gaussian ", ["a"], np.array([1, 2])]
+#: ``_bad(..., none=SKIP)``: None is a valid value of that parameter (its default).
+SKIP = "skip"
+
+
+def _bad(draw, table, *, error: type | None = None, none: type | str | None = None):
+    """A spoiled value and the exception it must raise, drawn from a validator's ``table`` of
+    (bad value, exception) pairs (``dplowrank._validation``: a validator's bad values sit next
+    to it).
+
+    ``error``: draw only among the values refused with this exception (a spoil kind about the
+    type or about the value). ``none``: where the entry point reads ``None`` as "not given"
+    before the validator sees it, the exception it raises then, or ``SKIP`` where ``None`` is
+    valid; by default ``None`` keeps its table's exception.
+    """
+    pool = [(v, e) for v, e in table if error is None or e is error]
+    if none is not None:
+        pool = [(v, none if v is None else e) for v, e in pool if not (v is None and none == SKIP)]
+    return _choose(draw, pool)
+
+
 BAD_BOOL = [1, 0, "yes", None, 1.0]
 BAD_DEVICE = ["tpu", "nonsense", "cpu:x", [1], 3.5]
 BAD_GENERATOR = [5, "seed", np.random.default_rng(0), random.Random(0)]
@@ -280,30 +322,27 @@ def _release_cases(draw, kind):
     def expect(error, match):
         case.expect = (error, match)
 
-    if spoil == "k_value":
-        k = _choose(draw, [0, -1, d + 1, d + 5])
-        expect(ValueError, r"\bk\b")
-    elif spoil == "k_type":
-        k = _choose(draw, [1.0, 1.5, "1", None, True, [1], np.float64(1.0)])
-        expect(TypeError, r"\bk must be an integer")
+    if spoil in ("k_value", "k_type"):
+        k, error = _bad(draw, bad_k(d), error=ValueError if spoil == "k_value" else TypeError)
+        expect(error, r"\bk\b")
     elif spoil == "epsilon":
         for key in ("noise_scale", "rho", "mu"):
             kwargs.pop(key, None)
         kwargs["delta"] = 1e-6
-        kwargs["epsilon"] = bad = _choose(draw, BAD_POSITIVE + [None])
-        expect(ValueError if bad is None else _error_for_real(bad), "epsilon")
+        kwargs["epsilon"], error = _bad(draw, BAD_EPSILON, none=ValueError)  # None: no privacy specification
+        expect(error, "epsilon")
     elif spoil == "delta":
         for key in ("noise_scale", "rho", "mu"):
             kwargs.pop(key, None)
         kwargs["epsilon"] = 0.5
-        kwargs["delta"] = bad = _choose(draw, BAD_PROBABILITY + [None])
-        expect(ValueError if bad is None else _error_for_real(bad), "delta")
+        kwargs["delta"], error = _bad(draw, BAD_DELTA, none=ValueError)  # None: "delta is required with epsilon"
+        expect(error, "delta")
     elif spoil == "noise_value":
         for key in ("epsilon", "noise_scale", "rho", "mu"):
             kwargs.pop(key, None)
         key = _choose(draw, ["noise_scale", "rho", "mu"])
-        kwargs[key] = bad = _choose(draw, BAD_POSITIVE)
-        expect(_error_for_real(bad), key)
+        kwargs[key], error = _bad(draw, BAD_POSITIVE, none=ValueError)  # None: no privacy specification
+        expect(error, key)
     elif spoil == "spec_count":
         extra = _choose(draw, ["epsilon", "noise_scale", "rho", "mu", "nothing"])
         if extra == "nothing":
@@ -321,8 +360,8 @@ def _release_cases(draw, kind):
         expect(ValueError, "epsilon < 1")
     elif spoil == "bound_value":
         key = "row_norm" if form == "rows" else "sensitivity"
-        kwargs[key] = bad = _choose(draw, BAD_POSITIVE)
-        expect(_error_for_real(bad), key)
+        kwargs[key], error = _bad(draw, BAD_POSITIVE, none=ValueError)  # None: "missing privacy bound"
+        expect(error, key)
     elif spoil == "bound_count":
         if draw(_BOOL):
             kwargs.pop("row_norm", None)
@@ -399,16 +438,14 @@ def _release_cases(draw, kind):
             case.consume_first = True
             expect(ValueError, "consumed")
     elif spoil in ("mechanism", "noise_shape", "neighbour", "calibration", "solver"):
-        bad = _choose(draw, BAD_CHOICE)
+        bad, error = _bad(draw, BAD_CHOICE, none=SKIP if spoil == "neighbour" else None)  # neighbour=None: declared
         if spoil == "noise_shape" and draw(_BOOL):
-            kwargs["mechanism"], bad = "complex", "upper_triangular"
+            kwargs["mechanism"], bad, error = "complex", "upper_triangular", ValueError
         if spoil == "calibration":
             kwargs.pop("noise_scale", None), kwargs.pop("rho", None), kwargs.pop("mu", None)
             kwargs.update(epsilon=0.5, delta=1e-6)
-        if spoil == "neighbour" and bad is None:
-            bad = "swap"
         kwargs[spoil] = bad
-        expect(ValueError, spoil)
+        expect(error, spoil)
     elif spoil in ("psd", "overwrite"):
         kwargs[spoil] = _choose(draw, BAD_BOOL)
         expect(TypeError, spoil)
@@ -501,14 +538,14 @@ def _gram_cases(draw, kind):
     case = SimpleNamespace(spoil=spoil, kind=spoil, ctor=ctor, batches=batches, d=d, bad_at=None, expect=None)
     if spoil in ("row_norm", "dim", "neighbour", "device", "too_large"):
         if spoil == "row_norm":
-            ctor["row_norm"] = bad = _choose(draw, BAD_POSITIVE)
-            case.expect = (_error_for_real(bad), "row_norm")
+            ctor["row_norm"], error = _bad(draw, BAD_POSITIVE)
+            case.expect = (error, "row_norm")
         elif spoil == "dim":
             ctor["dim"] = _choose(draw, [0, -1, 1.5, "3", True, [3]])
             case.expect = ((ValueError, TypeError), "dim")
         elif spoil == "neighbour":
-            ctor["neighbour"] = _choose(draw, BAD_CHOICE)
-            case.expect = (ValueError, "neighbour")
+            ctor["neighbour"], error = _bad(draw, BAD_CHOICE)
+            case.expect = (error, "neighbour")
         elif spoil == "device":
             ctor["device"] = _choose(draw, BAD_DEVICE)
             case.expect = (ValueError, "device")
@@ -651,17 +688,29 @@ def _cal_cases(draw, kind):
         args[_choose(draw, ["noise_scale", "rho", "mu"])] = 1.0
         case.expect = (ValueError, "exactly one")
     elif spoil in CHOICE_ARGS:
-        args[spoil] = _choose(draw, BAD_CHOICE)
-        case.expect = (ValueError, spoil)
+        args[spoil], error = _bad(draw, BAD_CHOICE)
+        case.expect = (error, spoil)
     elif spoil != "none":
-        pool = BAD_PROBABILITY if spoil in ("delta", "failure_probability") else BAD_POSITIVE
-        if spoil == "d":
-            pool = BAD_POSITIVE + [1.5]  # a dimension: a positive integer
-        if name == "gaussian_delta" and spoil == "epsilon":
-            pool = [v for v in pool if v != 0]  # ε = 0 is valid there
-        args[spoil] = bad = _choose(draw, pool)
-        case.expect = (_error_for_real(bad), spoil)
+        table, none = _cal_table(name, spoil, args)
+        args[spoil], error = _bad(draw, table, none=none)
+        case.expect = (error, spoil)
     return case
+
+
+def _cal_table(name: str, arg: str, args: dict) -> tuple:
+    """(table, none) for :func:`_bad`: the bad values of argument ``arg`` of ``name``."""
+    if arg == "d":  # a dimension: BAD_POSITIVE's values are refused alike, and so is a fraction
+        return BAD_POSITIVE + ((1.5, ValueError),), None
+    if arg in ("delta", "failure_probability"):  # (failure_probability: a probability, as delta)
+        # calibrate_noise reads delta=None as "not given": required with epsilon, valid otherwise
+        none = (ValueError if "epsilon" in args else SKIP) if name == "calibrate_noise" else None
+        return BAD_DELTA, none
+    spec = name == "calibrate_noise" and arg in ("epsilon", "noise_scale", "rho", "mu")
+    none = ValueError if spec else None  # None there: no privacy specification ("exactly one")
+    if arg == "epsilon":
+        # gaussian_delta takes any ε ≥ 0 (check_positive(..., allow_zero=True))
+        return (BAD_NONNEGATIVE if name == "gaussian_delta" else BAD_EPSILON), none
+    return BAD_POSITIVE, none
 
 
 def _cal_call(name: str, a: dict):
@@ -777,20 +826,21 @@ def _acc_cases(draw, kind):
             case.build = lambda: dl.ComposedEvent((inner, bad))
             case.expect = (TypeError, "not a privacy event")
     elif spoil == "delta":
-        case.delta = bad = _choose(draw, BAD_PROBABILITY)
-        case.expect = (_error_for_real(bad), "delta")
-    elif spoil == "epsilon":
-        case.epsilon = bad = _choose(draw, [-1, -1e-300, math.nan, "1", None, True, 1j])
-        case.expect = (_error_for_real(bad), "epsilon")
+        case.delta, error = _bad(draw, BAD_DELTA)
+        case.expect = (error, "delta")
+    elif spoil == "epsilon":  # PrivacyAccountant.delta(epsilon): any ε ≥ 0
+        case.epsilon, error = _bad(draw, BAD_NONNEGATIVE)
+        case.expect = (error, "epsilon")
     elif spoil == "method":
-        case.method = _choose(draw, BAD_CHOICE + ["pld"])
-        case.expect = (ValueError, "method")
+        # (and "pld": a method of dp_accounting that this accountant does not have)
+        case.method, error = _bad(draw, BAD_CHOICE + (("pld", ValueError),))
+        case.expect = (error, "method")
     elif spoil == "budget_epsilon":
-        case.budget = (bad := _choose(draw, BAD_POSITIVE), 1e-6)
-        case.expect = (_error_for_real(bad), "epsilon")
+        bad, error = _bad(draw, BAD_EPSILON)
+        case.budget, case.expect = (bad, 1e-6), (error, "epsilon")
     elif spoil == "budget_delta":
-        case.budget = (1.0, bad := _choose(draw, BAD_PROBABILITY))
-        case.expect = (_error_for_real(bad), "delta")
+        bad, error = _bad(draw, BAD_DELTA)
+        case.budget, case.expect = (1.0, bad), (error, "delta")
     elif spoil == "plan_count":
         case.plan, case.count = "count", _choose(draw, [0, -3, 1.5, "2", True, 10**7])
         case.expect = ((ValueError, TypeError), "num_releases")
@@ -915,17 +965,15 @@ def _lin_cases(draw, kind):
     elif spoil == "A_dtype":
         case.m = case.m.real.to(_choose(draw, [torch.float16, torch.int64, torch.bfloat16]))
         case.expect = (TypeError, "dtype")
-    elif spoil == "k_value":
-        case.k = _choose(draw, [0, -1, d + 1])
-        case.expect = (ValueError, r"\bk\b")
-    elif spoil == "k_type":
-        case.k = _choose(draw, [1.0, "1", None, True])
-        case.expect = (TypeError, r"\bk must be an int")
+    elif spoil in ("k_value", "k_type"):
+        case.k, error = _bad(draw, bad_k(d), error=ValueError if spoil == "k_value" else TypeError)
+        case.expect = (error, r"\bk\b")
     elif spoil == "solver":
-        case.solver, case.expect = _choose(draw, BAD_CHOICE), (ValueError, "solver")
-    elif spoil == "tol":
-        case.tol = bad = _choose(draw, [0.0, -1e-3, math.nan, math.inf, "1e-3", True])
-        case.expect = (_error_for_real(bad), "tol")
+        case.solver, error = _bad(draw, BAD_CHOICE)
+        case.expect = (error, "solver")
+    elif spoil == "tol":  # a positive real, or None (the default)
+        case.tol, error = _bad(draw, BAD_POSITIVE, none=SKIP)
+        case.expect = (error, "tol")
     elif spoil == "generator":
         case.generator, case.expect = _choose(draw, BAD_GENERATOR), (TypeError, "generator")
     elif spoil == "mech_matrix":
@@ -935,11 +983,12 @@ def _lin_cases(draw, kind):
         case.m = case.m.to(torch.complex128)
         case.expect = (TypeError, "real")
     elif spoil in ("noise_scale", "sensitivity"):
-        bad = _choose(draw, BAD_POSITIVE)
+        bad, error = _bad(draw, BAD_POSITIVE)
         setattr(case, "sigma" if spoil == "noise_scale" else "sens", bad)
-        case.expect = (_error_for_real(bad), spoil)
+        case.expect = (error, spoil)
     elif spoil == "noise_shape":
-        case.shape, case.expect = _choose(draw, BAD_CHOICE), (ValueError, "noise_shape")
+        case.shape, error = _bad(draw, BAD_CHOICE)
+        case.expect = (error, "noise_shape")
     elif spoil == "key":
         case.key = _choose(draw, [b"", b"x" * 16, b"x" * 33, "x" * 32, 5])
         case.expect = (ValueError, "key must be 32 bytes")
@@ -1060,9 +1109,9 @@ def _diag_cases(draw, kind):
         mechanism=_choose(draw, ["gaussian", "complex"]),
         shape=_choose(draw, ["isotropic", "upper_triangular"]),
         generator=torch.Generator().manual_seed(draw(_ints(0, 2**31))), expect=None)
-    if spoil == "failure_probability":
-        case.beta = bad = _choose(draw, [0, 1, 2.0, -0.1, math.nan, "0.1", None])
-        case.expect = (_error_for_real(bad), "failure_probability")
+    if spoil == "failure_probability":  # a probability in (0, 1), as delta
+        case.beta, error = _bad(draw, BAD_DELTA)
+        case.expect = (error, "failure_probability")
     elif spoil == "no_spectrum":
         case.expect = (ValueError, "spectrum")
     elif spoil == "m_shape":
@@ -1077,16 +1126,18 @@ def _diag_cases(draw, kind):
         case.m = _choose(draw, [np.array([["a"] * d] * d), np.array([[object()]])])
         case.expect = (TypeError, "dtype")
     elif spoil == "k_value":
-        case.k = _choose(draw, [0, -1, d + 1] + ([1] if target == "gap_repulsion" else []))
-        case.expect = (ValueError, r"\bk\b")
+        table = bad_k(d) + (((1, ValueError),) if target == "gap_repulsion" else ())  # (gap_repulsion: k ≥ 2)
+        case.k, error = _bad(draw, table)
+        case.expect = (error, r"\bk\b")
     elif spoil == "trials":
         case.trials, case.expect = _choose(draw, [0, -2, 1.5, "3"]), (ValueError, "trials")
     elif spoil in ("mechanism", "noise_shape"):
-        setattr(case, "shape" if spoil == "noise_shape" else "mechanism", _choose(draw, BAD_CHOICE))
-        case.expect = (ValueError, spoil)
+        bad, error = _bad(draw, BAD_CHOICE)
+        setattr(case, "shape" if spoil == "noise_shape" else "mechanism", bad)
+        case.expect = (error, spoil)
     elif spoil == "noise_scale":
-        case.sigma = bad = _choose(draw, BAD_POSITIVE)
-        case.expect = (_error_for_real(bad), "noise_scale")
+        case.sigma, error = _bad(draw, BAD_POSITIVE)
+        case.expect = (error, "noise_scale")
     elif spoil == "generator":
         case.generator, case.expect = _choose(draw, BAD_GENERATOR), (TypeError, "generator")
     return case
@@ -1224,25 +1275,25 @@ def _craft(artifact: str, p: Path, how: str) -> None:
         header = json.dumps({"meta": meta, "integrity": {"sha256": digest}}, sort_keys=True).encode()
         p.write_bytes(len(header).to_bytes(8, "little") + header + gram)
     elif artifact == "budget":
-        from dplowrank.accounting._budget import _canonical
-
         doc = json.loads(p.read_text())
         ledger = doc["ledger"]
         if how == "missing":
             del ledger["events"]
         else:
             ledger["epsilon" if how == "value" else "events"] = -1.0 if how == "value" else "none"
-        doc["integrity"] = {"sha256": hashlib.sha256(_canonical(ledger)).hexdigest()}
+        doc["integrity"] = {"sha256": hashlib.sha256(_canonical_json(ledger)).hexdigest()}
         p.write_text(json.dumps(doc))
     elif artifact == "release":
         with np.load(p, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
-        meta = json.loads(str(data["metadata"]))
+        doc = json.loads(str(data["metadata"]))
+        meta = doc["meta"]
         if how == "missing":
             del meta["noise_scale"]
         else:
             meta["sensitivity" if how == "value" else "psd"] = -2.0 if how == "value" else "yes"
-        data["metadata"] = np.array(json.dumps(meta))
+        doc["integrity"] = {"sha256": release_file_digest(meta, data)}
+        data["metadata"] = np.array(json.dumps(doc))
         buf = io.BytesIO()
         np.savez(buf, **data)
         p.write_bytes(buf.getvalue())
@@ -1256,6 +1307,11 @@ def _craft(artifact: str, p: Path, how: str) -> None:
         else:
             cfg["weights_sha256"] = "0" * 64  # the weights of another save
         cfg_path.write_text(json.dumps(cfg))
+
+
+def _canonical_json(payload: dict) -> bytes:
+    """The bytes a budget ledger's checksum covers (sorted keys, no spaces), written as a forger would."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
 
 @st.composite
@@ -1359,19 +1415,19 @@ def _compress_cases(draw, kind):
         "fg_regex": lambda: ([_choose(draw, ["(", "[a-", "*x"])], (ValueError, "regular expression")),
         "fg_nomatch": lambda: (["nothing", r"attn\.z"], (ValueError, "no nn.Linear")),
         "fg_shared": lambda: ([r"attn\.(q|k)"], (ValueError, "named capture")),
-        "cs_clip": lambda: (_choose(draw, ["huge", -1.0, 0.0, math.nan, math.inf]), (ValueError, "clip")),
-        "cs_neighbour": lambda: (_choose(draw, BAD_CHOICE), (ValueError, "neighbour")),
-        "cs_route": lambda: (_choose(draw, BAD_CHOICE), (ValueError, "route")),
+        "cs_clip": lambda: _bad_clip(draw),
+        "cs_neighbour": lambda: _spoil(draw, BAD_CHOICE, "neighbour"),
+        "cs_route": lambda: _spoil(draw, BAD_CHOICE, "route"),
         "rs_statistics": lambda: (_choose(draw, [None, 5, {}, []]), (TypeError, "statistics")),
-        "rs_epsilon": lambda: ((bad := _choose(draw, BAD_POSITIVE)), (_error_for_real(bad), "epsilon")),
-        "rs_delta": lambda: ((bad := _choose(draw, BAD_PROBABILITY)), (_error_for_real(bad), "delta")),
+        "rs_epsilon": lambda: _spoil(draw, BAD_EPSILON, "epsilon"),
+        "rs_delta": lambda: _spoil(draw, BAD_DELTA, "delta"),
         "rs_weights": lambda: ({"no-such-group": 1.0}, (ValueError, "unknown groups")),
         "rs_unclipped": lambda: (None, (ValueError, "clip=None")),
         "rs_budget": lambda: (dl.PrivacyBudget(1e-3, 1e-9), (dl.BudgetExceededError, "budget|exceed")),
         "cm_ratio": lambda: (_choose(draw, [0.0, 1.0, 1.5, -0.5, math.nan, math.inf, None, "0.5"]),
                              ((ValueError, TypeError), "ratio")),
-        "cm_allocation": lambda: (_choose(draw, BAD_CHOICE), (ValueError, "allocation")),
-        "cm_estimator": lambda: (_choose(draw, BAD_CHOICE), (ValueError, "estimator")),
+        "cm_allocation": lambda: _spoil(draw, BAD_CHOICE, "allocation"),
+        "cm_estimator": lambda: _spoil(draw, BAD_CHOICE, "estimator"),
         "cm_joint": lambda: (_choose(draw, BAD_BOOL), (TypeError, "joint")),
         "cm_statistics": lambda: (_choose(draw, [5, "stats", {}, []]), (TypeError, "statistics")),
         "lrl_args": lambda: ((draw(_ints(0, 2)), _choose(draw, [0, -1, 1.5, True, "3", None])),
@@ -1385,6 +1441,18 @@ def _compress_cases(draw, kind):
     if spoil != "none":
         case.bad, case.expect = spoilers[spoil]()
     return case
+
+
+def _spoil(draw, table, name: str, **kwargs):
+    """(bad value, (exception, message pattern)) for the compression sweep's table of spoilers."""
+    bad, error = _bad(draw, table, **kwargs)
+    return bad, (error, name)
+
+
+def _bad_clip(draw):
+    """clip: a positive real (check_positive), "normalize" or None; any other str is refused as a value."""
+    bad, error = _bad(draw, BAD_POSITIVE, none=SKIP)
+    return bad, (ValueError if isinstance(bad, str) else error, "clip")
 
 
 @settings(max_examples=14, **SETTINGS)  # per spoil kind
@@ -1563,6 +1631,52 @@ def test_every_public_name_is_swept():
 def test_sweep_is_large_enough():
     counts = {name: _examples(name) for name in SWEEPS}  # read from each sweep's settings
     assert sum(counts.values()) >= 10_000, counts
+
+
+# ---- the tables of bad values ----------------------------------------------------------------------
+
+#: How to call each validator on a value, naming the parameter "the_value" (check_k names "k").
+VALIDATOR_CALLS = {
+    "check_epsilon": lambda v: validation.check_epsilon(v, "the_value"),
+    "check_delta": lambda v: validation.check_delta(v, "the_value"),
+    "check_positive": lambda v: check_positive(v, "the_value"),
+    "check_choice": lambda v: check_choice(v, "the_value", ("isotropic", "upper_triangular")),
+    "check_dense_input": lambda v: check_dense_input(v, "the_value"),
+    "check_int": lambda v: check_int(v, "the_value", low=1),
+    "check_tolerance": lambda v: check_tolerance(v, "the_value"),
+}
+
+
+def test_every_validator_has_a_table():
+    validators = {n for n in validation.__all__ if n.startswith("check_")}
+    assert validators == {f.__name__ for f in BAD_VALUES}, "a check_* function without its BAD_ table"
+    assert validators == set(VALIDATOR_CALLS) | {"check_k"}
+    assert all(BAD_VALUES.values()), "an empty table"
+
+
+@pytest.mark.parametrize("name", sorted(VALIDATOR_CALLS))
+def test_validators_refuse_their_own_bad_values(name):
+    """Each validator refuses each value of its own table with that exception, naming the parameter."""
+    table = BAD_VALUES[getattr(validation, name)]
+    for value, error in table:
+        with pytest.raises(error, match="the_value"):
+            VALIDATOR_CALLS[name](value)
+
+
+@pytest.mark.parametrize("d", [1, 2, 7])
+def test_check_k_refuses_its_own_bad_values(d):
+    assert bad_k(d)[: len(BAD_VALUES[check_k])] == BAD_VALUES[check_k]  # BAD_K, and the values above d
+    for value, error in bad_k(d):
+        with pytest.raises(error, match=r"\bk\b"):
+            check_k(value, d)
+    assert [check_k(k, d) for k in range(1, d + 1)] == list(range(1, d + 1))  # and nothing valid is in there
+
+
+def test_check_positive_with_zero_refuses_the_nonnegative_table():
+    for value, error in BAD_NONNEGATIVE:
+        with pytest.raises(error, match="the_value"):
+            check_positive(value, "the_value", allow_zero=True)
+    assert check_positive(0.0, "the_value", allow_zero=True) == 0.0
 
 
 # ---- targeted checks -----------------------------------------------------------------------------
