@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 import dplowrank as dl
+from _machine import machine  # benchmarks/ is on sys.path when run as a script
 
 
 def _timed(fn, repeats: int):
@@ -76,6 +77,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--max-pld-m", type=int, default=1000, help="skip the PLD baseline above this m (slow)")
     args = ap.parse_args()
+    print(machine())
     eps, delta = args.epsilon, args.delta
     print(f"calibrate_plan({eps:g}, {delta:g}, ...) on {platform.processor() or platform.machine()}, "
           f"python {platform.python_version()}, numpy {np.__version__}")

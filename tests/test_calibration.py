@@ -52,7 +52,7 @@ def test_delta_curve_matches_mpmath(mu, eps):
 @given(log_mu=st.floats(-11.0, 1.5), log_eps=st.floats(-9.0, 1.5))
 def test_delta_curve_is_never_below_the_exact_value(log_mu, log_eps):
     """gdp_delta is an upper bound on the exact curve, and a tight one (its float64 evaluation
-    is within ~1e-12, its padding 1e-7), down to tiny μ and ε where both Φ terms agree to
+    is within ~1e-11, its padding 1e-7), down to tiny μ and ε where both Φ terms agree to
     many digits (the log-Φ form used there before lost up to half of δ: the exact δ at the
     analytic σ for ε = 1e-8, δ = 1e-100 was 1.0023·δ)."""
     mu, eps = 10.0**log_mu, 10.0**log_eps
@@ -193,3 +193,38 @@ def test_rho_of_a_tiny_noise_scale_is_infinite_not_an_error():
     cal = NoiseCalibration("fixed", 1e-200, 1.0, 1e200, None, None)
     assert cal.rho == float("inf")
     assert NoiseCalibration("fixed", 2.0, 1.0, 0.5, None, None).rho == 0.125
+
+
+def _mp_delta_wide(mu, eps, dps):
+    """The exact δ(ε; μ) through erfc, at ``dps`` digits (huge μ and ε cancel to many digits)."""
+    mpmath.mp.dps = dps
+    mu, eps = mpmath.mpf(mu), mpmath.mpf(eps)
+    phi = lambda x: mpmath.erfc(-x / mpmath.sqrt(2)) / 2  # noqa: E731
+    return phi(mu / 2 - eps / mu) - mpmath.exp(eps) * phi(-mu / 2 - eps / mu)
+
+
+@pytest.mark.parametrize(
+    "mu, eps",
+    [
+        (1.0, 1.7976931348623157e308),  # ε/μ huge: was NaN
+        (1e-300, 1e10),  # ε/μ infinite: was NaN
+        (3e10, 3e10 * (3e10 / 2 - 26.5)),  # A ≈ 26.5 at μ = 3e10: was 0 (exact ≈ 1)
+        (562754866.5369325, 1.5834653280804925e17),  # A from μ/2 − ε/μ lost 4.9e-7 of δ
+        (1.5e-323, 0.0),  # a subnormal δ: the relative pad is below one step
+    ],
+)
+def test_delta_curve_holds_at_the_edges_of_floating_point(mu, eps):
+    """Counterexamples of the audit of the erfcx form (NaN, huge cancelling μ/2 and ε/μ,
+    subnormal δ): the scalar and vectorised curves stay above the exact value."""
+    try:
+        ref = _mp_delta_wide(mu, eps, 700)
+    except OverflowError:  # mpmath's erfc at |A| ~ 1e308: δ ≤ Φ(A) is below any float
+        ref = 0.0
+    for got in (gdp_delta(mu, eps), float(gdp_delta_many(np.array([mu]), eps)[0])):
+        assert not math.isnan(got) and got >= ref
+
+
+@pytest.mark.parametrize("eps, delta", [(1e22, 1e-5), (3.0034e19, 1.31e-62), (1e12, 1e-6), (1e8, 1e-10)])
+def test_analytic_sigma_never_overshoots_at_huge_epsilon(eps, delta):
+    sigma = dl.analytic_gaussian_sigma(eps, delta)
+    assert _mp_delta_wide(1.0 / sigma, eps, 120 + 2 * len(str(int(eps)))) <= delta

@@ -51,11 +51,17 @@ def bisect(
 
     Returns
     -------
-    (lo, hi) : ndarray, ndarray
+    (lo, hi) : ndarray, ndarray (floats for float ``lo`` and ``hi``)
         ``below(lo)`` true, ``below(hi)`` false, and no float64 strictly between them at
         which the midpoint could still be evaluated. A caller on the private side at the
         small end returns ``lo``; one on the private side at the large end returns ``hi``.
+
+    Float ``lo`` and ``hi`` take the same steps in plain Python (``below`` then gets and
+    returns scalars): a calibration calls this on every release, and NumPy's per-call cost
+    would be most of its time.
     """
+    if isinstance(lo, float) and isinstance(hi, float):
+        return _bisect_scalar(below, lo, hi, max_hi)
     lo, hi = (np.array(x, dtype=float) for x in np.broadcast_arrays(lo, hi))
     while True:
         up = np.asarray(below(hi), dtype=bool)
@@ -72,6 +78,23 @@ def bisect(
         b = np.asarray(below(mid), dtype=bool)
         lo = np.where(live & b, mid, lo)
         hi = np.where(live & ~b, mid, hi)
+    return lo, hi
+
+
+def _bisect_scalar(below: Callable[[float], bool], lo: float, hi: float, max_hi: float) -> tuple[float, float]:
+    """:func:`bisect` for one problem: the same bracket, the same halvings."""
+    while below(hi):
+        lo, hi = hi, 2.0 * hi
+        if hi > max_hi:
+            raise ValueError(f"the boundary lies above {max_hi!r}: no usable bracket")
+    for _ in range(BISECT_STEPS):
+        mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            break
+        if below(mid):
+            lo = mid
+        else:
+            hi = mid
     return lo, hi
 
 
