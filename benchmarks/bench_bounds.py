@@ -37,6 +37,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import machine  # noqa: E402
 
 import dplowrank as dl  # noqa: E402
 
@@ -97,6 +99,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="8 trials, two epsilons, no MiniLM (about a minute)")
     ap.add_argument("--plot", metavar="DIR", default=None, help="write the PNGs into DIR (needs matplotlib)")
     args = ap.parse_args()
+    print(machine())
     trials = args.trials or (8 if args.quick else 40)
     epsilons = args.epsilons or ([1.0, 4.0] if args.quick else [0.5, 1.0, 2.0, 4.0])
     sets = [spiked(), digits()] + ([] if (args.no_minilm or args.quick) else [minilm()])

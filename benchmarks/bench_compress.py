@@ -32,6 +32,7 @@ import time
 import torch
 
 from dplowrank.demo.minilm import run_demo
+from _machine import machine  # benchmarks/ is on sys.path when run as a script
 
 
 def main() -> None:
@@ -46,6 +47,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the rows and timings here")
     args = ap.parse_args()
+    print(machine())
     quick = args.quick
     n_train = args.n_train or (2000 if quick else 8000)
     n_heldout = args.n_heldout or (300 if quick else 1000)

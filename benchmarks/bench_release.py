@@ -21,13 +21,13 @@ Usage: python benchmarks/bench_release.py [--dims 1024 2048 4096] [--k 32] [--no
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import scipy.linalg as sla
 import torch
 
 import dplowrank as dl
+from _machine import best_time, machine  # benchmarks/ is on sys.path when run as a script
 from dplowrank.linalg import NOISE_ATOL_FRACTION
 from dplowrank.gram import check_gram
 
@@ -42,12 +42,8 @@ def spiked_gram(d: int, k: int, sigma: float, seed: int) -> torch.Tensor:
 
 
 def timed(fn, repeats: int = 1):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+    """Minimum wall time over ``repeats`` calls, no warm-up (the first call is part of the figure)."""
+    return best_time(fn, repeats, warm_up=False)
 
 
 def vector_errors(v_hat: np.ndarray, v: np.ndarray) -> tuple[float, float]:
@@ -66,6 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     k, eps, delta = args.k, 1.0, 1e-6
     sigma = dl.analytic_gaussian_sigma(eps, delta)
+    print(machine())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; k={k}, eps={eps}, delta={delta}, "
           f"sigma={sigma:.4f} (sensitivity 1)")
     hdr = (f"{'d':>5} {'dtype':>7} {'call s':>7} {'check s':>7} {'noise s':>7} {'solve s':>7} "

@@ -64,6 +64,8 @@ import scipy.linalg as sla
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import machine  # noqa: E402
 
 import dplowrank as dl  # noqa: E402
 
@@ -419,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--big-d", type=int, default=32768, help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    print(machine())
     sigma = dl.analytic_gaussian_sigma(EPS, DELTA)
     dev_name = (
         torch.cuda.get_device_name() if args.device.startswith("cuda")

@@ -18,6 +18,7 @@ import time
 import torch
 
 import dplowrank as dl
+from _machine import machine  # benchmarks/ is on sys.path when run as a script
 from dplowrank._secure import SecureNormalSource
 
 
@@ -36,6 +37,7 @@ def main() -> None:
                     help="timed pairs per size (default 7 for d <= 8192, else 2)")
     ap.add_argument("--max-bytes", type=float, default=9e9, help="skip sizes whose matrix exceeds this")
     args = ap.parse_args()
+    print(machine())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| d | dtype | torch.Generator s | secure s | ratio | CPU ratio | repeats |")
     print("|---|---|---|---|---|---|---|")

@@ -26,8 +26,6 @@ import argparse
 import math
 import os
 import sys
-import time
-from collections.abc import Callable
 
 import numpy as np
 import scipy.linalg
@@ -35,6 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from _machine import best_time, machine  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
 from dplowrank.linalg import topk_eigh  # noqa: E402
 
 
@@ -45,17 +44,6 @@ def spiked(d: int, k: int, seed: int = 0) -> torch.Tensor:
     s = torch.linspace(2.0, 1.0, k, dtype=torch.float64) * 6.0 * math.sqrt(2 * d)
     noise = torch.randn(d, d, generator=g, dtype=torch.float64)
     return (u * s) @ u.T + (noise + noise.T) / 2
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Minimum wall time over ``repeats`` calls (after one warm-up when repeats > 1)."""
-    out = fn() if repeats > 1 else None
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def vec_errors(V: torch.Tensor, Vref: torch.Tensor) -> tuple[float, float]:
@@ -79,6 +67,7 @@ def fmt_e(e: float | None) -> str:
 
 
 def run(dims: list[int], k: int, repeats: int, with_numpy: bool, numpy_max_d: int) -> None:
+    print(machine())
     print(
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy "
         f"{np.__version__}, scipy {scipy.__version__}; k = {k}; times in seconds "

@@ -964,8 +964,9 @@ def test_fallback_to_dense_keeps_the_warm_start_record(monkeypatch):
     "flags, expected",
     [
         ({"avx2"}, (torch.bfloat16, False)),
-        ({"avx512f", "avx512_bf16"}, (torch.bfloat16, False)),
-        ({"avx512f", "avx512_fp16", "avx512_bf16"}, (torch.float16, False)),
+        ({"avx512f", "avx512_bf16"}, (torch.bfloat16, True)),
+        ({"avx512f", "avx512_fp16"}, (torch.float16, False)),
+        ({"avx512f", "avx512_fp16", "avx512_bf16"}, (torch.bfloat16, True)),
         ({"amx_bf16", "amx_tile"}, (torch.bfloat16, True)),
         ({"amx_bf16", "amx_fp16", "amx_tile", "avx512_fp16"}, (torch.float16, True)),
         (set(), (torch.bfloat16, False)),

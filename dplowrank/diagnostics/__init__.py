@@ -38,3 +38,25 @@ __all__ = [
     "primary_theorem",
     "supported_k",
 ]
+
+#: Analysis tools that lived here before they moved to :mod:`dplowrank.analysis` (they take the
+#: true matrix, so they are not diagnostics of a release). Importing them from here still
+#: works, with a ``DeprecationWarning``; the flat names ``dplowrank.<name>`` are unchanged.
+_MOVED_TO_ANALYSIS = frozenset({
+    "BoundCheck", "RepulsionResult", "TheoryBounds", "analyze_gauss_captured_variance_bound", "check_bounds",
+    "deterministic_frobenius_bound", "deterministic_spectral_bound", "gap_repulsion", "mangoubi_vishnoi_bound",
+    "re_analyze_gauss_bound", "theory_bounds",
+})
+
+
+def __getattr__(name: str):
+    """Deprecation shim (PEP 562) for the names that moved to :mod:`dplowrank.analysis`."""
+    if name in _MOVED_TO_ANALYSIS:
+        import warnings
+
+        from .. import analysis  # deprecation shim: the one allowed upward import (tools/structure.py)
+
+        warnings.warn(f"dplowrank.diagnostics.{name} moved to dplowrank.analysis.{name} (or dplowrank.{name})",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(analysis, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

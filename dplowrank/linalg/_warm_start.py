@@ -9,11 +9,11 @@ Device rule (cached per device type):
 
 * CUDA: float16; on by default from compute capability 7.0 (tensor cores).
 * CPU: the ISA flags (Linux ``/proc/cpuinfo``; elsewhere none are assumed). ``amx_fp16``:
-  float16, on by default. ``amx_bf16``: bfloat16, on by default. Otherwise off by default,
-  and an explicit ``warm_start=True`` uses float16 with ``avx512_fp16``, else bfloat16.
-  AMX tiles make half-precision products several times faster than float32 ones; the
-  AVX512 half-precision instructions alone gain too little to pay for the copy and the
-  extra steps reliably (``docs/eigensolver.md`` has the measurements).
+  float16, on by default. ``amx_bf16`` or ``avx512_bf16``: bfloat16, on by default.
+  Otherwise off by default, and an explicit ``warm_start=True`` uses float16 with
+  ``avx512_fp16``, else bfloat16. AMX tiles make half-precision products several times
+  faster than float32 ones, and AVX512-BF16 about twice (``docs/eigensolver.md`` has the
+  measurements: the warm start halves a float64 solve at d = 4096 on such a CPU).
 * Any other device: bfloat16, off by default.
 
 Where the default is on, an explicit ``warm_start=True`` uses the same type. The type that
@@ -75,7 +75,7 @@ def _half_capability(device: torch.device) -> tuple[torch.dtype, bool]:
             flags = _cpu_flags()
             if "amx_fp16" in flags:
                 _CAPABILITY[key] = (torch.float16, True)
-            elif "amx_bf16" in flags:
+            elif "amx_bf16" in flags or "avx512_bf16" in flags:
                 _CAPABILITY[key] = (torch.bfloat16, True)
             elif "avx512_fp16" in flags:
                 _CAPABILITY[key] = (torch.float16, False)
