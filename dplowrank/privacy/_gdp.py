@@ -144,9 +144,14 @@ def _erfcx_drop(x: float, h: float) -> float:
     else −∫ erfcx′(t) dt with erfcx′(t) = 2t·erfcx(t) − 2/√π by Gauss–Legendre."""
     if h > _DIRECT_FROM * (1.0 + abs(x)):
         return float(erfcx(x) - erfcx(x + h))
-    t = x + 0.5 * h * (1.0 + _GL_X)  # shape (8,)
+    return float(_erfcx_drop_quad(np.array([x]), np.array([h]))[0])
+
+
+def _erfcx_drop_quad(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """erfcx(x) − erfcx(x + h) elementwise (shapes (m,)) as −∫ erfcx′ by 8-point Gauss–Legendre."""
+    t = x[:, None] + 0.5 * h[:, None] * (1.0 + _GL_X)  # shape (m, 8)
     with np.errstate(invalid="ignore", over="ignore"):  # x = inf gives NaN: _pad turns it into the smallest float
-        return float(0.5 * h * np.dot(_GL_W, _TWO_OVER_SQRT_PI - 2.0 * t * erfcx(t)))
+        return 0.5 * h * ((_TWO_OVER_SQRT_PI - 2.0 * t * erfcx(t)) @ _GL_W)
 
 
 def gdp_delta_many(mu: np.ndarray, eps: np.ndarray | float) -> np.ndarray:
@@ -174,8 +179,7 @@ def gdp_delta_many(mu: np.ndarray, eps: np.ndarray | float) -> np.ndarray:
         diff = erfcx(x) - erfcx(x + h)
         near = h <= _DIRECT_FROM * (1.0 + np.abs(x))
         if near.any():
-            t = x[near, None] + 0.5 * h[near, None] * (1.0 + _GL_X)  # shape (m, 8)
-            diff[near] = 0.5 * h[near] * ((_TWO_OVER_SQRT_PI - 2.0 * t * erfcx(t)) @ _GL_W)
+            diff[near] = _erfcx_drop_quad(x[near], h[near])
         out[tail] = 0.5 * np.exp(-0.5 * big_a[tail] ** 2) * diff
     return np.array([_pad(float(d)) for d in out]) if (~(out >= _SMALLEST_NORMAL)).any() else \
         np.minimum(1.0, out * DELTA_SAFETY)
