@@ -76,7 +76,8 @@ def spectrum(k: int, epsilon: float, delta: float, out: str, seed: int | None, m
 
 
 def compress(epsilon: float, ratio: float, scope: str, delta: float, n_train: int, n_heldout: int,
-             seed: int | None, prior: bool, save: str | None, reference: bool = False) -> str:
+             seed: int | None, prior: bool, save: str | None, reference: bool = False,
+             bits: list[int] | None = None, bits_per_parameter: float | None = None) -> str:
     """Compress all-MiniLM-L6-v2 privately from standard-library docstring sentences; the table.
 
     The private corpus is released exactly once (with the public prior unless ``prior`` is
@@ -89,13 +90,19 @@ def compress(epsilon: float, ratio: float, scope: str, delta: float, n_train: in
 
     private = "private_prior" if prior else "private"
     methods = ("svd", "public_prior") + (("nonprivate",) if reference else ()) + (private,)
+    if bits and bits_per_parameter is None:
+        raise SystemExit("dplowrank compress: --bits needs --bits-per-parameter (the storage budget)")
+    pair = None if not bits else (bits[0], bits[-1])
     out = run_demo(epsilons=[epsilon], ratios=[ratio], scopes=[scope], n_train=n_train, n_heldout=n_heldout,
                    delta=delta, methods=methods, seed=seed, time_forward=False, save_dir=save,
-                   log=lambda line: print(line, flush=True))
+                   log=lambda line: print(line, flush=True), bits=pair, bits_per_parameter=bits_per_parameter)
     source = "a seeded generator (reproducible, not for publication)" if seed is not None else \
         "the secure default (AES-256-CTR, key from os.urandom)"
     spent = next(r["spent_epsilon"] for r in out["rows"] if r["method"] == private)
-    lines = ["", f"MiniLM-L6 ({scope} layers), parameter ratio {ratio:g}; private corpus: {n_train} "
+    storage = (f"parameter ratio {ratio:g}" if bits_per_parameter is None else
+               f"{bits_per_parameter:g} bits per parameter, factors of {pair or (8, 8)} bits (LPLR); "
+               f"achieved {out['rows'][-1]['bits_per_parameter']:.3f}")
+    lines = ["", f"MiniLM-L6 ({scope} layers), {storage}; private corpus: {n_train} "
              f"docstring sentences, {n_heldout} held out; noise from {source}", out["table"],
              f"privacy spent on the private corpus: one release ({private}), ({spent:.4g}, {delta:g})-DP in total"]
     if reference:
@@ -131,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="release without the public prior (the corpus is released once either way)")
     p.add_argument("--reference", action="store_true",
                    help="also factorise from the raw corpus (NOT private; for comparison only)")
+    p.add_argument("--bits-per-parameter", type=float, default=None,
+                   help="store quantised (LPLR) factors within this many bits per dense parameter (< 32)")
+    p.add_argument("--bits", type=int, nargs="+", default=None, metavar="B",
+                   help="bits of the left and right factor codes (one value for both; default 8)")
     p.add_argument("--save", default=None, help="directory for the compressed model (last private row)")
     p.add_argument("--seed", type=int, default=None, help="seed a generator (reproducible, not for publication)")
     args = parser.parse_args(argv)
@@ -140,5 +151,6 @@ def main(argv: list[str] | None = None) -> int:
         print(spectrum(args.k, args.epsilon, args.delta, args.out, args.seed, args.mechanism))
     elif args.command == "compress":
         print(compress(args.epsilon, args.ratio, args.scope, args.delta, args.n_train, args.n_heldout,
-                       args.seed, not args.no_prior, args.save, args.reference))
+                       args.seed, not args.no_prior, args.save, args.reference, args.bits,
+                       args.bits_per_parameter))
     return 0

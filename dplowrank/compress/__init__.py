@@ -6,6 +6,8 @@ Pipeline (one direction)::
     stats = collect_statistics(model, batches, groups)         # per-example clipped Grams (raw)
     private = release_statistics(stats, epsilon=4, delta=1e-6) # the only privacy-relevant step
     result = compress_model(model, groups, ratio=0.6, statistics=private)  # post-processing
+    # or: 2 bits per parameter with 8-bit LPLR factors; or LPAF's importance-weighted factors
+    # (collect_importance → release_statistics(importance=...) → factorization="importance")
     save_compressed(model, "out/", metadata=result.metadata())
 
 See ``docs/compression.md``.
@@ -15,7 +17,12 @@ from ._compress import CompressionResult, compress_model
 from ._evaluate import embedding_agreement, output_errors
 from ._factor import Unit, allocate_ranks, left_basis, whitened_factors
 from ._module import LowRankLinear, count_parameters, load_compressed, replace_linears, save_compressed
-from ._private import PrivateStatistics, denoise_gram, release_statistics
+from ._importance import ImportanceStatistics, collect_importance
+from ._lplr import LowPrecisionFactors, dsvd, lplr, lsvd, naive_quantize, rank_for_budget
+from ._module import QuantizedLinear
+from ._private import PrivateImportance, PrivateStatistics, denoise_gram, denoise_importance, release_statistics
+from ._quantize import Quantized, pack_codes, quantize, unpack_codes
+from ._weighted import MixedRankLinear, mixed_rank_finetune, prune_mask, weighted_error, weighted_factors
 from ._stats import ActivationStatistics, Coordinates, GroupStatistic, collect_statistics, coordinates_for
 from ._targets import BERT, LLAMA, Adapter, LayerGroup, find_groups
 
@@ -36,6 +43,28 @@ __all__ = [
     "release_statistics",
     "PrivateStatistics",
     "denoise_gram",
+    # first-order importance (LPAF; non-private until released)
+    "collect_importance",
+    "ImportanceStatistics",
+    "PrivateImportance",
+    "denoise_importance",
+    # quantisation and low-precision factors (LPLR)
+    "Quantized",
+    "quantize",
+    "pack_codes",
+    "unpack_codes",
+    "LowPrecisionFactors",
+    "lplr",
+    "lsvd",
+    "dsvd",
+    "naive_quantize",
+    "rank_for_budget",
+    # importance-weighted factors and mixed-rank fine-tuning (LPAF)
+    "weighted_factors",
+    "weighted_error",
+    "prune_mask",
+    "MixedRankLinear",
+    "mixed_rank_finetune",
     # factorisation
     "compress_model",
     "CompressionResult",
@@ -45,6 +74,7 @@ __all__ = [
     "Unit",
     # modules and files
     "LowRankLinear",
+    "QuantizedLinear",
     "replace_linears",
     "save_compressed",
     "load_compressed",

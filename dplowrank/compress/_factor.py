@@ -90,16 +90,23 @@ class Unit:
         Σ d_out for a joint group.
     energy : Tensor of shape (m,)
         Captured energy per direction, descending (from :func:`left_basis`).
+    cost_bits : float, optional
+        Bits stored per unit of rank when the factors are quantised (codes and scales).
     """
 
     name: str
     in_features: int
     out_features: int
     energy: torch.Tensor
+    cost_bits: float | None = None
 
     @property
-    def cost(self) -> int:
-        """Parameters per unit of rank: d_in + d_out."""
+    def cost(self) -> float:
+        """Storage per unit of rank in parameters: d_in + d_out, or, for quantised factors,
+        ``cost_bits``/32 (32-bit parameter equivalents, so that a ratio r means r·32 bits per
+        dense parameter)."""
+        if self.cost_bits is not None:
+            return self.cost_bits / 32.0
         return self.in_features + self.out_features
 
     @property
@@ -109,7 +116,7 @@ class Unit:
     @property
     def max_rank(self) -> int:
         """The largest rank that stores fewer parameters than the dense matrix (at least 1)."""
-        return max(1, min(int(self.energy.shape[0]), (self.dense - 1) // self.cost))
+        return max(1, min(int(self.energy.shape[0]), int((self.dense - 1) // self.cost)))
 
 
 def allocate_ranks(units: Sequence[Unit], ratio: float, *, strategy: str = "uniform") -> dict[str, int]:

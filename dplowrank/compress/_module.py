@@ -24,13 +24,76 @@ import torch
 from torch import nn
 
 from .._files import atomic_write_files
+from ._quantize import GRANULARITIES, Quantized
 
-__all__ = ["LowRankLinear", "replace_linears", "save_compressed", "load_compressed", "count_parameters"]
+__all__ = ["QuantizedLinear", "LowRankLinear", "replace_linears", "save_compressed", "load_compressed", "count_parameters"]
 
 _FORMAT = "dplowrank.compressed_model"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2 added quantised factors (QuantizedLinear); 1 is still read
+_READ_VERSIONS = (1, 2)
 _CONFIG = "compression.json"
 _WEIGHTS = "weights.npz"
+
+
+class QuantizedLinear(nn.Module):
+    """A linear map whose weight is stored as B-bit codes (:class:`Quantized`): x ↦ Q(W)x + b.
+
+    The packed codes, offsets and steps are buffers (saved and loaded with the state dict);
+    the weight is dequantised on first use and cached (post-processing of public or released
+    factors; the packing is a storage format, products run in floating point).
+
+    Parameters
+    ----------
+    quantized : Quantized of shape (out_features, in_features)
+    bias : Tensor of shape (out_features,), optional
+    dtype : torch.dtype, default torch.float32
+        Of the dequantised weight and the bias.
+    """
+
+    def __init__(self, quantized: Quantized, bias: torch.Tensor | None = None, *,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.out_features, self.in_features = (int(v) for v in quantized.shape)
+        self.bits, self.granularity, self.dtype = quantized.bits, quantized.granularity, dtype
+        self.register_buffer("packed", quantized.packed.clone())
+        self.register_buffer("offset", quantized.offset.clone())
+        self.register_buffer("step", quantized.step.clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype).clone(), requires_grad=False)
+        self._weight: torch.Tensor | None = None
+        self._register_load_state_dict_pre_hook(lambda *args, **kw: setattr(self, "_weight", None))
+
+    @classmethod
+    def empty(cls, out_features: int, in_features: int, bits: int, granularity: str, *, bias: bool,
+              dtype: torch.dtype = torch.float32) -> "QuantizedLinear":
+        """A layer of the given layout with zero codes (to load a state dict into)."""
+        groups = {"tensor": 1, "row": out_features, "column": in_features}[granularity]
+        q = Quantized(torch.zeros((out_features * in_features * bits + 7) // 8, dtype=torch.uint8),
+                      torch.zeros(groups), torch.ones(groups), (out_features, in_features), bits, granularity)
+        return cls(q, torch.zeros(out_features) if bias else None, dtype=dtype)
+
+    @property
+    def quantized(self) -> Quantized:
+        return Quantized(self.packed, self.offset, self.step, (self.out_features, self.in_features),
+                         self.bits, self.granularity)
+
+    @property
+    def nbits(self) -> int:
+        """Exact storage of the weight in bits (the bias excluded)."""
+        return self.quantized.nbits
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantised weight, Tensor of shape (out_features, in_features)."""
+        if self._weight is None or self._weight.device != self.packed.device:
+            self._weight = self.quantized.dequantize(self.dtype, device=self.packed.device)
+        return self._weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"granularity={self.granularity!r}, bias={self.bias is not None}")
 
 
 class LowRankLinear(nn.Module):
@@ -43,8 +106,11 @@ class LowRankLinear(nn.Module):
         r ≥ 1, the inner dimension.
     bias : bool, default True
         Whether ``up`` has a bias (the original layer's bias is kept there).
-    down : nn.Linear, optional
-        A ``Linear(in_features, rank, bias=False)`` to use (and share) instead of a new one.
+    down : nn.Linear or QuantizedLinear, optional
+        A ``Linear(in_features, rank, bias=False)`` (or its quantised form) to use (and share)
+        instead of a new one.
+    up : nn.Linear or QuantizedLinear, optional
+        The second map (rank → out_features), with a bias when ``bias``.
     device, dtype : optional
         For the new parameters.
 
@@ -65,20 +131,24 @@ class LowRankLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, rank: int, *, bias: bool = True,
-                 down: nn.Linear | None = None, device=None, dtype=None) -> None:
+                 down: nn.Module | None = None, up: nn.Module | None = None, device=None, dtype=None) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features), ("rank", rank)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if down is None:
             down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
-        elif not isinstance(down, nn.Linear) or down.bias is not None or tuple(down.weight.shape) != (rank, in_features):
+        elif not _maps(down, in_features, rank) or down.bias is not None:
             raise ValueError(
-                f"down must be nn.Linear({in_features}, {rank}, bias=False), got {down!r}"
+                f"down must be nn.Linear({in_features}, {rank}, bias=False) or a QuantizedLinear of that shape, got {down!r}"
             )
+        if up is None:
+            up = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
+        elif not _maps(up, rank, out_features) or (up.bias is not None) != bias:
+            raise ValueError(f"up must map {rank} to {out_features} features (bias={bias}), got {up!r}")
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.down = down
-        self.up = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
+        self.up = up
 
     @classmethod
     def from_factors(cls, left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -110,6 +180,24 @@ class LowRankLinear(nn.Module):
         return layer
 
     @classmethod
+    def from_quantized(cls, left: Quantized, right: Quantized | None, bias: torch.Tensor | None = None, *,
+                       down: "QuantizedLinear | None" = None, dtype: torch.dtype = torch.float32) -> "LowRankLinear":
+        """The layer x ↦ Q(left)·(Q(right)·x) + bias with both factors stored as codes.
+
+        ``right`` is ignored when a shared quantised ``down`` is given.
+        """
+        if down is None:
+            down = QuantizedLinear(right, dtype=dtype)
+        up = QuantizedLinear(left, bias, dtype=dtype)
+        return cls(down.in_features, up.out_features, up.in_features, bias=bias is not None, down=down, up=up)
+
+    @property
+    def nbits(self) -> int:
+        """Storage of the factors in bits: codes and scales when quantised, else 8·bytes of the
+        parameters (a shared down-projection counted here too)."""
+        return sum(_module_bits(m) for m in (self.down, self.up))
+
+    @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int) -> "LowRankLinear":
         """Truncated SVD of ``linear.weight`` at ``rank`` (data-free), bias kept."""
         w = linear.weight.detach().to(torch.float64)
@@ -127,6 +215,17 @@ class LowRankLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, bias={self.up.bias is not None}"
+
+
+def _maps(m: object, d_in: int, d_out: int) -> bool:
+    """Whether ``m`` is an nn.Linear or QuantizedLinear from d_in to d_out features."""
+    return isinstance(m, (nn.Linear, QuantizedLinear)) and (m.in_features, m.out_features) == (d_in, d_out)
+
+
+def _module_bits(m: nn.Module) -> int:
+    if isinstance(m, QuantizedLinear):
+        return m.nbits
+    return 8 * m.weight.numel() * m.weight.element_size()
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -174,6 +273,10 @@ def _layout(model: nn.Module) -> dict:
         if isinstance(mod, LowRankLinear):
             entry = {"in_features": mod.in_features, "out_features": mod.out_features, "rank": mod.rank,
                      "bias": mod.up.bias is not None}
+            quantized = {part: {"bits": m.bits, "granularity": m.granularity}
+                         for part, m in (("down", mod.down), ("up", mod.up)) if isinstance(m, QuantizedLinear)}
+            if quantized:
+                entry["quantized"] = quantized
             key = id(mod.down)
             if key in down_owner:
                 entry["shares_down_with"] = down_owner[key]
@@ -204,10 +307,10 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, *, metadata: Mapp
     if path.exists() and not path.is_dir():
         raise ValueError(f"{os.fspath(path)!r} is a file; save_compressed writes a directory")
     layers = _layout(model)
-    skip = {f"{n}.down.weight" for n, e in layers.items() if "shares_down_with" in e}
+    shared = tuple(f"{n}.down." for n, e in layers.items() if "shares_down_with" in e)
     arrays, dtypes = {}, {}
     for key, t in model.state_dict().items():
-        if key in skip:
+        if key.startswith(shared):
             continue
         dtypes[key] = str(t.dtype).replace("torch.", "")
         t = t.detach().cpu()
@@ -232,7 +335,7 @@ def _check_config(config: object, where: str) -> dict:
     """Check the schema of a ``compression.json``; ``ValueError`` names the file and the field."""
     if not isinstance(config, dict) or config.get("format") != _FORMAT:
         raise ValueError(f"{where!r} is not a dplowrank compressed model")
-    if config.get("version") != _FORMAT_VERSION:
+    if config.get("version") not in _READ_VERSIONS:
         raise ValueError(f"unsupported compressed-model version {config.get('version')!r} in {where!r}")
 
     def bad(field: str, why: str) -> ValueError:
@@ -250,6 +353,11 @@ def _check_config(config: object, where: str) -> dict:
                 raise bad(f"layers.{name}.{key}", f"must be a positive integer, got {v!r:.80}")
         if not isinstance(e.get("bias"), bool):
             raise bad(f"layers.{name}.bias", f"must be a bool, got {e.get('bias')!r:.80}")
+        quantized = e.get("quantized", {})
+        if not isinstance(quantized, dict) or set(quantized) - {"up", "down"} or not all(
+                isinstance(q, dict) and isinstance(q.get("bits"), int) and not isinstance(q.get("bits"), bool)
+                and 1 <= q["bits"] <= 32 and q.get("granularity") in GRANULARITIES for q in quantized.values()):
+            raise bad(f"layers.{name}.quantized", f"must map up/down to bits (1-32) and a granularity, got {quantized!r:.80}")
         owner = e.get("shares_down_with")
         if owner is not None and (not isinstance(owner, str) or owner not in layers or owner == name):
             raise bad(f"layers.{name}.shares_down_with", f"must name another saved layer, got {owner!r:.80}")
@@ -307,9 +415,15 @@ def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         if not isinstance(old, nn.Linear):
             raise ValueError(f"the model has no nn.Linear named {name!r} to hold a saved low-rank layer")
         owner = e.get("shares_down_with")
-        down = None if owner is None else new[owner].down
+        q = e.get("quantized", {})
+        dev, dt = old.weight.device, old.weight.dtype
+        down = new[owner].down if owner is not None else (
+            QuantizedLinear.empty(e["rank"], e["in_features"], q["down"]["bits"], q["down"]["granularity"],
+                                  bias=False, dtype=dt).to(dev) if "down" in q else None)
+        up = QuantizedLinear.empty(e["out_features"], e["rank"], q["up"]["bits"], q["up"]["granularity"],
+                                   bias=e["bias"], dtype=dt).to(dev) if "up" in q else None
         new[name] = LowRankLinear(e["in_features"], e["out_features"], e["rank"], bias=e["bias"], down=down,
-                                  device=old.weight.device, dtype=old.weight.dtype)
+                                  up=up, device=dev, dtype=dt)
     state = {}
     for key, arr in arrays.items():
         dt_name = config["dtypes"].get(key, str(arr.dtype))
@@ -319,10 +433,12 @@ def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         state[key] = torch.from_numpy(arr).to(dt)
     for name, e in layers.items():
         if "shares_down_with" in e:
-            src = f"{e['shares_down_with']}.down.weight"
-            if src not in state:
-                raise ValueError(f"{where!r}: the weights lack {src!r}, which {name!r} shares")
-            state[f"{name}.down.weight"] = state[src]
+            prefix = f"{e['shares_down_with']}.down."
+            srcs = [k for k in state if k.startswith(prefix)]
+            if not srcs:
+                raise ValueError(f"{where!r}: the weights lack {prefix!r}*, which {name!r} shares")
+            for src in srcs:
+                state[f"{name}.down.{src[len(prefix):]}"] = state[src]
     originals = {name: mods[name] for name in new}
     replace_linears(model, new)
     # Every key and shape is checked before anything is copied: a file that does not fit

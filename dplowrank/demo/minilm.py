@@ -106,6 +106,8 @@ def run_demo(
     time_forward: bool = True,
     log=None,
     save_dir: str | None = None,
+    bits: int | tuple[int, int] | None = None,
+    bits_per_parameter: float | None = None,
 ) -> dict:
     """Compress MiniLM with each method and measure it on held-out docstring sentences.
 
@@ -123,6 +125,10 @@ def run_demo(
     ``spent_epsilon`` (``None`` for a non-private row: no guarantee). The held-out
     measurements are analysis of held-out text, not private. ``seed``: a seeded generator
     (reproducible, releases not for publication); ``None`` (default) draws secure noise.
+
+    With ``bits_per_parameter`` (and optionally ``bits`` = (B1, B2), default 8), the factors are
+    stored as LPLR-quantised codes within that many bits per dense parameter and ``ratios`` is
+    ignored (one pass, reported under the achieved ratio).
 
     With ``save_dir``, the model compressed by the last private method at the last ε (of the
     first scope and ratio) is written there with :func:`save_compressed` (weights and a JSON
@@ -163,6 +169,8 @@ def run_demo(
     private_methods = [m for m in methods if m in ("private", "private_prior")]
     to_save = (scopes[0], ratios[0], private_methods[-1], epsilons[-1]) if save_dir and private_methods else None
     saved = None
+    if bits_per_parameter is not None:
+        ratios = (None,)
     for scope in scopes:
         groups = BERT.groups(enc, scope)
         for ratio in ratios:
@@ -172,7 +180,8 @@ def run_demo(
                 t0 = time.perf_counter()
                 joint = m == "joint_svd"
                 stats = _method_statistics(m, eps, stats_all, groups, delta, gen)
-                result = compress_model(enc, groups, ratio=ratio, statistics=stats, joint=joint)
+                result = compress_model(enc, groups, ratio=ratio, statistics=stats, joint=joint, bits=bits,
+                                        bits_per_parameter=bits_per_parameter)
                 seconds = time.perf_counter() - t0
                 errs = output_errors(result, _subset(stats_all["heldout"], groups))
                 agree = embedding_agreement(reference, encode(st_model, held))
@@ -183,7 +192,8 @@ def run_demo(
                     say(f"saved the {m} model at epsilon={eps:g}, ratio {ratio:g} to {saved}")
                 result.undo(enc)
                 status = result.privacy_status
-                row = {"scope": scope, "ratio": ratio, "method": m, "epsilon": eps, "privacy": status,
+                ratio = result.ratio if ratio is None else ratio
+                row = {"scope": scope, "ratio": ratio, "bits_per_parameter": result.bits_per_parameter, "method": m, "epsilon": eps, "privacy": status,
                        "spent_epsilon": None if status == "not_private" else result.epsilon(delta),
                        "randomness": result.privacy.randomness if result.privacy is not None else None,
                        "achieved_ratio": result.ratio, "cosine": agree["cosine"],

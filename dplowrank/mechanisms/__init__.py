@@ -13,6 +13,7 @@ from ..privacy import (
     gdp_mu,
 )
 from ._gaussian import NOISE_SHAPES, ComplexGaussianMechanism, GaussianMechanism
+from ._vector import gaussian_vector_noise
 from ._sensitivity import NEIGHBOURS, clip_factors, contribution_sensitivity, gram_sensitivity, square_up, times_sqrt2
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "contribution_sensitivity",
     "gaussian_delta",
     "gaussian_epsilon",
+    "gaussian_vector_noise",
     "gdp_delta",
     "gdp_epsilon",
     "gdp_mu",
