@@ -10,8 +10,8 @@ the compressed and original sentence embeddings, nearest-neighbour agreement):
 2. LPAF: importance-weighted factors from private first-order importance at ε = 4 against the
    plain (private) whitened factorisation at the same parameter count (ratio 0.6), with the
    data-free SVD and the non-private importance as references. The per-example loss is a
-   random projection of the example's mean-pooled embedding (the direction drawn per example
-   from a public seeded generator): its first-order importance measures how much each weight
+   random projection of the example's mean-pooled embedding (public directions from a seeded
+   generator, one per position in the batch): its first-order importance measures how much each weight
    moves the embedding.
 
 Usage: python benchmarks/bench_lowbit_minilm.py [--n-train N] [--n-heldout N]
@@ -30,15 +30,15 @@ from dplowrank.compress import (BERT, collect_importance, collect_statistics, co
 from _machine import machine  # benchmarks/ is on sys.path when run as a script
 
 
-def probe_loss(seed: int):
-    gen = torch.Generator().manual_seed(seed)
+def probe_loss(seed: int, max_batch: int = 256):
+    # public directions, one per position in a batch (the same for a batch and its halves)
+    directions = torch.randn(max_batch, 384, generator=torch.Generator().manual_seed(seed))
 
     def loss(model, batch):
         h = model(**batch).last_hidden_state  # shape: (B, T, 384)
         mask = batch["attention_mask"].to(h.dtype)[..., None]
         pooled = (h * mask).sum(dim=1) / mask.sum(dim=1)
-        r = torch.randn(pooled.shape, generator=gen).to(h.dtype)  # public, one direction per example
-        return (pooled * r).sum(dim=1)
+        return (pooled * directions[:pooled.shape[0]].to(h.dtype)).sum(dim=1)
 
     return loss
 

@@ -39,16 +39,12 @@ from .compress import (
     LayerGroup,
     LowRankLinear,
     PrivateStatistics,
-    collect_importance,
     collect_statistics,
     compress_model,
     find_groups,
     load_compressed,
-    lplr,
-    quantize,
     release_statistics,
     save_compressed,
-    weighted_factors,
 )
 
 __version__ = "0.1.0"
@@ -105,8 +101,4 @@ __all__ = [
     "LowRankLinear",
     "save_compressed",
     "load_compressed",
-    "collect_importance",
-    "weighted_factors",
-    "quantize",
-    "lplr",
 ]
