@@ -87,3 +87,19 @@ def release_file_digest(meta: dict, data: dict) -> str:
             a = data[name]
             h.update(f"|{name}|{a.dtype.str}|{a.shape}|".encode() + np.ascontiguousarray(a).tobytes())
     return hashlib.sha256(h.digest()).hexdigest()
+
+
+def padded_batches(examples, size):
+    """Right-padded batches of ``size`` examples (each example a dict of (1, T) ``input_ids``
+    and ``attention_mask``)."""
+    out = []
+    for i in range(0, len(examples), size):
+        part = examples[i:i + size]
+        t = max(e["input_ids"].shape[1] for e in part)
+        ids = torch.zeros(len(part), t, dtype=torch.long)
+        mask = torch.zeros(len(part), t, dtype=torch.long)
+        for j, e in enumerate(part):
+            n = e["input_ids"].shape[1]
+            ids[j, :n], mask[j, :n] = e["input_ids"][0], e["attention_mask"][0]
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out

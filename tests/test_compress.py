@@ -28,6 +28,7 @@ from dplowrank.compress import (
     whitened_factors,
 )
 from dplowrank.privacy import gdp_epsilon
+from .conftest import padded_batches
 
 
 def _randn(*shape, gen, dtype=torch.float64):
@@ -280,30 +281,15 @@ def test_a_neighbouring_corpus_changes_each_gram_by_exactly_one_bounded_contribu
     examples = list(_unpadded_examples(_batches(gen, n_batches=8, batch=6)))
     drop = 17
     kw = dict(clip=0.8, matmul_dtype=dtype)
-    full = collect_statistics(model, _rebatch(examples, 5), groups, **kw)
-    rest = collect_statistics(model, _rebatch(examples[:drop] + examples[drop + 1:], 7), groups, **kw)
+    full = collect_statistics(model, padded_batches(examples, 5), groups, **kw)
+    rest = collect_statistics(model, padded_batches(examples[:drop] + examples[drop + 1:], 7), groups, **kw)
     alone = collect_statistics(model, [examples[drop]], groups, **kw)
     for g in groups:
         diff = full[g.name].gram - rest[g.name].gram
         assert torch.equal(diff, alone[g.name].gram)
         assert float(torch.linalg.matrix_norm(diff)) <= 0.8
-    again = collect_statistics(model, _rebatch(examples[::-1], 3), groups, **kw)
+    again = collect_statistics(model, padded_batches(examples[::-1], 3), groups, **kw)
     assert all(torch.equal(again[g.name].gram, full[g.name].gram) for g in groups)
-
-
-def _rebatch(examples, size):
-    """Padded batches of ``size`` examples (each example a dict of (1, T) tensors)."""
-    out = []
-    for i in range(0, len(examples), size):
-        part = examples[i:i + size]
-        t = max(e["input_ids"].shape[1] for e in part)
-        ids = torch.zeros(len(part), t, dtype=torch.long)
-        mask = torch.zeros(len(part), t, dtype=torch.long)
-        for j, e in enumerate(part):
-            n = e["input_ids"].shape[1]
-            ids[j, :n], mask[j, :n] = e["input_ids"][0], e["attention_mask"][0]
-        out.append({"input_ids": ids, "attention_mask": mask})
-    return out
 
 
 def test_nan_or_inf_in_padding_cannot_switch_clipping_off():
@@ -387,8 +373,15 @@ def test_layers_that_mix_examples_sequence_first_layouts_and_buffer_writes_are_r
     fwd = dict(mask_key=None, forward=lambda m, b: m(b["x"]))
     mixing = nn.Sequential(nn.Linear(4, 4), _BatchMean(), nn.Linear(4, 4))
     with pytest.raises(ValueError, match="change with the other examples"):
-        collect_statistics(mixing, [{"x": x}], find_groups(mixing, ["2"]), **fwd)
+        collect_statistics(mixing, [{"x": x}], find_groups(mixing, ["2"]), isolate=False, **fwd)
     assert not mixing[2]._forward_hooks
+    # the default runs each example alone: the same layer then cannot mix, and the sum is the
+    # sum of one-example statistics
+    together = collect_statistics(mixing, [{"x": x}], find_groups(mixing, ["2"]), clip=None, **fwd)["2"]
+    apart = [collect_statistics(mixing, [{"x": x[i:i + 1]}], find_groups(mixing, ["2"]), clip=None,
+                                isolate=False, **fwd)["2"] for i in range(6)]
+    assert together.n_examples == 6
+    torch.testing.assert_close(together.row_space_gram(), sum(a.row_space_gram() for a in apart))
     # a sequence-first transformer layer: its linears would see (T, B, d)
     layer = nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, batch_first=False)
     with pytest.raises(ValueError, match="batch_first=False"):
@@ -793,6 +786,20 @@ class _BigBatchOnly(nn.Module):
         return x + 10 * x.mean(0, keepdim=True) if x.shape[0] > 2 else x
 
 
+def test_isolation_splits_tuple_batches_and_refuses_tensors_whose_first_axis_is_not_the_examples():
+    gen = torch.Generator().manual_seed(41)
+    model = nn.Sequential(nn.Linear(4, 4), _BatchMean(), nn.Linear(4, 4))
+    groups = find_groups(model, ["2"])
+    x = torch.randn(5, 4, generator=gen)
+    tup = collect_statistics(model, [(x, torch.arange(5))], groups, clip=None, mask_key=None,
+                             forward=lambda m, b: m(b[0]), examples=lambda b: int(b[0].shape[0]))["2"]
+    one = [collect_statistics(model, [x[i:i + 1]], groups, clip=None, mask_key=None, isolate=False)["2"]
+           for i in range(5)]
+    torch.testing.assert_close(tup.row_space_gram(), sum(o.row_space_gram() for o in one))
+    with pytest.raises(ValueError, match="but the batch has 2 examples"):
+        collect_statistics(model, [torch.randn(5, 4)], groups, mask_key=None, examples=lambda b: 2)
+
+
 class _Faint(nn.Module):
     def forward(self, x):
         return x + 1e-4 * x.sum(0, keepdim=True)
@@ -806,7 +813,8 @@ def test_the_probe_catches_one_sided_faint_and_batch_size_dependent_mixing(mix):
     model = nn.Sequential(mix(), nn.Linear(6, 6))
     first, later = torch.randn(2, 3, 6, generator=gen), torch.randn(8, 3, 6, generator=gen)
     with pytest.raises(ValueError, match="change with the other examples"):
-        collect_statistics(model, [first, later], find_groups(model, ["1"]), mask_key=None, clip="normalize")
+        collect_statistics(model, [first, later], find_groups(model, ["1"]), mask_key=None, clip="normalize",
+                           isolate=False)
 
 
 def test_a_prior_must_be_declared_public():

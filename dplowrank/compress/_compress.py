@@ -254,7 +254,10 @@ def compress_model(
         units, bases_by_unit = _units(groups, weights, grams, bases, joint, bits)
     unit_ranks = allocate_ranks(units, budget_ratio, strategy=allocation)
     if factorization == "importance":
-        factors = {n: weighted_factors(weights[n], unit_ranks[n], scores[n], sparsity=sparsity) for n in weights}
+        # separable weights (marginal importance): the closed form is the exact optimum
+        steps = {"iters": 0, "als": 0} if _granularity(statistics, importance) == "marginal" and not sparsity else {}
+        factors = {n: weighted_factors(weights[n], unit_ranks[n], scores[n], sparsity=sparsity, **steps)
+                   for n in weights}
         new, ranks, after, nbits = _importance_layers(groups, mods, weights, factors, bits)
     else:
         new, ranks, after, nbits = _factorised_layers(groups, mods, weights, bases_by_unit, unit_ranks, joint, bits)
@@ -316,13 +319,19 @@ def _importance_scores(groups, weights, statistics, importance, method) -> dict:
     if method == "private":
         scores = statistics.importance.denoised()
     elif method == "importance":
-        scores = importance.scores
+        scores = {n: importance.matrix(n) for n in importance.scores}
     else:
         scores = {n: torch.ones_like(w, dtype=torch.float64) for n, w in weights.items()}
     missing = [n for n in weights if n not in scores]
     if missing:
         raise ValueError(f"the importance has no scores for layers {missing[:5]}")
     return scores
+
+
+def _granularity(statistics, importance) -> str:
+    if isinstance(statistics, PrivateStatistics) and statistics.importance is not None:
+        return statistics.importance.granularity
+    return importance.granularity if importance is not None else "entry"
 
 
 def _importance_units(groups, weights, scores, bits) -> tuple[list[Unit], dict]:

@@ -3,6 +3,8 @@ batch-independence probe (see :mod:`._stats`)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -13,6 +15,25 @@ if TYPE_CHECKING:  # annotations only
     from ._collector import _Collector
 
 __all__ = []
+
+_ACTIVE: set[int] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def exclusive(model: nn.Module):
+    """One statistics or importance collection at a time per model: each installs hooks that
+    record every forward pass, so two at once (two threads) would record each other's batches."""
+    with _ACTIVE_LOCK:
+        if id(model) in _ACTIVE:
+            raise ValueError("another statistics or importance collection is running on this model; its hooks "
+                             "would record this one's batches (run them one after the other)")
+        _ACTIVE.add(id(model))
+    try:
+        yield
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(id(model))
 
 #: Tolerance of the batch-independence probe, relative to the largest activation. On this
 #: project's CPU, MiniLM's activations of a half batch run alone are bit-identical to theirs in
@@ -44,7 +65,13 @@ def _slice_batch(batch: object, mask: torch.Tensor | None, b: int, part: slice):
     """The examples ``part`` of ``batch`` (its tensors with first axis ``b``), or None if it
     cannot be sliced generically."""
     if isinstance(batch, torch.Tensor):
+        if batch.ndim == 0 or batch.shape[0] != b:
+            raise ValueError(f"the batch tensor has shape {tuple(batch.shape)}, but the batch has {b} examples: "
+                             "statistics need them on the first axis")
         return batch[part]
+    if isinstance(batch, (tuple, list)):
+        parts = [_slice_batch(v, mask, b, part) if isinstance(v, torch.Tensor) else v for v in batch]
+        return type(batch)(parts)
     if isinstance(batch, Mapping):
         out = {}
         for key, v in batch.items():
@@ -59,6 +86,26 @@ def _slice_batch(batch: object, mask: torch.Tensor | None, b: int, part: slice):
                 out[key] = v
         return type(batch)(out) if isinstance(batch, dict) else out
     return None
+
+
+def examples_alone(batch, mask_key: str | None, b: int):
+    """Each example of ``batch`` as a batch of one, trimmed to its own tokens (right padding)."""
+    mask = batch.get(mask_key) if (mask_key is not None and isinstance(batch, Mapping)) else None
+    mask = None if mask is None else torch.as_tensor(mask)
+    for i in range(b):
+        part = _slice_batch(batch, mask, b, slice(i, i + 1))
+        if part is None:
+            raise ValueError("isolate=True needs batches that are tensors, tuples or mappings of tensors (examples first)")
+        if mask is None:
+            yield part
+            continue
+        keep = mask[i].bool()
+        n = int(keep.sum())
+        if not bool(keep[:n].all()):
+            raise ValueError("isolate=True trims padding from the right: pass right-padded batches (or isolate=False)")
+        t = mask.shape[1]
+        yield {k: (v[:, :n] if isinstance(v, torch.Tensor) and v.ndim >= 2 and v.shape[1] == t else v)
+               for k, v in part.items()}
 
 
 def _check_layout(model: nn.Module) -> None:

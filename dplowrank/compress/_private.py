@@ -43,7 +43,7 @@ from ..diagnostics import noise_edge
 from ..mechanisms import NOISE_SHAPES, gaussian_vector_noise
 from ..gram import check_gram, check_range
 from ..release import LowRankRelease, release_rank_k
-from ._importance import ImportanceStatistics
+from ._importance import ImportanceStatistics, importance_matrix
 from ._stats import ActivationStatistics
 
 __all__ = ["PrivateStatistics", "PrivateImportance", "release_statistics", "denoise_gram", "denoise_importance", "ESTIMATORS"]
@@ -222,6 +222,10 @@ class PrivateImportance:
         Δ, the L2 sensitivity of all scores together.
     neighbour : str
     randomness : {"secure", "seeded"}
+    granularity : {"entry", "marginal"}
+        As collected (:func:`collect_importance`).
+    shapes : dict of str to (int, int)
+        Each layer's weight shape.
     """
 
     scores: dict
@@ -229,6 +233,8 @@ class PrivateImportance:
     sensitivity: float
     neighbour: str
     randomness: str
+    granularity: str = "entry"
+    shapes: dict = None
 
     @property
     def privacy_event(self) -> GaussianEvent:
@@ -239,9 +245,23 @@ class PrivateImportance:
         return self.randomness == "secure"
 
     def denoised(self, *, prior: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """:func:`denoise_importance` of every layer (post-processing, free)."""
-        return {n: denoise_importance(s, self.noise_scale, prior=None if prior is None else prior.get(n))
-                for n, s in self.scores.items()}
+        """Each layer's denoised importance as a (d_out, d_in) matrix (post-processing, free).
+
+        :func:`denoise_importance` of the scores (for ``"marginal"``, of the row sums and of
+        the column sums separately, then their separable product). ``prior``: public
+        importance by layer, in the scores' own layout.
+        """
+        out = {}
+        for n, s in self.scores.items():
+            p = None if prior is None else prior.get(n)
+            if self.granularity == "entry":
+                out[n] = denoise_importance(s, self.noise_scale, prior=p)
+                continue
+            d_out = self.shapes[n][0]
+            parts = [denoise_importance(s[sl], self.noise_scale, prior=None if p is None else p[sl])
+                     for sl in (slice(0, d_out), slice(d_out, None))]
+            out[n] = importance_matrix(torch.cat(parts), "marginal", self.shapes[n])
+        return out
 
 
 def _release_importance(importance: ImportanceStatistics, cal, generator) -> PrivateImportance:
@@ -251,7 +271,8 @@ def _release_importance(importance: ImportanceStatistics, cal, generator) -> Pri
     for name, score in importance.scores.items():
         source, _, label = resolve_noise_source(generator, score.device)
         noisy[name] = gaussian_vector_noise(score, cal.noise_scale, source=source)
-    return PrivateImportance(noisy, float(cal.noise_scale), float(importance.sensitivity), importance.neighbour, label)
+    return PrivateImportance(noisy, float(cal.noise_scale), float(importance.sensitivity), importance.neighbour, label,
+                             importance.granularity, importance.shapes)
 
 
 def denoise_importance(noisy: torch.Tensor, noise_scale: float, *,
@@ -273,15 +294,15 @@ def denoise_importance(noisy: torch.Tensor, noise_scale: float, *,
 
     Parameters
     ----------
-    noisy : Tensor of shape (d_out, d_in)
+    noisy : Tensor of any shape (a layer's scores)
     noise_scale : float
         σ of the release.
-    prior : Tensor of shape (d_out, d_in), optional
+    prior : Tensor of the same shape, optional
         Public, non-negative prior importance (e.g. from public text); default constant.
 
     Returns
     -------
-    Tensor of shape (d_out, d_in), float64, ≥ 0
+    Tensor of the shape of ``noisy``, float64, ≥ 0
     """
     x = noisy.to(torch.float64)
     p = x.numel()
