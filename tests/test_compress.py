@@ -375,9 +375,12 @@ def test_layers_that_mix_examples_sequence_first_layouts_and_buffer_writes_are_r
     with pytest.raises(ValueError, match="change with the other examples"):
         collect_statistics(mixing, [{"x": x}], find_groups(mixing, ["2"]), isolate=False, **fwd)
     assert not mixing[2]._forward_hooks
-    # the default runs each example alone: the same layer then cannot mix, and the sum is the
-    # sum of one-example statistics
-    together = collect_statistics(mixing, [{"x": x}], find_groups(mixing, ["2"]), clip=None, **fwd)["2"]
+    # run alone, an example cannot mix; without a mask the probe still runs (it checks that the
+    # rows split off are the examples) and refuses the layer, unless switched off
+    with pytest.raises(ValueError, match="change with the other examples"):
+        collect_statistics(mixing, [{"x": x}], find_groups(mixing, ["2"]), **fwd)
+    together = collect_statistics(mixing, [{"x": x}], find_groups(mixing, ["2"]), clip=None,
+                                  check_independence=False, **fwd)["2"]
     apart = [collect_statistics(mixing, [{"x": x[i:i + 1]}], find_groups(mixing, ["2"]), clip=None,
                                 isolate=False, **fwd)["2"] for i in range(6)]
     assert together.n_examples == 6
@@ -788,7 +791,7 @@ class _BigBatchOnly(nn.Module):
 
 def test_isolation_splits_tuple_batches_and_refuses_tensors_whose_first_axis_is_not_the_examples():
     gen = torch.Generator().manual_seed(41)
-    model = nn.Sequential(nn.Linear(4, 4), _BatchMean(), nn.Linear(4, 4))
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
     groups = find_groups(model, ["2"])
     x = torch.randn(5, 4, generator=gen)
     tup = collect_statistics(model, [(x, torch.arange(5))], groups, clip=None, mask_key=None,

@@ -612,3 +612,97 @@ def test_one_collection_per_model_at_a_time_and_no_gradient_left_behind():
     assert torch.equal(model.up.weight.grad, torch.full_like(model.up.weight, 7.0))  # and the caller's kept
     assert model.down.weight.grad is None
     collect_importance(model, batches, groups, loss=probe_loss)  # the model is free again
+
+
+class _SeqFirst(nn.Module):
+    """Takes ids of shape (T, B) and mixes context along the first axis (not the examples')."""
+
+    def __init__(self, gen):
+        super().__init__()
+        self.emb, self.up = nn.Embedding(30, 6), nn.Linear(6, 6)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.randn(30, 6, generator=gen))
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        return self.up(h + h.cumsum(dim=0))  # shape: (T, B, 6)
+
+
+def test_isolation_refuses_what_it_cannot_split_and_rows_that_are_not_examples():
+    """Found by this change's second audit: numpy/list entries were passed whole to every
+    'isolated' example (each counted B times: 5.54·C between neighbours), importance batches
+    without their mask ran untrimmed, and a sequence-first model passed once the probe was off."""
+    model, groups = _tiny(seed=40)
+    batch = padded_batches(_examples(_gen(41), 4), 4)[0]
+    as_numpy = {k: v.numpy() for k, v in batch.items()}
+    fwd = dict(forward=lambda m, b: m(**{k: torch.as_tensor(v) for k, v in b.items()}))
+    with pytest.raises(ValueError, match="batch entry 'input_ids' is a ndarray"):
+        dl.collect_statistics(model, [as_numpy], groups, **fwd)
+    as_lists = {k: v.tolist() for k, v in batch.items()}
+    with pytest.raises(ValueError, match="is a list"):
+        dl.collect_statistics(model, [as_lists], groups, **fwd)
+    with pytest.raises(ValueError, match="is a ndarray"):
+        collect_importance(model, [as_numpy], groups,
+                           loss=lambda m, b: probe_loss(m, {k: torch.as_tensor(v) for k, v in b.items()}))
+    # a tuple batch for importance: its mask is not under mask_key, so nothing would be trimmed
+    with pytest.raises(ValueError, match="no 'attention_mask' entry"):
+        collect_importance(model, [(batch["input_ids"], batch["attention_mask"])], groups,
+                           loss=lambda m, b: probe_loss(m, {"input_ids": b[0], "attention_mask": b[1]}))
+    # rows that are token positions, not examples: the probe runs on unmasked isolated batches
+    seq = _SeqFirst(_gen(42))
+    ids = torch.randint(1, 30, (7, 3), generator=_gen(43))  # shape: (T, B)
+    with pytest.raises(ValueError, match="change with the other examples"):
+        dl.collect_statistics(seq, [ids], find_groups(seq, ["up"]), mask_key=None)
+    with pytest.raises(ValueError, match="changes with the other examples"):
+        collect_importance(seq, [ids], find_groups(seq, ["up"]), mask_key=None,
+                           loss=lambda m, b: m(b).sum(dim=(1, 2)))  # one loss per row of the first axis
+
+
+class _FaintIntoSmall(nn.Module):
+    def forward(self, x):
+        return x + 1e-6 * x.sum(dim=0, keepdim=True)
+
+
+def test_the_statistics_probe_scales_by_each_examples_own_activations():
+    """The Gram probe compared with the batch's largest activation: faint mixing into small
+    examples beside one 1e4 times larger passed (1.035·C between neighbours, second audit)."""
+    model = nn.Sequential(_FaintIntoSmall(), nn.Linear(4, 4))
+    x = torch.randn(4, 3, 4, generator=_gen(44))
+    x[0] *= 1e4
+    with pytest.raises(ValueError, match="change with the other examples"):
+        dl.collect_statistics(model, [x], find_groups(model, ["1"]), mask_key=None, isolate=False)
+
+
+def test_no_collection_on_a_wrapper_of_a_model_being_collected_and_no_foreign_thread_recorded():
+    import threading
+
+    model, groups = _tiny(seed=45)
+    wrapper = nn.Sequential(model)
+    batches = padded_batches(_examples(_gen(46), 4), 2)
+    outcome = {}
+
+    def other_thread():
+        try:  # a plain forward pass on the model from another thread, mid-collection
+            model(**batches[0])
+            outcome["forward"] = "ran"
+        except RuntimeError as e:
+            outcome["forward"] = str(e)
+        try:
+            collect_importance(wrapper, batches, find_groups(wrapper, ["0.up"]), loss=probe_loss)
+            outcome["wrapper"] = "ran"
+        except ValueError as e:
+            outcome["wrapper"] = str(e)
+
+    def loss(m, batch):
+        if not outcome:
+            t = threading.Thread(target=other_thread)
+            t.start()
+            t.join()
+        return probe_loss(m, batch)
+
+    alone = collect_importance(model, batches, groups, loss=probe_loss)
+    got = collect_importance(model, batches, groups, loss=loss)
+    assert "another thread" in outcome["forward"]
+    assert "another statistics or importance collection" in outcome["wrapper"]
+    for n in alone.scores:
+        assert torch.equal(got.scores[n], alone.scores[n])

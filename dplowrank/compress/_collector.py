@@ -8,6 +8,7 @@ sums) is explained in :mod:`._stats`.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -43,6 +44,20 @@ def _grid_for(clip: float, rho: int) -> tuple[float, int]:
     return math.ldexp(1.0, top - k), 2 ** (51 - k)
 
 
+class OwnerThread:
+    """The thread that installed a collection's hooks: a forward pass from any other thread
+    (a server answering requests with the same model, ``nn.DataParallel`` replicas) must not
+    be recorded as one of the corpus's examples, and is refused in that thread."""
+
+    def __init__(self) -> None:
+        self.ident = threading.get_ident()
+
+    def check(self) -> None:
+        if threading.get_ident() != self.ident:
+            raise RuntimeError("a forward pass from another thread reached a statistics or importance collection's "
+                               "hooks; run nothing else on this model until the collection has finished")
+
+
 class _Collector:
     def __init__(self, model, groups, coords, clip, normalize, matmul_dtype, neighbour="add_remove"):
         self.model, self.groups, self.coords = model, groups, coords
@@ -61,6 +76,7 @@ class _Collector:
         self.capture: dict[str, torch.Tensor] | None = None  # the probe's activations
 
     def install(self):
+        self.owner = OwnerThread()  # only this thread's forward passes are the corpus's examples
         mods = dict(self.model.named_modules())
         for g in self.groups:
             c = self.coords[g.name]
@@ -83,6 +99,7 @@ class _Collector:
 
     def _hook(self, group: LayerGroup, member: str):
         def hook(module, inputs, output):
+            self.owner.check()
             x = inputs[0]
             seen = self._seen.get(group.name)
             if seen is not None and seen[0] == self.step:

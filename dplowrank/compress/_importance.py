@@ -43,8 +43,9 @@ from torch import nn
 from .._progress import progress
 from .._validation import check_choice
 from ..mechanisms import NEIGHBOURS, clip_factors, contribution_sensitivity
-from ._collector import _CLIP_MARGIN, _grid_for
-from ._isolation import _PROBE_RTOL, _check_layout, _check_state, _examples_in, _slice_batch, _state, examples_alone, exclusive
+from ._collector import _CLIP_MARGIN, OwnerThread, _grid_for
+from ._isolation import (_check_layout, _check_state, _close_per_example, _examples_in, _slice_batch,
+                         _state, examples_alone, exclusive)
 from ._stats import _check_clip
 from ._targets import LayerGroup
 
@@ -125,10 +126,12 @@ class _Tape:
         self.mods = mods
         self.inputs: dict[str, torch.Tensor] = {}
         self.grads: dict[str, torch.Tensor] = {}
+        self.owner = OwnerThread()
         self.handles = [m.register_forward_hook(self._hook(n)) for n, m in mods.items()]
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
+            self.owner.check()  # another thread's forward pass is not one of the corpus's examples
             self.inputs[name] = inputs[0].detach()
             if output.requires_grad:
                 output.register_hook(lambda g: self.grads.__setitem__(name, g.detach()))
@@ -225,14 +228,18 @@ def collect_importance(
     examples : callable, optional
         ``examples(batch) -> int``; default the mask's first axis, else the common first axis.
     mask_key : str or None, default "attention_mask"
-        Only used to count the examples (padding is excluded by the loss itself).
+        The batch's (B, T) token mask: it counts the examples and, with ``isolate``, trims each
+        one to its own tokens (a batch without it is refused). ``None``: every token counts
+        (unpadded batches); padding is otherwise excluded by the loss itself.
     total : int, optional
         Number of batches for the progress bar.
     show_progress : bool, default False
     public : bool, default False
         Declare the corpus public (never for a private corpus).
     check_independence : bool, default True
-        With ``isolate=False``: the batch-independence probe on the first batch of every size ≥ 2.
+        The batch-independence probe on the first batch of every size ≥ 2: batched, it checks
+        that examples stay apart; isolated (only without a mask), that the rows split off are
+        the examples.
     granularity : {"entry", "marginal"}, default "entry"
         "entry": one score per weight (LPAF's elementwise importance). "marginal": each
         example's |W ⊙ G_e| is summed over its columns and over its rows first, and those
@@ -275,7 +282,7 @@ def collect_importance(
     _check_layout(model)
     with exclusive(model):
         return _collect(model, batches, groups, mods, loss, c, normalize, neighbour, examples, mask_key, total,
-                        show_progress, public, check_independence and not isolate, granularity, isolate, totals,
+                        show_progress, public, check_independence, granularity, isolate, totals,
                         grid, limit)
 
 
@@ -295,7 +302,7 @@ def _collect(model, batches, groups, mods, loss, c, normalize, neighbour, exampl
             for batch in progress(batches, total=total or 0, desc="importance", enabled=show_progress):
                 b = _batch_size(batch, mask_key, examples)
                 contrib = _contributions(model, loss, batch, b, tape, isolate, mask_key)
-                if check_independence and b >= 2 and b not in probed:
+                if check_independence and b >= 2 and b not in probed and (not isolate or mask_key is None):
                     _probe(model, loss, batch, b, tape, contrib, mask_key)
                     probed.add(b)
                 if marginal:  # row sums then column sums of each example's |W ⊙ G_e|
@@ -318,7 +325,9 @@ def _collect(model, batches, groups, mods, loss, c, normalize, neighbour, exampl
 
 def _batch_size(batch, mask_key, examples) -> int:
     mask = None
-    if mask_key is not None and isinstance(batch, Mapping) and mask_key in batch:
+    if mask_key is not None:
+        if not isinstance(batch, Mapping) or mask_key not in batch:
+            raise ValueError(f"batch has no {mask_key!r} entry (pass mask_key=None if every token counts)")
         mask = torch.as_tensor(batch[mask_key])
     b = _examples_in(batch, mask) if examples is None else examples(batch)
     if isinstance(b, bool) or not isinstance(b, int) or b < 1:
@@ -327,9 +336,11 @@ def _batch_size(batch, mask_key, examples) -> int:
 
 
 def _probe(model, loss, batch, b, tape, contrib, mask_key) -> None:
-    """``isolate=False`` only: each half of the batch run alone must give every example the
-    contribution it has in the whole batch, to 1e-5 of that example's own largest entry (after
-    clipping each example is scaled on its own, so faint mixing must be small relative to it)."""
+    """Each half of the batch run alone must give every example the contribution it has in
+    ``contrib`` (the whole batch's, or with ``isolate`` each example's own), to 1e-5 of that
+    example's own largest entry (each example is clipped on its own, so faint mixing must be
+    small relative to it). With ``isolate`` it checks the layout: a first axis that is not the
+    examples' (a sequence-first model) makes the halves differ from the rows run one by one."""
     h = (b + 1) // 2
     mask = batch.get(mask_key) if (mask_key is not None and isinstance(batch, Mapping)) else None
     for sl, n in ((slice(0, h), h), (slice(h, b), b - h)):
@@ -338,10 +349,7 @@ def _probe(model, loss, batch, b, tape, contrib, mask_key) -> None:
             raise ValueError("cannot check that examples stay apart: pass batches that are tensors or mappings of tensors")
         alone = _backward(model, loss, part, n, tape)
         for name, whole in contrib.items():
-            ref = whole[sl].reshape(n, -1)
-            own = ref.abs().amax(dim=1)
-            diff = (alone[name].reshape(n, -1) - ref).abs().amax(dim=1)
-            if bool((diff > _PROBE_RTOL * own + 1e-30).any()):
+            if not _close_per_example(alone[name], whole[sl]):
                 raise ValueError(
                     f"layer {name!r}: an example's gradient changes with the other examples in its batch (a layer "
                     "or the loss mixes examples); its contribution would not be bounded by the clipping norm"

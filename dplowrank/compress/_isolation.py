@@ -8,6 +8,7 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,24 +17,29 @@ if TYPE_CHECKING:  # annotations only
 
 __all__ = []
 
-_ACTIVE: set[int] = set()
+_ACTIVE: set[int] = set()  # ids of every module inside a model being collected
 _ACTIVE_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def exclusive(model: nn.Module):
-    """One statistics or importance collection at a time per model: each installs hooks that
-    record every forward pass, so two at once (two threads) would record each other's batches."""
+    """One statistics or importance collection at a time per module: each installs hooks that
+    record every forward pass through its targets, so two at once (two threads, or one on a
+    model and one on a wrapper around it) would record each other's batches. Every module
+    inside ``model`` is claimed, so any overlap is refused."""
+    ids = {id(m) for m in model.modules()}
     with _ACTIVE_LOCK:
-        if id(model) in _ACTIVE:
-            raise ValueError("another statistics or importance collection is running on this model; its hooks "
-                             "would record this one's batches (run them one after the other)")
-        _ACTIVE.add(id(model))
+        if ids & _ACTIVE:
+            raise ValueError("another statistics or importance collection is running on this model (or on one "
+                             "that shares its modules); its hooks would record this one's batches (run them one "
+                             "after the other)")
+        _ACTIVE.update(ids)
     try:
         yield
     finally:
         with _ACTIVE_LOCK:
-            _ACTIVE.discard(id(model))
+            _ACTIVE.difference_update(ids)
+
 
 #: Tolerance of the batch-independence probe, relative to the largest activation. On this
 #: project's CPU, MiniLM's activations of a half batch run alone are bit-identical to theirs in
@@ -61,20 +67,34 @@ def _examples_in(batch: object, mask: torch.Tensor | None) -> int:
     )
 
 
-def _slice_batch(batch: object, mask: torch.Tensor | None, b: int, part: slice):
+_NOT_SPLIT = (np.ndarray, list, tuple, Mapping)  # containers isolation cannot split generically
+_NOT_TENSORS = ("isolate=True splits batches whose per-example values are torch tensors; {} is a {} "
+                "(convert it with torch.as_tensor, e.g. a tokenizer's return_tensors='pt')")
+
+
+def _slice_batch(batch: object, mask: torch.Tensor | None, b: int, part: slice, strict: bool = False):
     """The examples ``part`` of ``batch`` (its tensors with first axis ``b``), or None if it
-    cannot be sliced generically."""
+    cannot be sliced generically. ``strict``: refuse arrays and lists inside the batch (they
+    would be passed whole, every example with the whole batch)."""
+    if strict and isinstance(batch, np.ndarray):
+        raise ValueError(_NOT_TENSORS.format("the batch", type(batch).__name__))
     if isinstance(batch, torch.Tensor):
         if batch.ndim == 0 or batch.shape[0] != b:
             raise ValueError(f"the batch tensor has shape {tuple(batch.shape)}, but the batch has {b} examples: "
                              "statistics need them on the first axis")
         return batch[part]
     if isinstance(batch, (tuple, list)):
-        parts = [_slice_batch(v, mask, b, part) if isinstance(v, torch.Tensor) else v for v in batch]
+        parts = []
+        for i, v in enumerate(batch):
+            if strict and isinstance(v, _NOT_SPLIT):
+                raise ValueError(_NOT_TENSORS.format(f"batch item {i}", type(v).__name__))
+            parts.append(_slice_batch(v, mask, b, part) if isinstance(v, torch.Tensor) else v)
         return type(batch)(parts)
     if isinstance(batch, Mapping):
         out = {}
         for key, v in batch.items():
+            if strict and isinstance(v, _NOT_SPLIT):
+                raise ValueError(_NOT_TENSORS.format(f"batch entry {key!r}", type(v).__name__))
             if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == b:
                 out[key] = v[part]
             elif isinstance(v, torch.Tensor) and v.ndim >= 1:
@@ -93,12 +113,14 @@ def examples_alone(batch, mask_key: str | None, b: int):
     mask = batch.get(mask_key) if (mask_key is not None and isinstance(batch, Mapping)) else None
     mask = None if mask is None else torch.as_tensor(mask)
     for i in range(b):
-        part = _slice_batch(batch, mask, b, slice(i, i + 1))
+        part = _slice_batch(batch, mask, b, slice(i, i + 1), strict=True)
         if part is None:
             raise ValueError("isolate=True needs batches that are tensors, tuples or mappings of tensors (examples first)")
         if mask is None:
             yield part
             continue
+        if torch.as_tensor(part[mask_key]).shape[0] != 1:
+            raise ValueError(f"{mask_key!r} did not split into one row per example")
         keep = mask[i].bool()
         n = int(keep.sum())
         if not bool(keep[:n].all()):
@@ -188,12 +210,21 @@ def _probe(col: _Collector, run, model: nn.Module, batch: object, mask: torch.Te
     for name, whole in outs[0].items():
         for (sl, _), alone in zip(parts, (outs[1].get(name), outs[2].get(name))):
             ref = whole[sl]
-            scale = float(whole.abs().max()) if whole.numel() else 0.0
-            if alone is None or alone.shape != ref.shape or \
-                    float((alone - ref).abs().max()) > _PROBE_RTOL * scale + 1e-30:
+            if alone is None or alone.shape != ref.shape or not _close_per_example(alone, ref):
                 raise ValueError(
                     f"group {name!r}: an example's activations change with the other examples in its batch "
                     "(a layer mixes examples, e.g. batch statistics or a sequence-first layout); its "
                     "contribution would not be bounded by the clipping norm. Use a model that processes "
                     "examples independently (eval mode, batch_first=True)"
                 )
+
+
+def _close_per_example(alone: torch.Tensor, ref: torch.Tensor) -> bool:
+    """Every example of ``alone`` within ``_PROBE_RTOL`` of its own largest entry in ``ref``
+    (a batch-wide scale would let faint mixing into small examples pass beside a large one)."""
+    if ref.numel() == 0:
+        return True
+    dims = tuple(range(1, ref.ndim))
+    err = (alone - ref).abs().amax(dim=dims) if dims else (alone - ref).abs()
+    scale = ref.abs().amax(dim=dims) if dims else ref.abs()
+    return bool((err <= _PROBE_RTOL * scale + 1e-30).all())

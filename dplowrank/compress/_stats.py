@@ -145,7 +145,8 @@ def collect_statistics(
     check_independence : bool, default True
         Run the batch-independence probe on the first batch of each batch size with two or
         more examples (one extra forward pass of a whole batch, in two halves). Switch it off
-        only for a model whose examples are known to stay apart. Not needed with ``isolate``.
+        only for a model whose examples are known to stay apart. With ``isolate`` it runs only
+        on batches without a mask, where it checks that the rows split off are the examples.
     isolate : bool, default True
         Run every example alone, trimmed to its own tokens (right-padded batches; a batch
         without a mask is split by rows): its contribution is then a function of that example
@@ -203,17 +204,19 @@ def _run(col, run, model, batches, total, show_progress, mask_key, examples, che
         with torch.inference_mode():
             for batch in progress(batches, total=total or 0, desc="statistics", enabled=show_progress):
                 mask, b = _batch_layout(batch, mask_key, examples)
-                if isolate:  # each example alone, trimmed to its own tokens: nothing to mix, no probe
+                # batched, the probe checks that examples stay apart; isolated without a mask, that
+                # the rows split off are the examples (a sequence-first model would fail it)
+                if check_independence and b >= 2 and b not in probed and (not isolate or mask is None):
+                    _probe(col, run, model, batch, mask, b)
+                    _check_state(model, state)
+                    probed.add(b)
+                if isolate:  # each example alone, trimmed to its own tokens: nothing to mix
                     for one in examples_alone(batch, mask_key, b):
                         col.mask = None if mask is None else torch.as_tensor(one[mask_key])
                         col.examples = 1
                         col.step += 1
                         run(model, one)
                     continue
-                if check_independence and b >= 2 and b not in probed:
-                    _probe(col, run, model, batch, mask, b)
-                    _check_state(model, state)
-                    probed.add(b)
                 col.mask, col.examples = mask, b
                 col.step += 1
                 run(model, batch)
