@@ -2,6 +2,7 @@
 importance (LPAF) and quantised storage inside compress_model. Small matrices and models only."""
 
 import math
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -520,6 +521,13 @@ def test_bad_arguments_of_the_new_compressors_are_named_and_change_nothing():
             collect_importance(model, batches, groups, **{"loss": probe_loss, **kw})
     with pytest.raises(ValueError, match="nothing to release"):
         release_statistics(epsilon=1.0, delta=1e-6)
+    named = nn.Sequential(OrderedDict([("importance", nn.Linear(4, 4))]))
+    g = find_groups(named, ["importance"])
+    x = torch.randn(5, 3, 4, generator=_gen(47))
+    st = dl.collect_statistics(named, [x], g, mask_key=None)
+    imp = collect_importance(named, [x], g, loss=lambda m, b: m(b).sum(dim=(1, 2)), mask_key=None)
+    with pytest.raises(ValueError, match="named 'importance'"):
+        release_statistics(st, importance=imp, epsilon=1.0, delta=1e-6)
     raw = collect_importance(model, batches, groups, loss=probe_loss, clip=None)
     with pytest.raises(ValueError, match="without clipping"):
         release_statistics(importance=raw, epsilon=1.0, delta=1e-6)

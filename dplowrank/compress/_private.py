@@ -170,6 +170,8 @@ def release_statistics(
     (neighbour,) = relations
     names = [st.group.name for st in stats] + (["importance"] if importance is not None else [])
     sens = [st.sensitivity for st in stats] + ([importance.sensitivity] if importance is not None else [])
+    if importance is not None and "importance" in names[:-1]:
+        raise ValueError("a group is named 'importance', the name of the importance's share: rename the group")
     if weights is None:
         w = [1.0] * len(names)
     else:
