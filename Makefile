@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench peers clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +26,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_release.py
 
+# The PCA peers (diffprivlib 0.6 needs scikit-learn < 1.6) in their own environment, for
+# benchmarks/bench_pca_peers.py; the library and its tests never need them.
+peers: .peers/.installed
+.peers/.installed:
+	$(PYTHON) -m venv .peers
+	.peers/bin/python -m pip install -q "scikit-learn<1.6" "diffprivlib==0.6.6" "opendp[numpy]==0.16.0"
+	touch .peers/.installed
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .peers .pytest_cache .hypothesis

@@ -34,6 +34,7 @@ from .mechanisms import (
     gram_sensitivity,
 )
 from .release import LowRankRelease, load_release, release_rank_k
+from .pca import PrivatePCA
 from .compress import (
     ActivationStatistics,
     LayerGroup,
@@ -54,6 +55,7 @@ __all__ = [
     "release_rank_k",
     "LowRankRelease",
     "load_release",
+    "PrivatePCA",
     "InsufficientMemoryError",
     "SecureNormalSource",
     # private statistics

@@ -294,7 +294,39 @@ class GramAccumulator:
                 "that keeps its sums exact; nothing was added (create it with a larger max_rows)"
             )
         device = self._device if self._device is not None else x.device
-        x = x.to(device=device, dtype=torch.float64)
+        x, over = self._clip(x.to(device=device, dtype=torch.float64))
+        if self._gram is None:
+            self._allocate(x.shape[1], device)
+        self._gram.addmm_(x.T, x)  # exact: every partial sum is a multiple of g² below 2⁵³·g²
+        self.n_rows += x.shape[0]
+        self.n_clipped += int(over.sum())
+        return self
+
+    def clip_rows(self, rows: object) -> torch.Tensor:
+        """The rows as :meth:`update` would add them (clipped to C, on the grid), without adding them.
+
+        Each returned row q has ‖q‖ ≤ C exactly, and its entries are multiples of the grid
+        step, so a sum of up to ``max_rows`` such rows (e.g. the row sum Σq, whose
+        add/remove sensitivity is then exactly C) is exact in float64 in any order.
+
+        Parameters
+        ----------
+        rows : array or Tensor of shape (n, d)
+
+        Returns
+        -------
+        Tensor of shape (n, d), float64, on the accumulator's device (or the rows').
+        """
+        x = as_tensor(rows, "rows")
+        if x.ndim != 2 or x.shape[1] == 0:
+            raise ValueError(f"rows must have shape (n, d) with d >= 1, got shape {tuple(x.shape)}")
+        if self._dim is not None and x.shape[1] != self._dim:
+            raise ValueError(f"rows must have {self._dim} columns, got shape {tuple(x.shape)}")
+        device = self._device if self._device is not None else x.device
+        return self._clip(x.to(device=device, dtype=torch.float64))[0]
+
+    def _clip(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(grid rows of norm ≤ C, which rows were clipped) for float64 rows x of shape (n, d)."""
         if not bool(torch.isfinite(x).all()):
             raise ValueError("rows contains a NaN or Inf entry; the batch was not added")
         # ‖x‖ is taken as m·‖x/m‖ with m = max|x_i|, so that rows whose squared entries
@@ -308,13 +340,7 @@ class GramAccumulator:
         limit = torch.full_like(top, self.row_norm) / top
         scale, over = clip_factors(unit_norms, limit, self.row_norm * _CLIP_MARGIN)
         x = torch.where(over.unsqueeze(1), unit * scale.unsqueeze(1), x)
-        x = self._on_grid(x)
-        if self._gram is None:
-            self._allocate(x.shape[1], device)
-        self._gram.addmm_(x.T, x)  # exact: every partial sum is a multiple of g² below 2⁵³·g²
-        self.n_rows += x.shape[0]
-        self.n_clipped += int(over.sum())
-        return self
+        return self._on_grid(x), over
 
     # ---- crash safety -----------------------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike, *, cursor: object = None, key: bytes | None = None) -> Path:

@@ -243,20 +243,20 @@ def test_recommended_k_recovers_the_planted_k(mechanism, planted):
     for seed in range(5):
         r = dl.release_rank_k(m, 10, sensitivity=1.0, noise_scale=sigma, mechanism=mechanism, generator=_g(seed))
         rep = r.diagnose()
-        assert rep.recommended_k == planted
-        assert rep.recommended_by == ("mangoubi_vishnoi" if mechanism == "complex" else "re_analyze_gauss")
+        assert rep.certified_k == planted
+        assert rep.certified_by == ("mangoubi_vishnoi" if mechanism == "complex" else "re_analyze_gauss")
         assert rep.recommended_k_by_theorem == {"mangoubi_vishnoi": planted, "re_analyze_gauss": planted}
         assert rep.spectrum.shape == (11,)
         lo, hi = rep.eigenvalue_intervals[:planted].T
         assert np.all(lo <= spikes) and np.all(np.array(spikes) <= hi)  # the truth is inside (w.h.p.)
     text = r.report()
-    assert f"recommended k: {planted}" in text and "post-processing: free" in text
+    assert f"certified k:   {planted}" in text and "post-processing: free" in text
 
 
 def test_pure_noise_recommends_nothing():
     r = dl.release_rank_k(torch.zeros(50, 50, dtype=torch.float64), 5, sensitivity=1.0, noise_scale=1.0,
                           generator=_g(0))
-    assert r.diagnose().recommended_k == 0
+    assert r.diagnose().certified_k == 0
     assert "no k <= 5" in r.report()
 
 
@@ -266,12 +266,53 @@ def test_pure_noise_at_full_rank_recommends_nothing(k):
     r = dl.release_rank_k(torch.zeros(6, 6, dtype=torch.float64), k, sensitivity=1.0, noise_scale=1.0,
                           generator=_g(1))
     rep = r.diagnose()
-    assert rep.recommended_k == 0
+    assert rep.certified_k == 0
     assert all(v == 0 for v in rep.recommended_k_by_theorem.values())
     # a full-rank matrix far above the noise is supported at k = d
     big = torch.diag(torch.tensor([4000.0, 3000, 2000, 1000, 600, 300], dtype=torch.float64))
     r = dl.release_rank_k(big, 6, sensitivity=1.0, noise_scale=1.0, generator=_g(2))
-    assert r.diagnose().recommended_k == 6
+    assert r.diagnose().certified_k == 6
+
+
+@pytest.mark.parametrize("mechanism", ["gaussian", "complex"])
+@pytest.mark.parametrize("planted", [0, 2, 4])
+def test_recommended_k_is_the_signal_rank(mechanism, planted):
+    # Spikes at 3 noise edges (well above the BBP threshold e/2: outliers at θ + e²/4θ) are
+    # counted; the bulk is not. The certified k (gaps of 8 edges + 2B) is 0 for such spikes.
+    d, sigma = 120, 1.0
+    shape = "hermitian" if mechanism == "complex" else "isotropic"
+    edge = noise_edge(shape, d, sigma)
+    m = spiked_matrix(d, [3.0 * edge * (1 + 0.02 * i) for i in range(planted)], seed=planted)
+    for seed in range(4):
+        r = dl.release_rank_k(m, 8, sensitivity=1.0, noise_scale=sigma, mechanism=mechanism, generator=_g(seed))
+        rep = r.diagnose()
+        assert rep.recommended_k == planted and rep.recommended_by == "noise_edge"
+        assert rep.certified_k <= planted
+    text = r.report()
+    assert f"recommended k: {planted}" in text and "certified k:" in text
+
+
+def test_recommended_k_counts_eigenvalues_above_the_edge_exactly():
+    d, sigma = 100, 1.0
+    edge = noise_edge("isotropic", d, sigma)
+    t = edge * (1 + d ** (-2 / 3))  # the edge + 2 Tracy–Widom units
+    rep = _release_from_spectrum([3 * edge, t * (1 + 1e-9), t * (1 - 1e-9), 0.0], d, sigma).diagnose()
+    assert rep.recommended_k == 2
+
+
+@pytest.mark.parametrize("shape", ["isotropic", "upper_triangular", "hermitian"])
+def test_pure_noise_rarely_counts_a_spike(shape):
+    # Tracy–Widom: pure noise crosses the signal threshold in about 1 % of draws (loose bound: 5 %)
+    from dplowrank.diagnostics import signal_rank
+
+    d, sigma, draws = 60, 1.0, 300
+    mech = (dl.ComplexGaussianMechanism(sigma, 1.0) if shape == "hermitian"
+            else dl.GaussianMechanism(sigma, 1.0, shape))
+    edge = noise_edge(shape, d, sigma)
+    zero = torch.zeros(d, d, dtype=torch.float64)
+    g = _g(7)
+    hits = sum(signal_rank(torch.linalg.eigvalsh(mech.perturb(zero, generator=g)), edge, d) > 0 for _ in range(draws))
+    assert hits / draws < 0.05
 
 
 @pytest.mark.parametrize("shape", ["isotropic", "upper_triangular", "hermitian"])
@@ -293,14 +334,14 @@ def test_recommended_k_near_the_threshold(shape):
     eps = 1e-6 * need
     above = [need + eps] * 3 + [1.0, 1.0]
     rep = rec(above)
-    assert rep.recommended_k == 3 and rep.recommended_by == theorem
+    assert rep.certified_k == 3 and rep.certified_by == theorem
     assert rep.condition(theorem).status != "met"  # the released k = 5 has a noise-sized last gap
     below_k = list(above)
     below_k[2] = need - eps  # the 3rd gap just misses
-    assert rec(below_k).recommended_k == 2
+    assert rec(below_k).certified_k == 2
     below_2 = list(above)
     below_2[1] = need - eps  # an inner gap just misses: RAG needs every gap, MV only the k-th
-    assert rec(below_2).recommended_k == (3 if theorem == "mangoubi_vishnoi" else 1)
+    assert rec(below_2).certified_k == (3 if theorem == "mangoubi_vishnoi" else 1)
 
 
 def test_complex_noise_repels_the_smallest_gap_more():

@@ -1579,6 +1579,81 @@ def test_compress_sweep(scratch_dir):
     _run("compress")
 
 
+# ---- the PCA estimator ----------------------------------------------------------------------------
+
+PCA_KINDS = ("none", "epsilon", "delta", "data_norm", "centering", "mechanism", "noise_shape", "n_components",
+             "random_state", "rows_nonfinite", "budget")
+
+
+@st.composite
+def _pca_cases(draw, kind):
+    spoil = _spoiled(draw, kind)
+    n, d = draw(_ints(3, 40)), draw(_ints(1, 6))
+    rng = np.random.default_rng(draw(_ints(0, 2**32 - 1)))
+    case = SimpleNamespace(
+        kind=spoil, x=_choose(draw, [np.asarray, torch.from_numpy])(rng.normal(size=(n, d))),
+        kw=dict(n_components=_choose(draw, ["auto", None, 1, min(2, d), 0.5]), epsilon=draw(_floats(0.05, 8.0)),
+                delta=draw(_floats(1e-9, 1e-3)), data_norm=draw(_floats(0.1, 10.0)),
+                centering=_choose(draw, ["private", "none"]), mechanism=_choose(draw, ["gaussian", "complex"]),
+                random_state=_choose(draw, [None, draw(_ints(0, 2**31))])),
+        budget=dl.PrivacyBudget(100.0, 0.5), expect=None)
+    if case.kw["mechanism"] == "gaussian":
+        case.kw["noise_shape"] = _choose(draw, ["isotropic", "upper_triangular"])
+    if spoil == "epsilon":
+        bad, error = _bad(draw, [(v, e) for v, e in BAD_EPSILON if not (isinstance(v, float) and v == math.inf)])
+        case.kw["epsilon"], case.expect = bad, (error, "epsilon")
+    elif spoil == "delta":
+        case.kw["delta"], error = _bad(draw, BAD_DELTA)
+        case.expect = (error, "delta")
+    elif spoil == "data_norm":
+        case.kw["data_norm"], error = _bad(draw, BAD_POSITIVE, none=ValueError)
+        case.expect = (error, "data_norm")
+    elif spoil in ("centering", "mechanism"):
+        case.kw[spoil], error = _bad(draw, BAD_CHOICE)
+        case.expect = (error, spoil)
+    elif spoil == "noise_shape":
+        case.kw["mechanism"] = "gaussian"
+        case.kw["noise_shape"], error = _bad(draw, BAD_CHOICE)
+        case.expect = (error, "noise_shape")
+    elif spoil == "n_components":
+        case.kw["n_components"], error = _choose(draw, [(0, ValueError), (d + 1, ValueError), (1.5, ValueError),
+                                                        ("all", ValueError), (True, TypeError), ([1], TypeError)])
+        case.expect = (error, "n_components")
+    elif spoil == "random_state":
+        case.kw["random_state"] = _choose(draw, [np.random.RandomState(0), "seed", 1.5, random.Random(0)])
+        case.expect = (TypeError, "random_state")
+    elif spoil == "rows_nonfinite":
+        x = np.array(torch.as_tensor(case.x).numpy())
+        x[draw(_ints(0, n - 1)), draw(_ints(0, d - 1))] = _choose(draw, [math.nan, math.inf, -math.inf])
+        case.x, case.expect = x, (ValueError, "NaN|infinity")
+    elif spoil == "budget":
+        case.budget = dl.PrivacyBudget(0.01, 1e-9)
+        case.expect = (dl.BudgetExceededError, "budget")
+    return case
+
+
+@settings(max_examples=30, **SETTINGS)  # per spoil kind
+@given(data=st.data())
+def _pca_sweep(kind, data):
+    case = data.draw(_pca_cases(kind), label="case")
+    tally = TALLIES["pca"]
+    tally.start(case.kind)
+    est = dl.PrivatePCA(budget=case.budget, **case.kw)
+    before = case.budget.spent_epsilon()
+    if case.expect is not None:
+        tally.refused("PrivatePCA", lambda: est.fit(case.x), *case.expect)
+        assert case.budget.spent_epsilon() == before  # a refused fit charges nothing
+        return
+    z = tally.ok("PrivatePCA", lambda: est.fit_transform(case.x))
+    assert z.shape == (case.x.shape[0], est.n_components_)
+    assert type(z) is type(case.x)
+    assert len(case.budget.events) == 1  # the whole plan, charged once
+
+
+def test_pca_sweep():
+    _run("pca")
+
+
 # ---- what the sweeps cover -----------------------------------------------------------------------
 
 BOTH, OK, REFUSED = ("ok", "refused"), ("ok",), ("refused",)
@@ -1608,6 +1683,7 @@ SWEEPS = {  # name -> (Hypothesis function, spoil kinds, {public name: outcomes 
         "find_groups": BOTH, "LayerGroup": OK, "collect_statistics": BOTH, "ActivationStatistics": OK,
         "release_statistics": BOTH, "PrivateStatistics": OK, "compress_model": BOTH, "LowRankLinear": BOTH,
         "save_compressed": BOTH, "load_compressed": BOTH}),
+    "pca": (_pca_sweep, PCA_KINDS, {"PrivatePCA": BOTH}),
 }
 
 # Public names with no sweep of their own, and why. Keep this short: a new entry point belongs

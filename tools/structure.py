@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("gram", "linalg"),  # the private statistic and its checks; the eigensolvers
     ("diagnostics",),  # free post-processing of a released spectrum
     ("release",),  # the value object, its file, the pipeline
-    ("analysis", "compress"),  # non-private tools on the true matrix; model compression
+    ("analysis", "compress", "pca"),  # non-private tools on the true matrix; model compression; the PCA estimator
     ("demo", "__init__"),  # demo helpers (MiniLM, offline text); the flat API
     ("cli", "audit", "datasets"),  # the command line; deprecated module shims
     ("__main__",),  # python -m dplowrank

@@ -13,7 +13,8 @@ Estimation (post-processing, free)
 The noisy matrix is K̃ = K + E with E isotropic (GOE-shaped) of scale σ, whose spectrum fills
 [−e, e], e = √(2ρ)·σ (:func:`dplowrank.noise_edge`). The factorisation maximises tr(Πᵀ T Π),
 which is *linear* in K, so the best projection uses the best estimate of K — not K̃. Released
-eigenpairs whose eigenvalue clears the edge are spikes of the spiked Wigner model
+eigenpairs whose eigenvalue clears the edge (plus its finite-d margin e·d^(−2/3), see
+:mod:`dplowrank.diagnostics._spike`) are spikes of the spiked Wigner model
 (Benaych-Georges & Nadakuditi, arXiv:0910.2120; Capitaine, Donati-Martin & Féral 2009): a true
 eigenvalue θ > e/2 appears at λ̃ = θ + e²/(4θ) and its eigenvector has squared overlap
 1 − e²/(4θ²) with the truth, while eigenvectors inside the bulk carry (asymptotically) no
@@ -39,7 +40,7 @@ from .._random import resolve_noise_source
 from .._validation import check_choice
 from ..accounting import PrivacyAccountant, PrivacyBudget, calibrate_plan
 from ..privacy import ComposedEvent, GaussianEvent
-from ..diagnostics import noise_edge
+from ..diagnostics import noise_edge, spike_estimate
 from ..mechanisms import NOISE_SHAPES, gaussian_vector_noise
 from ..gram import check_gram, check_range
 from ..release import LowRankRelease, release_rank_k
@@ -357,19 +358,15 @@ def denoise_gram(release: LowRankRelease, *, method: str = "spike") -> torch.Ten
 def _spike_estimate(lam: torch.Tensor, vec: torch.Tensor, edge: float) -> torch.Tensor:
     """Spikes above ``edge`` with shrunk eigenvalues, the trace-matched identity elsewhere."""
     d = lam.shape[0]
-    keep = lam > edge
-    l = lam[keep]
+    est = spike_estimate(lam, edge, d)  # the shared spiked-Wigner reading (diagnostics._spike)
+    keep = est.is_spike
     v = vec[:, keep]  # shape: (d, m)
-    # Invert λ̃ = θ + e²/(4θ) on the outlier branch θ > e/2 (arXiv:0910.2120, Thm 2.1 for Wigner noise).
-    theta = 0.5 * (l + torch.sqrt((l * l - edge * edge).clamp(min=0.0)))
-    overlap2 = 1.0 - (edge * edge) / (4.0 * theta * theta)
-    spikes = theta * overlap2  # Frobenius-optimal eigenvalue for a vector with that overlap
-    m = int(keep.sum())
-    rest = float(torch.sum(lam)) - float(theta.sum())
+    m = est.rank
+    rest = float(torch.sum(lam)) - float(est.theta.sum())
     level = max(rest / (d - m), 0.0) if m < d else 0.0
     if m == 0 and level <= 0.0:
         level = 1.0  # pure noise with a non-positive trace: the prior's scale is arbitrary
-    out = (v * spikes) @ v.T
+    out = (v * est.shrunk[keep]) @ v.T
     if m < d:
         out = out + level * (torch.eye(d, dtype=lam.dtype, device=lam.device) - v @ v.T)
     return 0.5 * (out + out.T)

@@ -7,6 +7,7 @@ data. The tools that need the true matrix live in :mod:`dplowrank.analysis`.
 
 from ._noise import SHAPES, isotropic_equivalent_scale, noise_edge, noise_lipschitz, noise_norm_bound
 from ._report import GapCondition, GapReport, diagnose
+from ._spike import SpikeEstimate, signal_rank, signal_threshold, spike_estimate
 from ._theorems import (
     C_MV,
     C_RAG,
@@ -28,6 +29,7 @@ __all__ = [
     "MV_GAP",
     "RAG_GAP",
     "SHAPES",
+    "SpikeEstimate",
     "applies",
     "diagnose",
     "gap_threshold",
@@ -36,6 +38,9 @@ __all__ = [
     "noise_lipschitz",
     "noise_norm_bound",
     "primary_theorem",
+    "signal_rank",
+    "signal_threshold",
+    "spike_estimate",
     "supported_k",
 ]
 

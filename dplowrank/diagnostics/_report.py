@@ -23,13 +23,29 @@ cost). A condition is "met" when the lower confidence bound (Weyl: g̃ᵢ − 2B
 involves clears its threshold, "not met" when an upper bound falls short, and "uncertain"
 otherwise.
 
-Recommended k: the largest k' ≤ k for which the condition of the theorem that covers the
-release's mechanism is met, judged on the conservative (Weyl lower) gap bounds:
-Mangoubi–Vishnoi for the complex mechanism (only the k'-th gap must clear 4√dσ),
-Re-Analyze Gauss for the real ones (gaps 1, …, k' must all clear 8√dσ_iso). Analyze Gauss's
-captured-variance bound needs no gap, so it never selects a k. ``recommended_k_by_theorem``
-gives the answer under each gap theorem. When k = d there is no λ_{d+1}; the d-th gap is
-taken as σ_d − 0 (M is a Gram matrix, PSD), with lower bound λ̃_d − B.
+Two ranks, because they answer two questions:
+
+* **Recommended k** (``recommended_k``, ``recommended_by = "noise_edge"``): the *signal rank*,
+  the number of released eigenvalues above the noise edge e = c√dσ (plus the finite-d
+  Tracy–Widom margin e·d^(−2/3) that pure noise crosses in ≈ 1 % of draws; see ``_spike``). In the spiked Wigner
+  model (arXiv:0910.2120, see ``_spike``) exactly those eigenvalues are outliers whose
+  eigenvectors carry information about the truth (predicted squared overlap
+  1 − e²/4θ² > 0); an eigenvector inside the bulk is, to first order, a random direction.
+  It is what :meth:`~dplowrank.LowRankRelease.denoised` keeps and what
+  :class:`dplowrank.PrivatePCA` picks with ``n_components="auto"``. The recommendation
+  follows the edge because it is the point where a component stops paying for itself:
+  the Frobenius-optimal eigenvalue θ(1 − e²/4θ²) of a component is positive above it and
+  zero below.
+* **Certified k** (``certified_k``, ``certified_by``): the largest k' ≤ k for which the
+  condition of the theorem that covers the release's mechanism is met, judged on the
+  conservative (Weyl lower) gap bounds: Mangoubi–Vishnoi for the complex mechanism (only the
+  k'-th gap must clear 4√dσ), Re-Analyze Gauss for the real ones (gaps 1, …, k' must all clear
+  8√dσ_iso). Up to k' the theorem's error bound is *guaranteed* (with probability ≥ 1 − β);
+  it needs gaps of several noise edges plus 2B of slack, so it is far more conservative
+  than the signal rank (digits at ε = 1: certified 0, signal rank 1). Analyze Gauss's
+  captured-variance bound needs no gap, so it never selects a k. ``recommended_k_by_theorem``
+  gives the answer under each gap theorem. When k = d there is no λ_{d+1}; the d-th gap is
+  taken as σ_d − 0 (M is a Gram matrix, PSD), with lower bound λ̃_d − B.
 """
 
 from __future__ import annotations
@@ -42,6 +58,7 @@ import numpy as np
 import torch
 
 from ._noise import noise_edge, noise_norm_bound
+from ._spike import signal_rank
 from ._theorems import GAP_THEOREMS, applies, gap_threshold, primary_theorem, supported_k
 
 __all__ = ["GapCondition", "GapReport", "ReleasedSpectrum", "diagnose"]
@@ -105,11 +122,17 @@ class GapReport:
     conditions : tuple of GapCondition
         Every theorem's condition; ``applies`` marks the ones that cover the release.
     recommended_k : int
-        The largest k' ≤ k meeting ``recommended_by``'s condition; 0 when none does.
+        The signal rank: how many of the top k released eigenvalues clear the noise edge
+        (0 when none does). See the module docstring for why the recommendation follows it.
     recommended_by : str
-        The theorem that covers the release's mechanism and decides ``recommended_k``.
+        ``"noise_edge"``.
     recommended_k_by_theorem : dict
         The largest supported k' under each gap theorem (comparison for the other one).
+    certified_k : int
+        The largest k' ≤ k meeting ``certified_by``'s gap condition on the conservative
+        bounds (the theorem's error bound is then guaranteed); 0 when none does.
+    certified_by : str
+        The theorem that covers the release's mechanism.
     """
 
     k: int
@@ -129,8 +152,10 @@ class GapReport:
     gap_intervals: np.ndarray
     conditions: tuple
     recommended_k: int
-    recommended_by: str = "re_analyze_gauss"
+    recommended_by: str = "noise_edge"
     recommended_k_by_theorem: dict | None = None
+    certified_k: int = 0
+    certified_by: str = "re_analyze_gauss"
 
     def condition(self, theorem: str) -> GapCondition:
         for c in self.conditions:
@@ -167,10 +192,20 @@ class GapReport:
             lines.append(f"{c.theorem:<18} {c.applies_to:<24} {thr:>10} {c.status:>13} {margin:>8} {kk:>5}  {app}")
         lines.append("")
         lines.append(
-            f"recommended k: {self.recommended_k}  (largest k whose conservative gap bounds meet "
-            f"{self.recommended_by}'s condition)"
-            + ("; no k <= %d does" % self.k if self.recommended_k == 0 else "")
+            f"recommended k: {self.recommended_k}  (eigenvalues above the noise edge {self.noise_edge:.4g} "
+            f"+ finite-d margin: "
+            "they carry signal; release.denoised() keeps them with debiased eigenvalues)"
         )
+        lines.append(
+            f"certified k:   {self.certified_k}  (largest k whose conservative gap bounds meet "
+            f"{self.certified_by}'s condition: its error bound is guaranteed"
+            + (f"; no k <= {self.k} does)" if self.certified_k == 0 else ")")
+        )
+        if self.recommended_k < self.k:
+            lines.append(
+                f"components {self.recommended_k + 1}..{self.k} lie inside the noise bulk: to first order "
+                "random directions; more budget (epsilon) or more rows raise the signal rank"
+            )
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -246,6 +281,7 @@ def diagnose(release, *, failure_probability: float = 0.05) -> GapReport:
         spectrum=lam, noise_edge=edge, noise_bound=b, gaps=gaps, gaps_in_edges=gaps / edge,
         eigenvalue_intervals=np.stack([lam - b, lam + slack + b], axis=1),
         gap_intervals=np.stack([gap_lo, gap_hi], axis=1),
-        conditions=tuple(conds), recommended_k=by_theorem[primary], recommended_by=primary,
-        recommended_k_by_theorem=by_theorem,
+        conditions=tuple(conds), recommended_k=signal_rank(torch.from_numpy(lam[:k]), edge, d),
+        recommended_by="noise_edge", recommended_k_by_theorem=by_theorem,
+        certified_k=by_theorem[primary], certified_by=primary,
     )

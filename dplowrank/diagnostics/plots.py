@@ -40,7 +40,8 @@ def plot_spectrum(report, path: str | os.PathLike, *, width_px: int = 900, heigh
     """The released spectrum with Weyl intervals, the noise edge and the gap thresholds, as PNG.
 
     Both gap thresholds are drawn in their own colour and style; the one of the theorem that
-    covers the release (and decides the recommended k) is the thick line.
+    covers the release (and decides the certified k) is the thick line; the recommended k
+    (the signal rank: eigenvalues above the noise edge) and the certified k are vertical lines.
 
     Parameters
     ----------
@@ -69,13 +70,15 @@ def plot_spectrum(report, path: str | os.PathLike, *, width_px: int = 900, heigh
             if c.status == "no condition":
                 continue
             color, ls = _THRESHOLD_STYLE[c.theorem]
-            used = c.theorem == report.recommended_by
-            role = "decides recommended k" if used else "other mechanism, comparison"
+            used = c.theorem == report.certified_by
+            role = "decides certified k" if used else "other mechanism, comparison"
             label = f"{c.theorem} threshold ({role})"
             ax2.axhline(c.threshold / report.noise_edge, color=color, ls=ls, lw=2.2 if used else 1.0,
                         alpha=1.0 if used else 0.6, label=label)
         ax2.axvline(report.recommended_k + 0.5, color="tab:green",
-                    label=f"recommended k = {report.recommended_k} ({report.recommended_by})")
+                    label=f"recommended k = {report.recommended_k} (noise edge)")
+        ax2.axvline(report.certified_k + 0.5, color="tab:gray", ls=":",
+                    label=f"certified k = {report.certified_k} ({report.certified_by})")
         tops = [float(np.max(report.gaps_in_edges))]
         tops += [c.threshold / report.noise_edge for c in report.conditions if c.status != "no condition"]
         ax2.set_ylim(top=1.6 * max(tops))  # room for the legend above the bars

@@ -48,6 +48,7 @@ def release_rank_k(
     dtype: torch.dtype | str | None = None,
     budget: PrivacyBudget | None = None,
     overwrite: bool = False,
+    center: tuple[object, float] | None = None,
 ) -> LowRankRelease:
     """Release a differentially private rank-k approximation of a Gram matrix.
 
@@ -110,6 +111,13 @@ def release_rank_k(
         noisy matrix is built and the input is left unchanged (an accumulator is consumed
         all the same). Rows are never modified: their Gram is the library's own and always
         takes its noise in place.
+    center : (mean, count), optional
+        Release the centred scatter M̃ − n·μμᵀ instead of M̃ = M + E, with ``mean`` μ of
+        shape (d,) and ``count`` n > 0 either public (declared) or already released by a
+        mechanism (e.g. a noisy sum and count, as :class:`dplowrank.PrivatePCA` does): the
+        correction is applied to the *noisy* matrix, so it is post-processing and costs
+        nothing here (the noise, its scale and the diagnostics are those of E). For
+        M = Σ aaᵀ and μ the rows' mean this is Σ (a − μ)(a − μ)ᵀ + E.
 
     Returns
     -------
@@ -141,6 +149,7 @@ def release_rank_k(
     gram, sens, nb, scale = _resolve_matrix(data, row_norm, sensitivity, neighbour, dev)
     d = gram.shape[0]
     k = check_k(k, d)
+    shift = _check_center(center, d)
     cal = calibrate_noise(sens, **spec)
     dev = dev or gram.device
     work_dtype = work_dtype or (gram.dtype if gram.dtype in (torch.float32, torch.float64) else torch.float64)
@@ -168,6 +177,9 @@ def release_rank_k(
     del gram
 
     # --- post-processing only from here on ---
+    if shift is not None:  # the public or released mean: M̃ − n·μμᵀ
+        mean = shift[0].to(device=noisy.device, dtype=torch.float64)
+        noisy.sub_(torch.outer(mean, mean).mul_(shift[1]).to(noisy.dtype))
     # Noise-aware stopping: solving A = M + E beyond a small fraction of σ buys nothing.
     res = topk_eigh(noisy, k, solver=solver, generator=gen, check=False, atol=NOISE_ATOL_FRACTION * cal.noise_scale)
     del noisy
@@ -191,6 +203,22 @@ def _check_options(mechanism, noise_shape, calibration, solver, psd, overwrite, 
         raise TypeError(f"overwrite must be a bool, got {overwrite!r}")
     if budget is not None and not isinstance(budget, PrivacyBudget):
         raise TypeError(f"budget must be a PrivacyBudget, got {type(budget).__name__}")
+
+
+def _check_center(center: object, d: int) -> tuple[torch.Tensor, float] | None:
+    """``center`` as (mean of shape (d,), float64; count > 0), or ``None``."""
+    if center is None:
+        return None
+    if not isinstance(center, (tuple, list)) or len(center) != 2:
+        raise TypeError(f"center must be a pair (mean, count), got {type(center).__name__}")
+    mean, count = center
+    check_dense_input(mean, "center mean")
+    m = as_tensor(mean, "center mean").detach().to(torch.float64).cpu()
+    if m.shape != (d,):
+        raise ValueError(f"center mean must have shape ({d},), got {tuple(m.shape)}")
+    if not bool(torch.isfinite(m).all()):
+        raise ValueError("center mean must be finite")
+    return m, check_positive(count, "center count")
 
 
 def _check_dtype(dtype: object) -> torch.dtype | None:

@@ -17,7 +17,8 @@ import torch
 from .._files import check_key
 from .._random import SECURE
 from .._tensor import as_device
-from ..diagnostics import GapReport, diagnose
+from ..diagnostics import GapReport, diagnose, noise_edge, signal_rank, spike_estimate
+from ..linalg import realify
 from ..privacy import EVENT_NEIGHBOURS, GaussianEvent
 from ._format import ARRAY_FIELDS, read_release, write_release
 
@@ -150,6 +151,66 @@ class LowRankRelease:
             return (v * lam.to(v.dtype)) @ v.conj().T
         v = self.eigenvectors
         return (v * self.eigenvalues) @ v.T
+
+    @property
+    def signal_rank(self) -> int:
+        """How many of the k released eigenvalues clear the noise edge (with its finite-d
+        margin): the components that carry signal (``diagnose().recommended_k``)."""
+        values = self.hermitian_eigenvalues if self.mechanism == "complex" else self.eigenvalues
+        return signal_rank(values, self._edge(), self.dim)
+
+    def denoised(self, k: int | str | None = None) -> "LowRankRelease":
+        """The release with debiased, shrunk eigenvalues: post-processing, free.
+
+        Each released eigenvalue λ̃ above the noise edge e (with its finite-d margin,
+        :func:`dplowrank.diagnostics.signal_threshold`) is read as a spike of the spiked
+        Wigner model (arXiv:0910.2120, Thm 2.1: a true θ > e/2 appears at θ + e²/4θ) and
+        replaced by θ·(1 − e²/4θ²), the eigenvalue that minimises the expected Frobenius
+        error given that its eigenvector has squared overlap 1 − e²/4θ² with the truth;
+        eigenvalues inside the bulk become 0. The eigenvectors are unchanged. For the complex
+        mechanism the Hermitian eigenvalues are shrunk (edge 2√dσ) and the output realified
+        again. See :mod:`dplowrank.diagnostics._spike` and ``docs/pca.md``.
+
+        Parameters
+        ----------
+        k : int or "auto", optional
+            Rank of the result: ``None`` (default) keeps the release's k (bulk components
+            get eigenvalue 0); ``"auto"`` keeps the signal rank (:attr:`signal_rank`, at
+            least 1); an int keeps that many (1 ≤ k ≤ self.k).
+
+        Returns
+        -------
+        LowRankRelease
+            Same metadata and privacy guarantee, ``psd=True`` (the shrunk values are ≥ 0),
+            eigenvalues of shape (k,), eigenvectors of shape (d, k); ``spectrum`` keeps the
+            noisy values (the diagnostics read them), cut to k + 1 entries.
+        """
+        if k is None:
+            keep = self.k
+        elif k == "auto":
+            keep = max(self.signal_rank, 1)
+        elif isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= self.k:
+            keep = k
+        else:
+            raise ValueError(f"k must be None, 'auto' or an int in [1, {self.k}], got {k!r}")
+        edge = self._edge()
+        h_vals = h_vecs = None
+        if self.mechanism == "complex":
+            h_vecs = self.hermitian_eigenvectors[:, :keep]
+            h_vals = spike_estimate(self.hermitian_eigenvalues[:keep], edge, self.dim).shrunk.to(self.hermitian_eigenvalues.dtype)
+            vals, vecs = realify(h_vals, h_vecs, keep)
+        else:
+            vecs = self.eigenvectors[:, :keep]
+            vals = spike_estimate(self.eigenvalues[:keep], edge, self.dim).shrunk.to(self.eigenvalues.dtype)
+        spectrum = None if self.spectrum is None else self.spectrum[: keep + 1]
+        slack = self.spectrum_slack if spectrum is not None and len(spectrum) == len(self.spectrum) else 0.0
+        return dataclasses.replace(self, eigenvalues=vals, eigenvectors=vecs, psd=True, spectrum=spectrum,
+                                   spectrum_slack=slack, hermitian_eigenvalues=h_vals,
+                                   hermitian_eigenvectors=h_vecs)
+
+    def _edge(self) -> float:
+        shape = "hermitian" if self.mechanism == "complex" else self.noise_shape
+        return noise_edge(shape, self.dim, self.noise_scale)
 
     def diagnose(self, *, failure_probability: float = 0.05) -> GapReport:
         """Gap and noise diagnostics (:func:`dplowrank.diagnose`): post-processing, free."""
