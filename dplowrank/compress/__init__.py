@@ -23,7 +23,8 @@ from ._module import QuantizedLinear
 from ._private import PrivateImportance, PrivateStatistics, denoise_gram, denoise_importance, release_statistics
 from ._quantize import Quantized, pack_codes, quantize, unpack_codes
 from ._weighted import MixedRankLinear, mixed_rank_finetune, prune_mask, weighted_error, weighted_factors
-from ._stats import ActivationStatistics, Coordinates, GroupStatistic, collect_statistics, coordinates_for
+from ._stats import (ActivationStatistics, Coordinates, GroupStatistic, collect_statistics, coordinates_for,
+                     random_token_batches)
 from ._targets import BERT, LLAMA, Adapter, LayerGroup, find_groups
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "GroupStatistic",
     "Coordinates",
     "coordinates_for",
+    "random_token_batches",
     # release and noise-aware estimation
     "release_statistics",
     "PrivateStatistics",

@@ -81,8 +81,9 @@ def collect_statistics(
     *,
     clip: float | str | None = "normalize",
     neighbour: str = "add_remove",
-    prior: "ActivationStatistics | Mapping[str, torch.Tensor] | None" = None,
+    prior: "ActivationStatistics | Mapping[str, torch.Tensor] | str | None" = "auto",
     prior_ridge: float = 0.1,
+    tokenizer: object = None,
     route: str = "auto",
     mask_key: str | None = "attention_mask",
     forward: Callable[[nn.Module, object], object] | None = None,
@@ -116,14 +117,24 @@ def collect_statistics(
         non-private analysis; such a statistic cannot be released).
     neighbour : {"add_remove", "replace"}
         Neighbour relation for the sensitivity: C, or √2·C.
-    prior : ActivationStatistics or mapping of str to Tensor, optional
-        Public prior Grams in row-space coordinates, one per group (see :func:`coordinates_for`).
+    prior : "auto", ActivationStatistics, mapping of str to Tensor, or None, default "auto"
+        "auto": with a ``tokenizer``, the data-free random-token prior
+        (:func:`random_token_batches`, 256 sequences of 24 tokens, fixed seed: public), so the
+        release measures what the prior does not know and a noise-limited release falls back
+        to the prior's whitening instead of the plain SVD; without a tokenizer (non-text
+        models), no prior. ``None``: no prior. Otherwise:
+        public prior Grams in row-space coordinates, one per group (see :func:`coordinates_for`).
         Must come from public or synthetic input, never from the private corpus: statistics
         must have been collected with ``public=True`` (others are refused); a mapping of
         tensors is the caller's declaration that they are public. The prior ships with the
         release (as its preconditioner).
     prior_ridge : float, default 0.1
         λ of the preconditioner.
+    tokenizer : Hugging Face tokenizer, optional
+        For ``prior="auto"``: the model's tokenizer, from which random token sequences are
+        drawn (its vocabulary and special tokens only; no corpus). The prior's pass uses
+        ``forward``, ``mask_key`` and ``route`` as given here, in whole batches (public input:
+        nothing to isolate).
     route : {"auto", "input", "output"}
     mask_key : str or None, default "attention_mask"
         ``None``: no mask, every token of every row counts.
@@ -169,6 +180,13 @@ def collect_statistics(
     names = [g.name for g in groups]
     if len(set(names)) != len(names):
         raise ValueError(f"group names must be unique, got {names}")
+    if isinstance(prior, str):
+        check_choice(prior, "prior", ("auto",))
+        prior = None if tokenizer is None else collect_statistics(
+            model, random_token_batches(tokenizer), groups, clip=None, prior=None, route=route,
+            mask_key=mask_key, forward=forward, public=True, check_independence=False, isolate=False)
+    elif tokenizer is not None:
+        raise ValueError("tokenizer= is used only with prior='auto' (it builds the prior)")
     priors = _priors(prior, groups)
     coords = {g.name: coordinates_for(model, g, prior=priors.get(g.name), prior_ridge=prior_ridge, route=route)
               for g in groups}
@@ -239,6 +257,49 @@ def _check_clip(clip: object) -> tuple[float | None, bool]:
     if not 1e-150 <= c <= 1e150:
         raise ValueError(f"clip={clip!r} is outside the range in which the sums are exact (1e-150 to 1e150)")
     return c, False
+
+
+def random_token_batches(tokenizer, *, n: int = 256, length: int = 24, batch_size: int = 64,
+                         generator: torch.Generator | None = None) -> list[dict]:
+    """Random token sequences ([CLS] w₁ … w_L [SEP], wᵢ uniform over ordinary word pieces).
+
+    They depend only on the tokenizer and ``generator`` (default: a fixed seed, so the prior is
+    reproducible), never on any corpus, so statistics of a model on them are public: the
+    data-free prior of :func:`collect_statistics` (``prior="auto"``), at no privacy cost.
+
+    Parameters
+    ----------
+    tokenizer : Hugging Face tokenizer
+        Needs ``vocab_size``, ``all_special_ids``, ``cls_token_id`` and ``sep_token_id``.
+    n, length, batch_size : int
+        Number of sequences, tokens between [CLS] and [SEP], sequences per batch.
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    list of dict
+        Batches with ``input_ids``, ``attention_mask`` (all ones) and ``token_type_ids``,
+        each of shape (batch, length + 2).
+    """
+    if generator is None:
+        generator = torch.Generator().manual_seed(12345)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    special = set(tokenizer.all_special_ids)
+    vocab = tokenizer.vocab_size
+    # BERT vocabularies start with [PAD], [unused*] and special tokens: skip the first 1000 ids.
+    low = 1000 if vocab > 2000 else 0
+    out = []
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        ids = torch.randint(low, vocab, (b, length + 2), generator=generator)
+        for s in special:
+            ids[ids == s] = low
+        ids[:, 0] = tokenizer.cls_token_id
+        ids[:, -1] = tokenizer.sep_token_id
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                    "token_type_ids": torch.zeros_like(ids)})
+    return out
 
 
 def _priors(prior, groups) -> dict[str, torch.Tensor]:

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..compress import random_token_batches
+
 __all__ = ["load_minilm", "encoder", "token_batches", "synthetic_batches", "encode", "run_demo", "format_table"]
 
 
@@ -48,29 +50,10 @@ def token_batches(tokenizer, texts: Sequence[str], *, batch_size: int = 64, max_
 
 def synthetic_batches(tokenizer, *, n: int = 256, length: int = 24, batch_size: int = 64,
                       generator: torch.Generator) -> list[dict]:
-    """Random token sequences ([CLS] w₁ … w_L [SEP], wᵢ uniform over ordinary word pieces).
-
-    They depend only on the tokenizer and ``generator``, never on any corpus, so statistics
-    of the model on them are public: usable as a prior (:func:`collect_statistics` with
-    ``clip=None, public=True``) at no privacy cost.
-    """
+    """Random token sequences: :func:`dplowrank.compress.random_token_batches` with a required generator."""
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    special = set(tokenizer.all_special_ids)
-    vocab = tokenizer.vocab_size
-    # BERT vocabularies start with [PAD], [unused*] and special tokens: skip the first 1000 ids.
-    low = 1000 if vocab > 2000 else 0
-    out = []
-    for i in range(0, n, batch_size):
-        b = min(batch_size, n - i)
-        ids = torch.randint(low, vocab, (b, length + 2), generator=generator)
-        for s in special:
-            ids[ids == s] = low
-        ids[:, 0] = tokenizer.cls_token_id
-        ids[:, -1] = tokenizer.sep_token_id
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                    "token_type_ids": torch.zeros_like(ids)})
-    return out
+    return random_token_batches(tokenizer, n=n, length=length, batch_size=batch_size, generator=generator)
 
 
 def encode(model, texts: Sequence[str], *, batch_size: int = 128) -> torch.Tensor:
@@ -100,7 +83,7 @@ def run_demo(
     n_train: int = 8000,
     n_heldout: int = 1000,
     delta: float = 1e-6,
-    methods: Sequence[str] = ("svd", "joint_svd", "public_prior", "nonprivate", "private", "private_prior"),
+    methods: Sequence[str] = ("svd", "joint_svd", "public_prior", "nonprivate", "private", "private_noprior"),
     seed: int | None = None,
     batch_size: int = 64,
     time_forward: bool = True,
@@ -116,8 +99,9 @@ def run_demo(
     out. Methods: ``svd`` (data-free), ``joint_svd`` (data-free, Peng et al.),
     ``public_prior`` (whitened with the Gram of random token sequences: data-free),
     ``nonprivate`` (whitened with the unclipped training Gram: a reference, NOT private),
-    ``private`` and ``private_prior`` (released at each total ε, without and with the
-    synthetic prior as preconditioner).
+    ``private`` (the library's default path, released at each total ε: ``collect_statistics``
+    with the tokenizer, so the random-token prior is the preconditioner) and
+    ``private_noprior`` (the same with ``prior=None``).
 
     Privacy: each private row is its own release of the training corpus at its own ε; the
     table compares them, and publishing several would cost their composition. Each row
@@ -161,12 +145,12 @@ def run_demo(
         _forward_time(enc, train_b[:2])  # warm-up
         timings["forward"] = _forward_time(enc, train_b)
         say(f"plain forward over {n_train} sentences: {timings['forward']:.1f} s")
-    stats_all = _corpus_statistics(enc, train_b, held_b, pub_b, all_groups, methods, timings, say)
+    stats_all = _corpus_statistics(enc, train_b, held_b, pub_b, all_groups, methods, timings, say, tok)
     reference = encode(st_model, held)
 
     rows = []
     gen = None if seed is None else torch.Generator().manual_seed(seed)
-    private_methods = [m for m in methods if m in ("private", "private_prior")]
+    private_methods = [m for m in methods if m in PRIVATE_METHODS]
     to_save = (scopes[0], ratios[0], private_methods[-1], epsilons[-1]) if save_dir and private_methods else None
     saved = None
     if bits_per_parameter is not None:
@@ -175,7 +159,7 @@ def run_demo(
         groups = BERT.groups(enc, scope)
         for ratio in ratios:
             plan = [(m, eps) for m in methods
-                    for eps in (epsilons if m in ("private", "private_prior") else (None,))]
+                    for eps in (epsilons if m in PRIVATE_METHODS else (None,))]
             for m, eps in plan:
                 t0 = time.perf_counter()
                 joint = m == "joint_svd"
@@ -205,6 +189,10 @@ def run_demo(
             "n_train": n_train, "n_heldout": n_heldout, "saved": saved}
 
 
+#: The methods released at each ε.
+PRIVATE_METHODS = ("private", "private_noprior")
+
+
 def _subset(stats, groups):
     """The statistics of ``groups`` only."""
     from ..compress import ActivationStatistics
@@ -212,7 +200,7 @@ def _subset(stats, groups):
     return ActivationStatistics({g.name: stats[g.name] for g in groups}, stats.clip, stats.neighbour, stats.public)
 
 
-def _corpus_statistics(enc, train_b, held_b, pub_b, groups, methods, timings, say) -> dict:
+def _corpus_statistics(enc, train_b, held_b, pub_b, groups, methods, timings, say, tokenizer) -> dict:
     """The statistics every method needs, collected once: private (clipped), with the public
     prior, the prior itself, non-private references and the held-out ones."""
     import time
@@ -220,13 +208,14 @@ def _corpus_statistics(enc, train_b, held_b, pub_b, groups, methods, timings, sa
     from ..compress import collect_statistics
 
     t0 = time.perf_counter()
-    out = {"private": collect_statistics(enc, train_b, groups, clip="normalize")}
+    # the default path: the tokenizer gives collect_statistics its random-token prior
+    out = {"private": collect_statistics(enc, train_b, groups, clip="normalize", tokenizer=tokenizer)}
     timings["statistics"] = time.perf_counter() - t0
     say(f"statistics ({len(groups)} groups, per-example clipping): {timings['statistics']:.1f} s")
-    if any(m in methods for m in ("public_prior", "private_prior")):
+    if "public_prior" in methods:
         out["prior"] = collect_statistics(enc, pub_b, groups, clip=None, public=True)
-    if "private_prior" in methods:
-        out["private_prior"] = collect_statistics(enc, train_b, groups, clip="normalize", prior=out["prior"])
+    if "private_noprior" in methods:
+        out["private_noprior"] = collect_statistics(enc, train_b, groups, clip="normalize", prior=None)
     if "nonprivate" in methods:
         out["nonprivate"] = collect_statistics(enc, train_b, groups, clip=None)
     out["heldout"] = collect_statistics(enc, held_b, groups, clip=None)
@@ -241,7 +230,7 @@ def _method_statistics(m, eps, stats_all, groups, delta, gen):
         return _subset(stats_all["prior"], groups)
     if m == "nonprivate":
         return _subset(stats_all["nonprivate"], groups)
-    if m in ("private", "private_prior"):
+    if m in PRIVATE_METHODS:
         return release_statistics(_subset(stats_all[m], groups), epsilon=eps, delta=delta, generator=gen)
     return None
 
