@@ -41,6 +41,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+from scipy import sparse as scipy_sparse
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -109,7 +110,9 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         :data:`DEFAULT_WEIGHTS`).
     random_state : int or torch.Generator, optional
         Seeds the noise: reproducible, so the fit is marked ``randomness_ = "seeded"`` (not
-        for publication). ``None`` (default): the secure source (AES-256-CTR keyed from
+        for publication). Two fits with the same seed on neighbouring datasets draw the same
+        noise, so their difference reveals the differing row; ``sklearn.clone`` copies a
+        generator, so clones draw the same noise too. ``None`` (default): the secure source (AES-256-CTR keyed from
         ``os.urandom``).
     budget : PrivacyBudget, optional
         Charged once with the whole plan, atomically, before any noise is drawn; a fit it
@@ -134,7 +137,9 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     noise_variance_ : float
         Probabilistic-PCA noise variance: the mean of the remaining variance per dimension.
     release_ : LowRankRelease or None
-        The release of the centred scatter (denoised when ``denoise``); ``None`` at ε = ∞.
+        The release of the centred scatter (denoised when ``denoise``); ``None`` at ε = ∞. Its
+        ``epsilon`` and ``privacy_event`` are the Gram's share of the plan only: charge or
+        account the fit with :attr:`privacy_event` (the whole plan), never with ``release_``.
     privacy_event_ : ComposedEvent or None
         What the fit cost, for an accountant; ``None`` at ε = ∞.
     randomness_ : {"secure", "seeded", "none"}
@@ -207,7 +212,8 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     def _fit(self, X) -> "PrivatePCA":
         spec = self._check_params()
         torch_in = isinstance(X, torch.Tensor)
-        x = validate_data(self, _as_numpy(X), dtype=[np.float64, np.float32], ensure_min_samples=1)
+        # no minimum row count: refusing n = 0 while fitting n = 1 would reveal a bit of the private n
+        x = validate_data(self, _checked_rows(X), dtype=[np.float64, np.float32], ensure_min_samples=0)
         n, d = x.shape
         k_fixed = self._check_n_components(d)
         if spec["public_n"] is not None and spec["public_n"] != n:
@@ -263,8 +269,8 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         gram, n = acc.gram, float(rows.shape[0])
         if self.centering == "private":
             total = acc.clip_rows(rows).sum(dim=0)
-            mean = total / n
-            return gram - torch.outer(total, total) / n, n, mean
+            mean = total / max(n, 1.0)
+            return gram - torch.outer(total, total) / max(n, 1.0), n, mean
         mean = torch.zeros(rows.shape[1], dtype=torch.float64)
         if self.centering == "public":
             mean = torch.as_tensor(spec["mean"], dtype=torch.float64)
@@ -285,8 +291,10 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             self.budget.spend(event)  # once, atomically, before any noise is drawn
         # --- the mechanisms ---
         if "count" in plan:
-            noisy_n = float(gaussian_vector_noise(torch.tensor([float(rows.shape[0])]), plan["count"].noise_scale,
-                                                  source=source)[0])
+            # float64 explicitly: torch's default dtype (float32, or whatever the caller set) would
+            # round n before its noise, and neighbours could then differ by more than 1
+            exact_n = torch.tensor([float(rows.shape[0])], dtype=torch.float64)
+            noisy_n = float(gaussian_vector_noise(exact_n, plan["count"].noise_scale, source=source)[0])
             count = max(noisy_n, 1.0)  # post-processing from here on
         else:
             count = float(spec["public_n"])
@@ -408,7 +416,7 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         """Project X on the components: shape (n_samples, n_components_); the type of X."""
         check_is_fitted(self)
         torch_in = isinstance(X, torch.Tensor)
-        x = validate_data(self, _as_numpy(X), dtype=[np.float64, np.float32], reset=False)
+        x = validate_data(self, _checked_rows(X), dtype=[np.float64, np.float32], reset=False, ensure_min_samples=0)
         z = (x - self._fitted["mean"]) @ self._fitted["components"].T
         if self.whiten:
             z = z / np.sqrt(np.maximum(self._fitted["explained_variance"], np.finfo(np.float64).tiny))
@@ -437,7 +445,7 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     def score_samples(self, X):
         """Log-likelihood of each row under the probabilistic PCA model (Tipping & Bishop 1999)."""
         check_is_fitted(self)
-        x = validate_data(self, _as_numpy(X), dtype=[np.float64, np.float32], reset=False)
+        x = validate_data(self, _checked_rows(X), dtype=[np.float64, np.float32], reset=False, ensure_min_samples=0)
         cov = self.get_covariance()
         d = cov.shape[0]
         cov.flat[:: d + 1] += max(1e-12 * float(np.trace(cov)) / d, np.finfo(np.float64).tiny)
@@ -449,6 +457,14 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     def score(self, X, y=None) -> float:
         """Mean log-likelihood of the rows of X under the fitted model."""
         return float(np.mean(self.score_samples(X)))
+
+    @property
+    def privacy_event(self):
+        """The whole fit's accounting event (``privacy_event_``), so that ``budget.spend(pca)``
+        and accountants take the estimator itself. Not ``release_.privacy_event``: that is the
+        Gram's share alone."""
+        check_is_fitted(self)
+        return self.privacy_event_
 
     @property
     def _n_features_out(self) -> int:
@@ -465,6 +481,37 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         tags.non_deterministic = self.random_state is None
         tags.transformer_tags.preserves_dtype = ["float64"]
         return tags
+
+
+def _checked_rows(x):
+    """``x`` for scikit-learn's validation, after the checks whose scikit-learn messages would
+    quote the data (a 1-D array, complex or unparsable entries): these refusals name the
+    problem, never a value. Tensors become CPU numpy arrays; data frames pass through (their
+    column names are public metadata)."""
+    x = _as_numpy(x)
+    if scipy_sparse.issparse(x):
+        return x  # scikit-learn refuses it, naming no value
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError):
+        raise ValueError("X could not be read as a 2-D array of numbers") from None
+    if arr.dtype.kind == "c":
+        raise ValueError("Complex data not supported: X holds complex numbers")
+    if arr.dtype.kind in "OUSV":
+        try:
+            arr = arr.astype(np.float64)
+        except TypeError:
+            raise TypeError("X holds an entry that is not a number (float() argument must be a string or a "
+                            "real number)") from None
+        except ValueError:
+            raise ValueError("X holds a string that is not a number") from None
+    if arr.ndim != 2:
+        raise ValueError(f"Expected a 2D array of shape (n_samples, n_features), got a {arr.ndim}D one. "
+                         "Reshape your data either using array.reshape(-1, 1) if your data has a single "
+                         "feature or array.reshape(1, -1) if it contains a single sample.")
+    if arr.shape[1] == 0:  # scikit-learn's message would print the (private) row count
+        raise ValueError("0 feature(s) (shape=(, 0)) while a minimum of 1 is required (the row count is private)")
+    return x if hasattr(x, "columns") else arr
 
 
 def _as_numpy(x):

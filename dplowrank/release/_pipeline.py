@@ -117,7 +117,9 @@ def release_rank_k(
         mechanism (e.g. a noisy sum and count, as :class:`dplowrank.PrivatePCA` does): the
         correction is applied to the *noisy* matrix, so it is post-processing and costs
         nothing here (the noise, its scale and the diagnostics are those of E). For
-        M = Σ aaᵀ and μ the rows' mean this is Σ (a − μ)(a − μ)ᵀ + E.
+        M = Σ aaᵀ and μ the rows' mean this is Σ (a − μ)(a − μ)ᵀ + E. **The pair is used
+        without noise**: passing the rows' true mean or count (private values) makes the
+        release non-private; only a declared public pair or a released one is safe.
 
     Returns
     -------
