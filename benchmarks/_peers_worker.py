@@ -18,7 +18,7 @@ warnings.filterwarnings("ignore")  # diffprivlib warns about bounds it is given
 
 #: A fit that runs longer is abandoned and reported as timed out: diffprivlib's Bingham
 #: sampler (rejection sampling) sometimes runs for many minutes on a single draw.
-TIME_LIMIT_S = 20
+TIME_LIMIT_S = 10
 
 
 class _Timeout(Exception):
