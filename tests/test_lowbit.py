@@ -714,3 +714,65 @@ def test_no_collection_on_a_wrapper_of_a_model_being_collected_and_no_foreign_th
     assert "another statistics or importance collection" in outcome["wrapper"]
     for n in alone.scores:
         assert torch.equal(got.scores[n], alone.scores[n])
+
+
+class _Observer(nn.Module):
+    """A range observer kept as a plain attribute: state from one forward pass to the next."""
+
+    def __init__(self):
+        super().__init__()
+        self.absmax = 0.0
+
+    def forward(self, x):
+        self.absmax = max(self.absmax, float(x.detach().abs().max()))
+        return x / max(self.absmax, 1e-12)
+
+
+class _Remember(nn.Module):
+    def forward(self, x):
+        prev = getattr(self, "hidden", None)
+        self.hidden = x.detach().mean()  # a recurrent state set on the first call
+        return x if prev is None else x + prev
+
+
+class _Holder:
+    """A container isolation does not know: it would reach every example whole."""
+
+    def __init__(self, t):
+        self.t = t
+
+
+def test_state_outside_parameters_and_buffers_is_refused_and_restored():
+    """Found by this change's third audit: an observer kept as a plain float moved a released
+    Gram by 45.8·C and importance by 52.6·C between neighbours; a recurrent state kept in
+    ``self.hidden`` by 1.15·C."""
+    batch = padded_batches(_examples(_gen(50), 4), 4)
+    for extra in (_Observer(), _Remember()):
+        model, _ = _tiny(seed=51)
+        model.up = nn.Sequential(extra, model.up)
+        groups = find_groups(model, ["up.1", "down"])
+        with pytest.raises(ValueError, match="changed its attributes"):
+            dl.collect_statistics(model, batch, groups)
+        assert vars(extra).get("absmax", 0.0) == 0.0 and "hidden" not in vars(extra)  # restored
+        with pytest.raises(ValueError, match="changed its attributes"):
+            collect_importance(model, batch, groups, loss=probe_loss)
+
+
+def test_isolation_passes_only_plain_values_whole_and_mask_key_none_needs_no_mask():
+    """Third audit: unknown containers reached every 'isolated' example (4.56·C under replace);
+    mask_key=None on right-padded batches counted padding (2.65·C)."""
+    model, groups = _tiny(seed=52)
+    batch = padded_batches(_examples(_gen(53), 4), 4)[0]
+    fwd = dict(forward=lambda m, b: m(**{k: v for k, v in b.items() if k not in ("extra", "flag")}))
+    with pytest.raises(ValueError, match="batch entry 'extra' is a _Holder"):
+        dl.collect_statistics(model, [dict(batch, extra=_Holder(batch["input_ids"]))], groups, **fwd)
+    with pytest.raises(ValueError, match="batch entry 'extra' is a Tensor|batch entry 'extra'"):
+        dl.collect_statistics(model, [dict(batch, extra=torch.tensor(3.0))], groups, **fwd)  # 0-d
+    dl.collect_statistics(model, [dict(batch, extra="a name", flag=True)], groups, **fwd)  # plain values pass
+    with pytest.raises(ValueError, match="mask_key=None, but the batch has 'attention_mask'"):
+        dl.collect_statistics(model, [batch], groups, mask_key=None)
+    renamed = {"input_ids": batch["input_ids"], "input_mask": batch["attention_mask"]}
+    with pytest.raises(ValueError, match="'input_mask'"):
+        collect_importance(model, [renamed], groups, mask_key=None,
+                           loss=lambda m, b: probe_loss(m, {"input_ids": b["input_ids"],
+                                                            "attention_mask": b["input_mask"]}))

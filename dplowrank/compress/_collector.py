@@ -152,8 +152,8 @@ class _Collector:
         if a.ndim == 2 and a.shape[0] == mask.numel():  # flattened (B·T, d), example-major
             return a.reshape(*mask.shape, a.shape[-1])
         raise ValueError(
-            f"group {group.name!r} sees activations of shape {tuple(a.shape)}, which do not match the "
-            f"mask of shape {tuple(mask.shape)} (examples, tokens)"
+            f"group {group.name!r} sees activations whose (examples, tokens) axes do not match the mask's "
+            f"({a.ndim} axes; the lengths are not shown: they are private)"
         )
 
     def _add(self, group: LayerGroup, a: torch.Tensor) -> None:

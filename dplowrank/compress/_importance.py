@@ -45,7 +45,7 @@ from .._validation import check_choice
 from ..mechanisms import NEIGHBOURS, clip_factors, contribution_sensitivity
 from ._collector import _CLIP_MARGIN, OwnerThread, _grid_for
 from ._isolation import (_check_layout, _check_state, _close_per_example, _examples_in, _slice_batch,
-                         _state, examples_alone, exclusive)
+                         _state, check_unmasked, examples_alone, exclusive)
 from ._stats import _check_clip
 from ._targets import LayerGroup
 
@@ -324,6 +324,7 @@ def _collect(model, batches, groups, mods, loss, c, normalize, neighbour, exampl
 
 
 def _batch_size(batch, mask_key, examples) -> int:
+    check_unmasked(batch, mask_key)
     mask = None
     if mask_key is not None:
         if not isinstance(batch, Mapping) or mask_key not in batch:

@@ -3,6 +3,8 @@ batch-independence probe (see :mod:`._stats`)."""
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 import threading
 from collections.abc import Mapping
@@ -68,6 +70,8 @@ def _examples_in(batch: object, mask: torch.Tensor | None) -> int:
 
 
 _NOT_SPLIT = (np.ndarray, list, tuple, Mapping)  # containers isolation cannot split generically
+#: What an isolated example may receive whole from its batch: values that cannot hold examples.
+_WHOLE = (str, bytes, int, float, bool, type(None), torch.dtype, torch.device)
 _NOT_TENSORS = ("isolate=True splits batches whose per-example values are torch tensors; {} is a {} "
                 "(convert it with torch.as_tensor, e.g. a tokenizer's return_tensors='pt')")
 
@@ -86,14 +90,16 @@ def _slice_batch(batch: object, mask: torch.Tensor | None, b: int, part: slice, 
     if isinstance(batch, (tuple, list)):
         parts = []
         for i, v in enumerate(batch):
-            if strict and isinstance(v, _NOT_SPLIT):
+            if strict and not (isinstance(v, _WHOLE) or (isinstance(v, torch.Tensor) and v.ndim >= 1)):
                 raise ValueError(_NOT_TENSORS.format(f"batch item {i}", type(v).__name__))
             parts.append(_slice_batch(v, mask, b, part) if isinstance(v, torch.Tensor) else v)
         return type(batch)(parts)
     if isinstance(batch, Mapping):
         out = {}
         for key, v in batch.items():
-            if strict and isinstance(v, _NOT_SPLIT):
+            if strict and not (isinstance(v, _WHOLE) or (isinstance(v, torch.Tensor) and v.ndim >= 1)):
+                # an allowlist: any other object (a dataclass, a deque, a 0-d tensor) could hold
+                # the whole batch and would reach every "isolated" example
                 raise ValueError(_NOT_TENSORS.format(f"batch entry {key!r}", type(v).__name__))
             if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == b:
                 out[key] = v[part]
@@ -147,9 +153,43 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of every parameter and buffer."""
-    return {name: t.detach().clone() for name, t in _tensors(model).items()}
+def _state(model: nn.Module) -> dict[str, object]:
+    """A copy of every parameter and buffer, and of every public module attribute that could
+    carry data from one forward pass to the next (tensors, numbers, strings, and tuples or
+    lists of them): a range observer or a recurrent state kept as a plain attribute would
+    otherwise carry one example into the next example's contribution."""
+    out: dict[str, object] = {name: t.detach().clone() for name, t in _tensors(model).items()}
+    out.update(_attributes(model))
+    return out
+
+
+_PLAIN = (int, float, bool, str, bytes, type(None))
+
+
+def _attributes(model: nn.Module) -> dict[str, object]:
+    """``attr:<module>.<name>`` → a copy of each public plain attribute of every module."""
+    out: dict[str, object] = {}
+    for mname, m in model.named_modules(remove_duplicate=False):
+        for key, v in vars(m).items():
+            if key.startswith("_") or key == "training":
+                continue
+            name = f"attr:{mname}.{key}" if mname else f"attr:{key}"
+            if isinstance(v, torch.Tensor):
+                out[name] = v.detach().clone()
+            elif isinstance(v, _PLAIN):
+                out[name] = v
+            elif isinstance(v, (tuple, list)) and all(isinstance(x, (torch.Tensor, *_PLAIN)) for x in v):
+                out[name] = tuple(x.detach().clone() if isinstance(x, torch.Tensor) else x for x in v)
+    return out
+
+
+def _same_value(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and _same(a, b.detach())
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        return (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b)
+                and all(_same_value(x, y) for x, y in zip(a, b)))
+    return type(a) is type(b) and (a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)))
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -167,7 +207,18 @@ def _check_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
     now = _tensors(model)
     changed = [name.split(":", 1)[1] for name, t in now.items()
                if name not in before or not _same(before[name], t.detach())]
-    changed += [name.split(":", 1)[1] for name in before if name not in now]
+    changed += [name.split(":", 1)[1] for name in before if name not in now and not name.startswith("attr:")]
+    attrs = _attributes(model)
+    moved = [name for name in set(attrs) | {n for n in before if n.startswith("attr:")}
+             if name not in before or name not in attrs or not _same_value(before[name], attrs[name])]
+    if moved:
+        _restore_attributes(model, before, moved)
+        raise ValueError(
+            f"the model changed its attributes {sorted(n.split(':', 1)[1] for n in moved)[:5]} while computing "
+            "statistics: state kept from one forward pass to the next (an observer, a recurrent state) would "
+            "carry one example into another's contribution. They were restored; statistics need a model whose "
+            "forward pass keeps no state"
+        )
     if changed:
         with torch.no_grad():
             for name, t in now.items():
@@ -178,6 +229,34 @@ def _check_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
             "it would carry private data into the saved model. It was restored; statistics need a "
             "model whose forward pass leaves its parameters and buffers alone"
         )
+
+
+def _restore_attributes(model: nn.Module, before: dict[str, object], names) -> None:
+    """Put back (or delete) the attributes ``names`` as they were in ``before``."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for name in names:
+        path = name.split(":", 1)[1]
+        mname, _, key = path.rpartition(".")
+        m = modules.get(mname)
+        if m is None:
+            continue
+        if name in before:
+            v = before[name]
+            object.__setattr__(m, key, list(v) if isinstance(getattr(m, key, None), list) else v)
+        elif key in vars(m):
+            delattr(m, key)
+
+
+def check_unmasked(batch: object, mask_key: str | None) -> None:
+    """With ``mask_key=None``, refuse a mapping batch that carries a mask under another name:
+    its padding would enter the statistics (a right-padded batch moved a Gram by 2.65·C)."""
+    if mask_key is None and isinstance(batch, Mapping):
+        masks = [k for k in batch if isinstance(k, str) and "mask" in k.lower()]
+        if masks:
+            raise ValueError(
+                f"mask_key=None, but the batch has {masks[0]!r}: padding would count as tokens. Pass "
+                f"mask_key={masks[0]!r} (or remove the entry if every token really counts)"
+            )
 
 
 def _probe(col: _Collector, run, model: nn.Module, batch: object, mask: torch.Tensor | None, b: int) -> None:

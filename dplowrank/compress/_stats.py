@@ -61,7 +61,7 @@ from .._validation import check_choice, check_positive
 from ..mechanisms import NEIGHBOURS, contribution_sensitivity
 from ._collector import _Collector
 from ._coordinates import Coordinates, coordinates_for
-from ._isolation import _check_layout, _check_state, _examples_in, _probe, _state, examples_alone, exclusive
+from ._isolation import _check_layout, _check_state, _examples_in, _probe, _state, check_unmasked, examples_alone, exclusive
 from ._statistic import ActivationStatistics, GroupStatistic
 from ._targets import LayerGroup
 
@@ -327,6 +327,7 @@ def _priors(prior, groups) -> dict[str, torch.Tensor]:
 
 def _batch_layout(batch, mask_key: str | None, examples) -> tuple[torch.Tensor | None, int]:
     """A batch's token mask (shape (B, T), or ``None``) and its number of examples B."""
+    check_unmasked(batch, mask_key)
     if mask_key is None:
         mask = None
     else:
