@@ -133,6 +133,11 @@ def test_messages_never_quote_the_rows():
             dl.PrivatePCA(epsilon=1.0, data_norm=1.0).fit(x)
         msg = str(err.value)
         assert "0.1234" not in msg and "hidden-text" not in msg and "(7, 0)" not in msg, msg
+    pca = dl.PrivatePCA(1, epsilon=1.0, data_norm=1.0, random_state=0).fit(np.eye(3))
+    for z in (np.array([["alice"]], dtype=object), np.zeros((12345, 2)), np.array([[1j]])):
+        with pytest.raises((ValueError, TypeError)) as err:
+            pca.inverse_transform(z)  # projections of private rows
+        assert "alice" not in str(err.value) and "12345" not in str(err.value)
 
 
 def test_an_empty_dataset_is_fitted_like_any_other():

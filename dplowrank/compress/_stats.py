@@ -161,7 +161,9 @@ def collect_statistics(
     isolate : bool, default True
         Run every example alone, trimmed to its own tokens (right-padded batches; a batch
         without a mask is split by rows): its contribution is then a function of that example
-        only, bit for bit. ``False`` runs whole batches (faster), where an example's float32
+        only, bit for bit, provided the forward pass keeps no state between calls (checked for
+        parameters, buffers and plain public attributes; see docs/threat_model.md for what it
+        cannot see). ``False`` runs whole batches (faster), where an example's float32
         activations can change in their last bits with its batch-mates' padded length, and
         its grid-rounded contribution with them: the sensitivity then holds up to that drift
         (about 1e-5·C measured by this project's audit).

@@ -426,9 +426,11 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         """Map projections back: shape (n_samples, n_features); the type of X."""
         check_is_fitted(self)
         torch_in = isinstance(X, torch.Tensor)
-        z = np.asarray(_as_numpy(X), dtype=np.float64)
-        if z.ndim != 2 or z.shape[1] != self.n_components_:
-            raise ValueError(f"X must have shape (n, {self.n_components_}), got {z.shape}")
+        z = np.asarray(_checked_rows(X), dtype=np.float64)  # projections of private rows: never quoted
+        if z.shape[1] != self.n_components_:
+            raise ValueError(f"X must have {self.n_components_} columns (n_components_), got {z.shape[1]}")
+        if not np.all(np.isfinite(z)):
+            raise ValueError("X contains NaN or infinity")
         if self.whiten:
             z = z * np.sqrt(np.maximum(self._fitted["explained_variance"], 0.0))
         x = z @ self._fitted["components"] + self._fitted["mean"]
