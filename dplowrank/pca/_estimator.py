@@ -312,7 +312,8 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         release = release_rank_k(acc, d, noise_scale=plan["gram"].noise_scale, delta=spec["delta"],
                                  mechanism=self.mechanism, noise_shape=self.noise_shape, generator=source,
                                  solver="dense", dtype=torch.float64, center=center)
-        assert release.randomness == label
+        if release.randomness != label:  # pragma: no cover - the source decides the label
+            raise RuntimeError("internal error: the release's randomness label differs from its source's")
         self.privacy_event_ = event
         self.randomness_ = label
         return release, count, mean
