@@ -306,6 +306,8 @@ def test_denoised_release_matches_the_spiked_model():
         est = spike_estimate(r.eigenvalues, e)
         np.testing.assert_allclose(est.theta[:3].numpy(), theta, rtol=0.1)  # finite d: ~6 % at 1.5 e
         assert r.signal_rank == 3 and den.k == 6 and np.all(den.eigenvalues[3:].numpy() == 0)
+        assert den.signal_rank == 3  # read from the noisy spectrum the denoised release keeps
+        torch.testing.assert_close(den.denoised().eigenvalues, den.eigenvalues)  # idempotent
         raw_err.append(float(torch.linalg.matrix_norm(r.to_dense() - m)))
         den_err.append(float(torch.linalg.matrix_norm(den.to_dense() - m)))
     assert np.mean(den_err) < 0.8 * np.mean(raw_err)

@@ -156,8 +156,7 @@ class LowRankRelease:
     def signal_rank(self) -> int:
         """How many of the k released eigenvalues clear the noise edge (with its finite-d
         margin): the components that carry signal (``diagnose().recommended_k``)."""
-        values = self.hermitian_eigenvalues if self.mechanism == "complex" else self.eigenvalues
-        return signal_rank(values, self._edge(), self.dim)
+        return signal_rank(self._noisy_values(), self._edge(), self.dim)
 
     def denoised(self, k: int | str | None = None) -> "LowRankRelease":
         """The release with debiased, shrunk eigenvalues: post-processing, free.
@@ -197,16 +196,23 @@ class LowRankRelease:
         h_vals = h_vecs = None
         if self.mechanism == "complex":
             h_vecs = self.hermitian_eigenvectors[:, :keep]
-            h_vals = spike_estimate(self.hermitian_eigenvalues[:keep], edge, self.dim).shrunk.to(self.hermitian_eigenvalues.dtype)
+            h_vals = spike_estimate(self._noisy_values()[:keep], edge, self.dim).shrunk.to(self.hermitian_eigenvalues.dtype)
             vals, vecs = realify(h_vals, h_vecs, keep)
         else:
             vecs = self.eigenvectors[:, :keep]
-            vals = spike_estimate(self.eigenvalues[:keep], edge, self.dim).shrunk.to(self.eigenvalues.dtype)
+            vals = spike_estimate(self._noisy_values()[:keep], edge, self.dim).shrunk.to(self.eigenvalues.dtype)
         spectrum = None if self.spectrum is None else self.spectrum[: keep + 1]
         slack = self.spectrum_slack if spectrum is not None and len(spectrum) == len(self.spectrum) else 0.0
         return dataclasses.replace(self, eigenvalues=vals, eigenvectors=vecs, psd=True, spectrum=spectrum,
                                    spectrum_slack=slack, hermitian_eigenvalues=h_vals,
                                    hermitian_eigenvectors=h_vecs)
+
+    def _noisy_values(self) -> torch.Tensor:
+        """The k noisy eigenvalues as released, before any clipping or shrinkage (the
+        ``spectrum``, which a denoised release keeps): denoising twice changes nothing."""
+        if self.spectrum is not None and self.spectrum.shape[0] >= self.k:
+            return self.spectrum[: self.k]
+        return self.hermitian_eigenvalues if self.mechanism == "complex" else self.eigenvalues
 
     def _edge(self) -> float:
         shape = "hermitian" if self.mechanism == "complex" else self.noise_shape
