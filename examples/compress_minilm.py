@@ -12,11 +12,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-
 import dplowrank as dl  # noqa: E402
 from dplowrank.compress import BERT, embedding_agreement  # noqa: E402
-from dplowrank.demo.minilm import encode, encoder, load_minilm, synthetic_batches, token_batches  # noqa: E402
+from dplowrank.demo.minilm import encode, encoder, load_minilm, token_batches  # noqa: E402
 from dplowrank.demo.datasets import stdlib_sentences  # noqa: E402
 
 st_model = load_minilm()
@@ -26,13 +24,11 @@ private_text, held_out = texts[:2000], texts[2000:]
 reference = encode(st_model, held_out)  # original embeddings, shape (300, 384)
 
 groups = BERT.groups(model, "ffn")  # 12 linears, 12 releases of dimension 384
-# A public prior: the model's activations on random token sequences (no corpus involved).
-public = dl.collect_statistics(
-    model, synthetic_batches(st_model.tokenizer, generator=torch.Generator().manual_seed(1)), groups, clip=None,
-    public=True,  # declared public: the prior ships with the release (as its preconditioner)
-)
-# Per-sentence clipped Grams: NOT private yet.
-stats = dl.collect_statistics(model, token_batches(st_model.tokenizer, private_text), groups, prior=public)
+# Per-sentence clipped Grams: NOT private yet. Given the tokenizer, collect_statistics also runs
+# the model on random token sequences (no corpus involved) for its default public prior, which
+# ships with the release as its preconditioner.
+stats = dl.collect_statistics(model, token_batches(st_model.tokenizer, private_text), groups,
+                              tokenizer=st_model.tokenizer)
 # The only step that touches the private text on its way out: (4, 1e-6)-DP for the whole model.
 private = dl.release_statistics(stats, epsilon=4.0, delta=1e-6)
 result = dl.compress_model(model, groups, ratio=0.6, statistics=private)  # post-processing
