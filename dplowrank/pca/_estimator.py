@@ -320,14 +320,12 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     def _noise_source(self):
         """(source of all noise, its label): secure unless ``random_state`` seeds it."""
-        rs = self.random_state
+        rs = _check_random_state(self.random_state)
         if rs is None:
             return SecureNormalSource(), SECURE
         if isinstance(rs, torch.Generator):
             return rs, SEEDED
-        if isinstance(rs, numbers.Integral) and not isinstance(rs, bool):
-            return torch.Generator().manual_seed(int(rs) % 2**63), SEEDED
-        raise TypeError(f"random_state must be None, an int or a torch.Generator, got {type(rs).__name__}")
+        return torch.Generator().manual_seed(int(rs) % 2**63), SEEDED
 
     def _check_params(self) -> dict:
         """Every parameter checked before any data is read; the plan's inputs."""
@@ -374,16 +372,10 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             raise TypeError(f"budget must be a PrivacyBudget, got {type(self.budget).__name__}")
         if self.budget is not None and math.isinf(eps):
             raise ValueError("epsilon=inf fits without noise and cannot be charged to a budget")
-        self._noise_source_check()
+        _check_random_state(self.random_state)
         neighbour = "add_remove" if public_n is None else "replace"
         return {"epsilon": float(eps), "delta": delta, "C": c, "mean": mean, "public_n": public_n,
                 "weights": weights, "neighbour": neighbour}
-
-    def _noise_source_check(self) -> None:
-        rs = self.random_state
-        ok = rs is None or isinstance(rs, torch.Generator) or (isinstance(rs, numbers.Integral) and not isinstance(rs, bool))
-        if not ok:
-            raise TypeError(f"random_state must be None, an int or a torch.Generator, got {type(rs).__name__}")
 
     def _check_n_components(self, d: int):
         """``None`` for a data-chosen k ("auto" or a ratio), else the int k (checked against d)."""
@@ -484,6 +476,13 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         tags.non_deterministic = self.random_state is None
         tags.transformer_tags.preserves_dtype = ["float64"]
         return tags
+
+
+def _check_random_state(rs):
+    """``random_state`` if it is None, an int or a torch.Generator; else a ``TypeError``."""
+    if rs is None or isinstance(rs, torch.Generator) or (isinstance(rs, numbers.Integral) and not isinstance(rs, bool)):
+        return rs
+    raise TypeError(f"random_state must be None, an int or a torch.Generator, got {type(rs).__name__}")
 
 
 def _checked_rows(x):
