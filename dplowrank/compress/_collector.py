@@ -74,6 +74,7 @@ class _Collector:
         self._handles = []
         self._limits: dict[str, int] = {}
         self.capture: dict[str, torch.Tensor] | None = None  # the probe's activations
+        self.guard = None  # a StateGuard while a collection runs: the state put back before each pass
 
     def install(self):
         self.owner = OwnerThread()  # only this thread's forward passes are the corpus's examples

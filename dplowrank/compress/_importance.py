@@ -22,7 +22,7 @@ rounding moves it by at most 2⁻¹⁷·C; and the float64 sums of the integer m
 exact in any order. By default every example runs alone, trimmed to its own tokens
 (``isolate=True``), so its contribution cannot depend on any other example (not even through
 the padded length of its batch); gradients are taken with ``torch.autograd.grad``, which leaves
-no ``.grad`` behind. The model runs in eval mode with its state checked unchanged, and one
+no ``.grad`` behind. The model runs in eval mode, its state put back before every pass, and one
 collection at a time may run on a model.
 
 The loss must be a sum of per-example terms: ``loss(model, batch)`` returns a Tensor of shape
@@ -44,8 +44,9 @@ from .._progress import progress
 from .._validation import check_choice
 from ..mechanisms import NEIGHBOURS, clip_factors, contribution_sensitivity
 from ._collector import _CLIP_MARGIN, OwnerThread, _grid_for
-from ._isolation import (_check_layout, _check_state, _close_per_example, _examples_in, _slice_batch,
-                         _state, check_unmasked, examples_alone, exclusive)
+from ._guard import StateGuard
+from ._isolation import (_check_layout, _close_per_example, _examples_in, _slice_batch, check_unmasked,
+                         examples_alone, exclusive)
 from ._stats import _check_clip
 from ._targets import LayerGroup
 
@@ -127,6 +128,7 @@ class _Tape:
         self.inputs: dict[str, torch.Tensor] = {}
         self.grads: dict[str, torch.Tensor] = {}
         self.owner = OwnerThread()
+        self.guard: StateGuard | None = None  # puts the model's state back before every forward pass
         self.handles = [m.register_forward_hook(self._hook(n)) for n, m in mods.items()]
 
     def _hook(self, name: str):
@@ -170,6 +172,8 @@ def _backward(model, run_loss, batch, b: int, tape: _Tape) -> dict[str, torch.Te
     """Per-example contributions of one batch. ``torch.autograd.grad`` (not ``backward``) writes
     no ``.grad`` anywhere: no private gradient is left on the model or on modules outside it."""
     tape.clear()
+    if tape.guard is not None:
+        tape.guard.reset()
     losses = run_loss(model, batch)
     if not isinstance(losses, torch.Tensor) or tuple(losses.shape) != (b,):
         raise ValueError(
@@ -291,13 +295,13 @@ def _collect(model, batches, groups, mods, loss, c, normalize, neighbour, exampl
     marginal = granularity == "marginal"
     modes = {m: m.training for m in model.modules()}
     flags = {m.weight: m.weight.requires_grad for m in mods.values()}
-    state = _state(model)
     tape = _Tape(mods)
     seen, probed = 0, set()
     try:
         model.eval()
         for m in mods.values():
             m.weight.requires_grad_(True)
+        tape.guard = StateGuard(model, (loss,))
         with torch.enable_grad():
             for batch in progress(batches, total=total or 0, desc="importance", enabled=show_progress):
                 b = _batch_size(batch, mask_key, examples)
@@ -311,8 +315,11 @@ def _collect(model, batches, groups, mods, loss, c, normalize, neighbour, exampl
                     raise ValueError(f"the importance sums hold at most {limit} examples; split the corpus")
                 _accumulate(totals, contrib, b, c, normalize, grid)
                 seen += b
-        _check_state(model, state)
+        tape.guard.close()
+        tape.guard = None
     finally:
+        if tape.guard is not None:  # an error: put the state back, say nothing more
+            tape.guard.reset(refuse=False)
         tape.remove()
         for m, training in modes.items():
             m.training = training

@@ -1,9 +1,7 @@
-"""Keeping examples apart: layouts refused up front, the model's state checked, and the
-batch-independence probe (see :mod:`._stats`)."""
+"""Keeping examples apart: layouts refused up front, batches split into examples, and the
+batch-independence probe (see :mod:`._stats`; the model's state is put back by :mod:`._guard`)."""
 
 from __future__ import annotations
-
-import math
 
 import contextlib
 import threading
@@ -146,107 +144,6 @@ def _check_layout(model: nn.Module) -> None:
             )
 
 
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer of ``model`` (what ``state_dict`` would save), by name."""
-    out = {f"param:{n}": p for n, p in model.named_parameters(remove_duplicate=False)}
-    out.update({f"buffer:{n}": b for n, b in model.named_buffers(remove_duplicate=False)})
-    return out
-
-
-def _state(model: nn.Module) -> dict[str, object]:
-    """A copy of every parameter and buffer, and of every public module attribute that could
-    carry data from one forward pass to the next (tensors, numbers, strings, and tuples or
-    lists of them): a range observer or a recurrent state kept as a plain attribute would
-    otherwise carry one example into the next example's contribution."""
-    out: dict[str, object] = {name: t.detach().clone() for name, t in _tensors(model).items()}
-    out.update(_attributes(model))
-    return out
-
-
-_PLAIN = (int, float, bool, str, bytes, type(None))
-
-
-def _attributes(model: nn.Module) -> dict[str, object]:
-    """``attr:<module>.<name>`` → a copy of each public plain attribute of every module."""
-    out: dict[str, object] = {}
-    for mname, m in model.named_modules(remove_duplicate=False):
-        for key, v in vars(m).items():
-            if key.startswith("_") or key == "training":
-                continue
-            name = f"attr:{mname}.{key}" if mname else f"attr:{key}"
-            if isinstance(v, torch.Tensor):
-                out[name] = v.detach().clone()
-            elif isinstance(v, _PLAIN):
-                out[name] = v
-            elif isinstance(v, (tuple, list)) and all(isinstance(x, (torch.Tensor, *_PLAIN)) for x in v):
-                out[name] = tuple(x.detach().clone() if isinstance(x, torch.Tensor) else x for x in v)
-    return out
-
-
-def _same_value(a: object, b: object) -> bool:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and _same(a, b.detach())
-    if isinstance(a, tuple) or isinstance(b, tuple):
-        return (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b)
-                and all(_same_value(x, y) for x, y in zip(a, b)))
-    return type(a) is type(b) and (a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)))
-
-
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal in shape, dtype and every value (NaN equal to NaN)."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.is_floating_point() or a.is_complex():
-        return bool(torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True))
-    return torch.equal(a, b)
-
-
-def _check_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    """Restore and refuse if the forward pass changed a parameter or buffer (it would carry
-    private data into the saved model: running statistics, an exponential moving average)."""
-    now = _tensors(model)
-    changed = [name.split(":", 1)[1] for name, t in now.items()
-               if name not in before or not _same(before[name], t.detach())]
-    changed += [name.split(":", 1)[1] for name in before if name not in now and not name.startswith("attr:")]
-    attrs = _attributes(model)
-    moved = [name for name in set(attrs) | {n for n in before if n.startswith("attr:")}
-             if name not in before or name not in attrs or not _same_value(before[name], attrs[name])]
-    if moved:
-        _restore_attributes(model, before, moved)
-        raise ValueError(
-            f"the model changed its attributes {sorted(n.split(':', 1)[1] for n in moved)[:5]} while computing "
-            "statistics: state kept from one forward pass to the next (an observer, a recurrent state) would "
-            "carry one example into another's contribution. They were restored; statistics need a model whose "
-            "forward pass keeps no state"
-        )
-    if changed:
-        with torch.no_grad():
-            for name, t in now.items():
-                if name in before and before[name].shape == t.shape:
-                    t.copy_(before[name])
-        raise ValueError(
-            f"the model changed its state {changed[:5]} while computing statistics (in eval mode); "
-            "it would carry private data into the saved model. It was restored; statistics need a "
-            "model whose forward pass leaves its parameters and buffers alone"
-        )
-
-
-def _restore_attributes(model: nn.Module, before: dict[str, object], names) -> None:
-    """Put back (or delete) the attributes ``names`` as they were in ``before``."""
-    modules = dict(model.named_modules(remove_duplicate=False))
-    for name in names:
-        path = name.split(":", 1)[1]
-        mname, _, key = path.rpartition(".")
-        m = modules.get(mname)
-        if m is None:
-            continue
-        if name in before:
-            v = before[name]
-            object.__setattr__(m, key, list(v) if isinstance(getattr(m, key, None), list) else v)
-        elif key in vars(m):
-            delattr(m, key)
-
-
 def check_unmasked(batch: object, mask_key: str | None) -> None:
     """With ``mask_key=None``, refuse a mapping batch that carries a mask under another name:
     its padding would enter the statistics (a right-padded batch moved a Gram by 2.65·C)."""
@@ -283,6 +180,7 @@ def _probe(col: _Collector, run, model: nn.Module, batch: object, mask: torch.Te
     for inputs, n, m in runs:
         col.capture, col.mask, col.examples = {}, m, n
         col.step += 1
+        col.guard.reset()
         run(model, inputs)
         outs.append(col.capture)
     col.capture = None

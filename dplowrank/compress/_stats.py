@@ -61,7 +61,8 @@ from .._validation import check_choice, check_positive
 from ..mechanisms import NEIGHBOURS, contribution_sensitivity
 from ._collector import _Collector
 from ._coordinates import Coordinates, coordinates_for
-from ._isolation import _check_layout, _check_state, _examples_in, _probe, _state, check_unmasked, examples_alone, exclusive
+from ._guard import StateGuard
+from ._isolation import _check_layout, _examples_in, _probe, check_unmasked, examples_alone, exclusive
 from ._statistic import ActivationStatistics, GroupStatistic
 from ._targets import LayerGroup
 
@@ -161,9 +162,10 @@ def collect_statistics(
     isolate : bool, default True
         Run every example alone, trimmed to its own tokens (right-padded batches; a batch
         without a mask is split by rows): its contribution is then a function of that example
-        only, bit for bit, provided the forward pass keeps no state between calls (checked for
-        parameters, buffers and plain public attributes; see docs/threat_model.md for what it
-        cannot see). ``False`` runs whole batches (faster), where an example's float32
+        only, bit for bit: every forward pass starts from the model's state as it was before
+        the collection (module, class and global namespaces and what they hold are put back
+        before each pass, with a warning naming what a pass changed; see
+        docs/threat_model.md for what it cannot reach). ``False`` runs whole batches (faster), where an example's float32
         activations can change in their last bits with its batch-mates' padded length, and
         its grid-rounded contribution with them: the sensitivity then holds up to that drift
         (about 1e-5·C measured by this project's audit).
@@ -202,11 +204,10 @@ def collect_statistics(
     col = _Collector(model, groups, coords, c, normalize, matmul_dtype, neighbour)
     run = forward or _default_forward
     modes = {m: m.training for m in model.modules()}
-    state = _state(model)
     probed: set[int] = set()  # the batch sizes probed so far
     with exclusive(model):  # one collection per model at a time: hooks record every forward pass
-        _run(col, run, model, batches, total, show_progress, mask_key, examples, check_independence, state,
-             probed, modes, isolate)
+        _run(col, run, model, batches, total, show_progress, mask_key, examples, check_independence, probed,
+             modes, isolate)
     sens = None
     if c is not None:
         sens = contribution_sensitivity(c, neighbour)  # rounded up
@@ -215,12 +216,16 @@ def collect_statistics(
     return ActivationStatistics(col.stats, "normalize" if normalize else c, neighbour, public)
 
 
-def _run(col, run, model, batches, total, show_progress, mask_key, examples, check_independence, state, probed,
+def _run(col, run, model, batches, total, show_progress, mask_key, examples, check_independence, probed,
          modes, isolate) -> None:
-    """The pass over the corpus with the hooks installed (removed, and training flags restored, always)."""
+    """The pass over the corpus with the hooks installed (removed, and training flags restored,
+    always). Every forward pass starts from the model's state as it was before the first one
+    (:class:`._guard.StateGuard`): nothing one example leaves behind reaches the next."""
     col.install()
+    guard = None
     try:
         model.eval()  # batch normalisation on running statistics, no dropout: examples stay apart
+        guard = col.guard = StateGuard(model, (run,))
         with torch.inference_mode():
             for batch in progress(batches, total=total or 0, desc="statistics", enabled=show_progress):
                 mask, b = _batch_layout(batch, mask_key, examples)
@@ -228,20 +233,24 @@ def _run(col, run, model, batches, total, show_progress, mask_key, examples, che
                 # the rows split off are the examples (a sequence-first model would fail it)
                 if check_independence and b >= 2 and b not in probed and (not isolate or mask is None):
                     _probe(col, run, model, batch, mask, b)
-                    _check_state(model, state)
                     probed.add(b)
                 if isolate:  # each example alone, trimmed to its own tokens: nothing to mix
                     for one in examples_alone(batch, mask_key, b):
                         col.mask = None if mask is None else torch.as_tensor(one[mask_key])
                         col.examples = 1
                         col.step += 1
+                        guard.reset()
                         run(model, one)
                     continue
                 col.mask, col.examples = mask, b
                 col.step += 1
+                guard.reset()
                 run(model, batch)
-        _check_state(model, state)
+        guard.close()
+        guard = None
     finally:
+        if guard is not None:  # an error: put the state back, say nothing more
+            guard.reset(refuse=False)
         col.remove()
         for m, training in modes.items():
             m.training = training
