@@ -431,6 +431,82 @@ def test_quantised_factors_fit_the_bit_budget_and_survive_save_and_load(tmp_path
     assert res.bits_after <= 8 * (codes + scales) < res.bits_after + 8 * 2 * len(res.layers)
 
 
+def _correlated_inputs(seed, n=3000, d=48, k=6):
+    """Inputs with a few strong correlated directions and BERT-like outlier dimensions."""
+    g = _gen(seed)
+    mix = torch.randn(k, d, generator=_gen(7), dtype=torch.float64)  # one distribution for every seed
+    z = torch.randn(n, k, generator=g, dtype=torch.float64) @ mix
+    x = z + 0.1 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    x[:, :2] *= 20.0
+    return x
+
+
+@pytest.mark.parametrize("granularity", ["row", "column", "tensor"])
+def test_activation_aware_rounding_keeps_the_codes_and_lowers_the_output_error(granularity):
+    """GPTQ-style rounding (arXiv:2210.17323) uses the same scale groups and bit count as
+    rounding to nearest, and lowers ‖(Q(W) − W)·x‖ over the inputs whose Gram it was given
+    (averaged over seeds; GPTQ is not optimal for every matrix)."""
+    ratios = []
+    for seed in range(6):
+        x = _correlated_inputs(seed)
+        h = x.T @ x / x.shape[0]
+        w = torch.randn(20, x.shape[1], generator=_gen(100 + seed), dtype=torch.float64)
+        for bits in (2, 4):
+            near = quantize(w, bits, granularity=granularity)
+            aware = quantize(w, bits, granularity=granularity, hessian=h)
+            assert aware.nbits == near.nbits and torch.equal(aware.offset, near.offset)
+            assert torch.equal(aware.step, near.step) and int(aware.codes().max()) < 2**bits
+            err = lambda q: float(((q.dequantize() - w) @ x.T).norm())  # noqa: E731
+            ratios.append(err(aware) / err(near))
+    assert sum(ratios) / len(ratios) < 0.8 and max(ratios) < 1.0
+
+
+def test_activation_aware_rounding_with_uncorrelated_inputs_is_rounding_to_nearest():
+    """With H diagonal there is nothing to compensate: GPTQ's feedback is zero and the codes
+    are those of rounding to nearest, entry for entry."""
+    w = torch.randn(9, 13, generator=_gen(110), dtype=torch.float64)
+    h = torch.diag(torch.rand(13, generator=_gen(111), dtype=torch.float64) + 0.1)
+    for bits in (1, 3, 8):
+        assert torch.equal(quantize(w, bits, granularity="row", hessian=h).codes(),
+                           quantize(w, bits, granularity="row").codes())
+    with pytest.raises(ValueError, match="hessian"):
+        quantize(w, 4, hessian=torch.eye(12))
+    with pytest.raises(ValueError, match="dither"):
+        quantize(w, 4, hessian=h, dither=True)
+    with pytest.raises(ValueError, match="hessian has non-finite"):
+        quantize(w, 4, hessian=torch.full((13, 13), float("nan")))
+    indefinite = -torch.eye(13, dtype=torch.float64)  # a noisy Gram can be indefinite: damped, not refused
+    assert quantize(w, 4, hessian=indefinite + 2 * torch.ones(13, 13, dtype=torch.float64)).nbits > 0
+
+
+def test_compress_model_rounds_quantised_factors_with_the_groups_gram():
+    """``rounding="activation"`` (the default with Gram statistics) keeps the bit count and
+    lowers the held-out output error of the compressed layer against rounding to nearest."""
+    x = _correlated_inputs(120, d=24)
+    held = _correlated_inputs(121, d=24)
+    lin = nn.Linear(24, 32).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(32, 24, generator=_gen(122), dtype=torch.float64))
+    model = nn.Sequential(lin)
+    groups = find_groups(model, ["0"])
+    stats = dl.collect_statistics(model, [x[i:i + 500] for i in range(0, 3000, 500)], groups, clip=None,
+                                  mask_key=None, examples=lambda b: b.shape[0], check_independence=False,
+                                  isolate=False)
+    dense = model(held).detach()
+    errs = {}
+    for rounding in ("nearest", "activation", "auto"):
+        res = compress_model(model, groups, bits_per_parameter=3.0, bits=3, statistics=stats, rounding=rounding)
+        errs[rounding] = (float((model(held) - dense).norm()), res.bits_after)
+        res.undo(model)
+    assert errs["auto"] == errs["activation"]
+    assert errs["activation"][1] == errs["nearest"][1]
+    assert errs["activation"][0] < 0.9 * errs["nearest"][0]
+    with pytest.raises(ValueError, match="rounding"):
+        compress_model(model, groups, bits_per_parameter=3.0, rounding="gptq", statistics=stats)
+    with pytest.raises(ValueError, match="needs Gram statistics"):
+        compress_model(model, groups, bits_per_parameter=3.0, rounding="activation")
+
+
 def test_quantised_storage_and_lpaf_arguments_are_checked_before_anything_changes():
     model = Shared(_gen(14))
     groups = find_groups(model, ["up", "down"])

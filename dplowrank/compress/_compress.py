@@ -186,6 +186,7 @@ def compress_model(
     sparsity: float = 0.0,
     bits: int | tuple[int, int] | None = None,
     bits_per_parameter: float | None = None,
+    rounding: str = "auto",
 ) -> CompressionResult:
     """Replace the layers of ``groups`` in ``model`` by low-rank ones, in place.
 
@@ -228,6 +229,15 @@ def compress_model(
     bits_per_parameter : float, optional
         Storage budget of quantised factors in bits per dense weight parameter (< 32);
         ranks are chosen so that the codes and scales fit it exactly.
+    rounding : {"auto", "activation", "nearest"}, default "auto"
+        How quantised factors are rounded. "activation": GPTQ-style (arXiv:2210.17323) with
+        the group's input Gram, so that the rounding error of the right factor falls where
+        the inputs carry little energy, and that of the left factor where the factor's own
+        outputs do (:func:`dplowrank.compress.quantize` with ``hessian=``); the Gram is the
+        statistics' (the released, noisy one for private statistics: post-processing), and
+        the input directions outside a group's row space are weighted by its mean energy.
+        "nearest": every entry to the nearest point. "auto": "activation" whenever
+        Gram statistics are given, else "nearest".
 
     Returns
     -------
@@ -241,6 +251,7 @@ def compress_model(
     if factorization == "importance" and joint:
         raise ValueError("factorization='importance' factorises each layer on its own: joint must be False")
     bits, budget_ratio = _storage(ratio, bits, bits_per_parameter)
+    check_choice(rounding, "rounding", ROUNDINGS)
     groups = tuple(groups)
     mods = dict(model.named_modules())
     method = _method(statistics, importance, factorization)
@@ -260,7 +271,12 @@ def compress_model(
                    for n in weights}
         new, ranks, after, nbits = _importance_layers(groups, mods, weights, factors, bits)
     else:
-        new, ranks, after, nbits = _factorised_layers(groups, mods, weights, bases_by_unit, unit_ranks, joint, bits)
+        hessians = (_input_hessians(groups, grams, bases)
+                    if bits is not None and rounding != "nearest" and method != "svd" else {})
+        if rounding == "activation" and bits is not None and not hessians:
+            raise ValueError("rounding='activation' needs Gram statistics (statistics=...)")
+        new, ranks, after, nbits = _factorised_layers(groups, mods, weights, bases_by_unit, unit_ranks, joint, bits,
+                                                      hessians)
     originals = {n: mods[n] for n in new}
     replace_linears(model, new)
     before = sum(g.parameters for g in groups)
@@ -271,6 +287,27 @@ def compress_model(
 
 
 FACTORIZATIONS = ("whitened", "importance")
+ROUNDINGS = ("auto", "activation", "nearest")
+
+
+def _input_hessians(groups, grams, bases) -> dict:
+    """The Gram of each group's inputs in their own coordinates (shape (d_in, d_in)): Q K Qᵀ
+    from the row-space Gram K, plus the mean energy of K on the directions outside the row
+    space (which the statistic does not see; a quantised factor no longer ignores them)."""
+    out = {}
+    for g in groups:
+        k, q = grams.get(g.name), bases.get(g.name)
+        if k is None:
+            continue
+        k = 0.5 * (k + k.T).to(torch.float64)
+        if q is None:
+            out[g.name] = k
+            continue
+        q = q.to(torch.float64)
+        mean = float(torch.diagonal(k).clamp(min=0.0).mean())
+        out[g.name] = q @ (k - mean * torch.eye(k.shape[0], dtype=k.dtype)) @ q.T \
+            + mean * torch.eye(q.shape[0], dtype=k.dtype)
+    return out
 
 
 def _storage(ratio, bits, bits_per_parameter) -> tuple[tuple[int, int] | None, float]:
@@ -352,13 +389,20 @@ def _cost_bits(bits, outs, d_in) -> float | None:
     return sum(outs) * bits[0] + d_in * bits[1] + SCALE_BITS * (len(outs) + 1)
 
 
-def _quantised(lefts: list, right_w: torch.Tensor, bias_of, dtype, bits, down=None):
+def _quantised(lefts: list, right_w: torch.Tensor, bias_of, dtype, bits, down=None, hessian=None):
     """LPLR storage for factors sharing one right factor: each left block Q_{B1} per column, the
-    right factor the least-squares fit to the quantised stacked left, Q_{B2} per row."""
-    qs = [quantize(left, bits[0], granularity="column") for left in lefts]
+    right factor the least-squares fit to the quantised stacked left, Q_{B2} per row. With the
+    inputs' Gram H (``hessian``), both are rounded activation-aware: the left block with the
+    Gram R₀ H R₀ᵀ of the rank-space signal R₀x (R₀ = L⁺W), the right factor with H."""
+    w = right_w.to(torch.float64)
+    h_left = None
+    if hessian is not None:
+        r0 = torch.linalg.lstsq(torch.cat(lefts).to(torch.float64), w, driver="gelsd").solution
+        h_left = r0 @ hessian @ r0.T
+    qs = [quantize(left, bits[0], granularity="column", hessian=h_left) for left in lefts]
     stacked = torch.cat([q.dequantize() for q in qs])
-    right = torch.linalg.lstsq(stacked, right_w.to(torch.float64), driver="gelsd").solution
-    qr = quantize(right, bits[1], granularity="row")
+    right = torch.linalg.lstsq(stacked, w, driver="gelsd").solution
+    qr = quantize(right, bits[1], granularity="row", hessian=hessian)
     layers = []
     for q, bias in zip(qs, bias_of):
         layer = LowRankLinear.from_quantized(q, qr, bias, down=down, dtype=dtype)
@@ -426,7 +470,7 @@ def _units(groups, weights, grams, bases, joint, bits=None) -> tuple[list[Unit],
     return units, bases_by_unit
 
 
-def _factorised_layers(groups, mods, weights, bases_by_unit, unit_ranks, joint, bits=None):
+def _factorised_layers(groups, mods, weights, bases_by_unit, unit_ranks, joint, bits=None, hessians=None):
     """Step 3: the low-rank modules (a joint group's members share their down-projection);
     returns (new modules by name, ranks by name, factorised parameter count, stored bits of
     quantised factors or None)."""
@@ -443,7 +487,7 @@ def _factorised_layers(groups, mods, weights, bases_by_unit, unit_ranks, joint, 
             dtype = lins[0].weight.dtype
             if bits is not None:
                 blocks = list(torch.split(u, list(g.out_features)))
-                layers = _quantised(blocks, w, biases, dtype, bits)
+                layers = _quantised(blocks, w, biases, dtype, bits, hessian=(hessians or {}).get(g.name))
                 nbits += layers[0].down.nbits + sum(layer.up.nbits for layer in layers)
             else:
                 right = (u.T @ w).to(dtype)  # shape: (r, d_in), shared
@@ -463,7 +507,8 @@ def _factorised_layers(groups, mods, weights, bases_by_unit, unit_ranks, joint, 
                 u = bases_by_unit[n][:, :r]
                 bias = None if lin.bias is None else lin.bias.detach()
                 if bits is not None:
-                    (new[n],) = _quantised([u], weights[n], [bias], lin.weight.dtype, bits)
+                    (new[n],) = _quantised([u], weights[n], [bias], lin.weight.dtype, bits,
+                                           hessian=(hessians or {}).get(g.name))
                     nbits += new[n].nbits
                 else:
                     right = u.T @ weights[n].to(torch.float64)

@@ -145,7 +145,7 @@ def _broadcast(v: torch.Tensor, granularity: str) -> torch.Tensor:
 
 
 def quantize(x: torch.Tensor, bits: int, *, granularity: str = "tensor", dither: bool = False,
-             generator: torch.Generator | None = None) -> Quantized:
+             generator: torch.Generator | None = None, hessian: torch.Tensor | None = None) -> Quantized:
     """Quantise a matrix to ``bits`` bits per entry with a uniform quantiser per scale group.
 
     Parameters
@@ -160,6 +160,16 @@ def quantize(x: torch.Tensor, bits: int, *, granularity: str = "tensor", dither:
     generator : torch.Generator, optional
         CPU source of the dither (default: seeded from the OS). Quantising public weights or
         released factors is post-processing: the dither is not a privacy mechanism.
+    hessian : Tensor of shape (columns, columns), optional
+        Second moment H = E[a aᵀ] of the inputs a the matrix multiplies (``x @ a``), e.g. an
+        activation Gram: rounding is then *activation-aware* (GPTQ, Frantar et al.,
+        arXiv:2210.17323, Algorithm 1 without blocking). Columns are rounded one after the
+        other and each column's rounding error is spread over the columns not yet rounded
+        through the Cholesky factor of H⁻¹, which minimises the output error
+        E‖(Q(x) − x)·a‖² column by column instead of ‖Q(x) − x‖. H is damped by 1% of its
+        mean diagonal. The scale groups (and so the codes' range and the bit count) are those
+        of plain rounding. Not with ``dither``. A released (noisy) Gram may be used: rounding
+        is post-processing.
 
     Returns
     -------
@@ -185,6 +195,13 @@ def quantize(x: torch.Tensor, bits: int, *, granularity: str = "tensor", dither:
     off = lo.to(torch.float32)
     step = ((hi - off.to(torch.float64)) / levels).to(torch.float32)
     step = torch.where(step > 0, step, torch.ones_like(step))  # a constant group: every code 0
+    if hessian is not None:
+        if dither:
+            raise ValueError("hessian (activation-aware rounding) and dither exclude each other")
+        codes = _gptq_codes(a, _check_hessian(hessian, a.shape[1]), _broadcast(off, granularity).double(),
+                            _broadcast(step, granularity).double(), levels)
+        packed = torch.from_numpy(pack_codes(codes.reshape(-1), bits))
+        return Quantized(packed, off, step, (int(a.shape[0]), int(a.shape[1])), bits, granularity)
     t = (a - _broadcast(off, granularity).double()) / _broadcast(step, granularity).double()
     if dither:
         gen, _ = resolve_generator(generator, "cpu")
@@ -194,3 +211,50 @@ def quantize(x: torch.Tensor, bits: int, *, granularity: str = "tensor", dither:
     codes = t.clamp_(0.0, levels).to(torch.int64).numpy().astype(np.uint64)
     packed = torch.from_numpy(pack_codes(codes.reshape(-1), bits))
     return Quantized(packed, off, step, (int(a.shape[0]), int(a.shape[1])), bits, granularity)
+
+
+#: GPTQ's damping: 1% of the mean diagonal of H is added to its diagonal.
+_DAMP = 0.01
+
+
+def _check_hessian(h: object, n: int) -> torch.Tensor:
+    if not isinstance(h, torch.Tensor) or h.ndim != 2 or tuple(h.shape) != (n, n) or h.is_complex():
+        raise ValueError(f"hessian must be a real Tensor of shape ({n}, {n}) (the columns of x)")
+    h = h.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(h).all()):
+        raise ValueError("hessian has non-finite entries")
+    return (h + h.T) / 2
+
+
+def _gptq_codes(a: torch.Tensor, h: torch.Tensor, off: torch.Tensor, step: torch.Tensor, levels: float) -> np.ndarray:
+    """Codes of ``a`` (rows × n) rounded column by column with GPTQ's error feedback."""
+    n = a.shape[1]
+    dead = torch.diagonal(h) <= 0  # inputs that never vary: their weights do not matter
+    h = h.clone()
+    h[dead, dead] = 1.0
+    damp = _DAMP * float(torch.diagonal(h).mean())
+    h.diagonal().add_(damp if damp > 0 else 1.0)
+    u = None
+    for extra in (0.0, 1e-6, 1e-3, 1e-1, 1.0):  # a noisy Gram can be indefinite: damp more
+        hh = h + extra * float(torch.diagonal(h).mean()) * torch.eye(n, dtype=h.dtype)
+        chol, info = torch.linalg.cholesky_ex(hh)
+        if int(info) == 0:
+            inv = torch.cholesky_inverse(chol)
+            u, info = torch.linalg.cholesky_ex(inv, upper=True)
+            if int(info) == 0:
+                break
+            u = None
+    if u is None:
+        raise ValueError("hessian is not positive definite even after damping")
+    w = a.clone()
+    codes = torch.empty_like(a)
+    off = off.expand(a.shape[0], n) if off.shape[1] == n else off.expand(a.shape[0], 1)
+    step = step.expand(a.shape[0], n) if step.shape[1] == n else step.expand(a.shape[0], 1)
+    for j in range(n):
+        o, s = off[:, j if off.shape[1] > 1 else 0], step[:, j if step.shape[1] > 1 else 0]
+        c = torch.round((w[:, j] - o) / s).clamp_(0.0, levels)
+        codes[:, j] = c
+        err = (w[:, j] - (o + s * c)) / u[j, j]
+        if j + 1 < n:
+            w[:, j + 1:].addr_(err, u[j, j + 1:], alpha=-1.0)
+    return codes.to(torch.int64).numpy().astype(np.uint64)
