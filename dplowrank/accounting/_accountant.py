@@ -97,6 +97,8 @@ class PrivacyAccountant:
     orders : sequence of float, optional
         RDP orders (default: opacus' ``DEFAULT_ALPHAS`` grid).
 
+    Notes
+    -----
     Events of different neighbour relations ("add_remove" and "replace") are refused:
     :meth:`add` raises ``ValueError`` and records nothing (restate add/remove events with
     :meth:`GaussianEvent.for_replace`). Events with no stated relation compose with either.
