@@ -1,27 +1,48 @@
 # Two commands for a newcomer: `make demo` and `make test`.
-# Each creates .venv and installs what it needs; torch is pinned to the CPU build 2.13.0
-# here so a fresh machine installs it from disk in seconds (pyproject.toml admits a range).
+# Both use one .venv and install only what they need, each with its own stamp: `make demo` the
+# core dependencies, `make test` the test extras as well (so `make demo` then `make test` works,
+# and so does either alone). torch is pinned here to the CPU build 2.13.0 for a fast set-up
+# (pyproject.toml admits torch>=2.1,<3: with CUDA, install your own torch first).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+TORCH  := torch==2.13.0
+STAMP      := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: demo test bench peers clean
+.PHONY: demo test docs bench peers clean
 
-$(STAMP): pyproject.toml Makefile
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+
+$(DEMO_STAMP): pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e .
+	touch $(DEMO_STAMP)
+
+$(STAMP): pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(DOCS_STAMP): pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(PY) -m dplowrank demo
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: $(STAMP)
 	@$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no test" >&2; exit 1; fi; exit $$rc
+
+# The documentation site (mkdocs.yml); --strict turns every warning into an error.
+docs: $(DOCS_STAMP)
+	$(PY) -m mkdocs build --strict
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_release.py

@@ -8,6 +8,18 @@ Atomic writes: write a temporary file beside the target, fsync, rename. A proces
 during a write can leave its temporary file behind (``.NAME.XXXXXXXX.tmp`` beside ``NAME``). Such a file is never read by the library and is safe to delete; it is not
 removed automatically, because it could belong to a writer that is still running.
 
+Permissions: a written file gets the mode a plain ``open(path, "w")`` would give it: an
+existing target keeps its mode, a new one gets 0o666 less the process umask (and the
+directory's default ACL, which the kernel applies). The temporary file is created *with*
+that mode, so that the kernel computes it, and is then narrowed to owner-only (0o600 or
+less) before its first byte is written; it is widened back to the final mode only when it is
+complete and synced, just before the rename. So the content is never readable under a wider
+mode than the final file's, and the target name never shows an intermediate mode. (Between
+the creation and the narrowing, an empty file exists under exactly the final mode.)
+
+Errors name the user's path, never the temporary file: ``cannot write /missing/x.npz:
+directory does not exist``; the ``OSError`` subclass and ``errno`` are kept.
+
 Integrity. A corruption check always, authentication with a key.
 
 A SHA-256 digest stored next to the content detects accidental damage (a truncated copy, a
@@ -30,22 +42,87 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import errno
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_files", "check_key", "seal", "verify"]
+__all__ = ["atomic_write_bytes", "atomic_write_files", "check_directory", "check_key", "seal", "verify"]
+
+
+def _target_mode(path: Path) -> int | None:
+    """The permission bits of an existing ``path`` (what ``open(path, "w")`` keeps), else ``None``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return stat.S_IMODE(st.st_mode) & 0o777 if stat.S_ISREG(st.st_mode) else None
+
+
+def _create_temp(path: Path, directory: Path, mode: int) -> tuple[int, str]:
+    """A new, exclusively created file ``.NAME.XXXXXXXX.tmp`` in ``directory`` (``mode`` before the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, mode), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name")  # pragma: no cover
+
+
+def _chmod(fd: int, tmp: str, mode: int) -> None:
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, mode)
+    else:  # pragma: no cover - Windows: only the read-only bit exists
+        os.chmod(tmp, mode)
+
+
+def _cannot_write(path: Path, exc: OSError) -> OSError:
+    """``exc`` re-worded to name the user's ``path`` (same class and errno), never a temporary file."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if exc.errno == errno.ENOENT and not directory.is_dir():
+        reason = "directory does not exist"
+    elif exc.errno == errno.ENOTDIR:
+        reason = "a component of the directory is not a directory"
+    else:
+        reason = exc.strerror or str(exc)
+    new = type(exc)(f"cannot write {os.fspath(path)}: {reason}")
+    new.errno = exc.errno
+    return new
+
+
+def check_directory(path: str | os.PathLike) -> None:
+    """Raise ``FileNotFoundError`` (``cannot write PATH: directory does not exist``) unless the
+    directory that would hold ``path`` exists: for callers that create something beside
+    ``path`` (a lock file) before writing it, and must neither create the directory nor fail
+    later under another name."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        exc = FileNotFoundError(f"cannot write {os.fspath(path)}: directory does not exist")
+        exc.errno = errno.ENOENT
+        raise exc
 
 
 def _write_temp(path: Path, data: bytes) -> str:
-    """Write ``data`` to a fresh temporary file beside ``path``, fsync it, and return its name."""
+    """Write ``data`` to a fresh temporary file beside ``path`` with ``path``'s final mode, fsync
+    it, and return its name (see the module's note on permissions)."""
     directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    final = _target_mode(path)
+    # A new target: let the kernel apply the umask (and any default ACL) to 0o666, as
+    # open(path, "w") would, and read the result back; an existing one keeps its mode.
+    fd, tmp = _create_temp(path, directory, 0o666 if final is None else 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
+            if final is None:
+                final = stat.S_IMODE(os.fstat(fd).st_mode) & 0o777
+            _chmod(fd, tmp, final & 0o700)  # owner-only while the content is incomplete
             fh.write(data)
             fh.flush()
+            _chmod(fd, tmp, final)
             os.fsync(fh.fileno())
     except BaseException:
         _remove(tmp)
@@ -100,9 +177,15 @@ def atomic_write_files(files: Mapping[str | os.PathLike, bytes]) -> list[Path]:
     temps: list[str] = []
     try:
         for path, data in items:
-            temps.append(_write_temp(path, data))
+            try:
+                temps.append(_write_temp(path, data))
+            except OSError as exc:
+                raise _cannot_write(path, exc) from None
         for (path, _), tmp in zip(items, temps):
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise _cannot_write(path, exc) from None
     except BaseException:
         for tmp in temps:
             _remove(tmp)

@@ -610,7 +610,7 @@ def test_save_and_load_roundtrip_without_pickle(tmp_path):
     res = compress_model(model, groups, ratio=0.5, statistics=priv, joint=True, allocation="energy")
     save_compressed(model, tmp_path / "m", metadata=res.metadata())
     save_compressed(model, tmp_path / "m2")
-    fresh = Toy(torch.Generator().manual_seed(99))
+    fresh = Toy(torch.Generator().manual_seed(14))  # the original model, before compression
     load_compressed(fresh, tmp_path / "m")
     batch = _batches(gen, n_batches=1)[0]
     with torch.no_grad():
@@ -618,21 +618,25 @@ def test_save_and_load_roundtrip_without_pickle(tmp_path):
     assert fresh.q.down is fresh.k.down is fresh.v.down
     assert count_parameters(fresh) == count_parameters(model)
     assert fresh.compression_metadata["privacy"]["epsilon"] == pytest.approx(res.epsilon())
-    with np.load(tmp_path / "m" / "weights.npz", allow_pickle=False) as f:
-        assert all(f[k].dtype != object for k in f.files)
+    # only the compressed layers are stored (q/k/v's shared down-projection once), never the embedding
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "m" / "factors.safetensors", "pt") as f:
+        stored = set(f.keys())
+    assert stored == {f"{n}.up.{p}" for n in ("q", "k", "v", "up", "down") for p in ("weight", "bias")} | {
+        "q.down.weight", "up.down.weight", "down.down.weight"}
+    # the factors belong to their base: another embedding is refused unless asked for
+    other = Toy(torch.Generator().manual_seed(99))
+    with pytest.raises(ValueError, match="does not fit this model.*outside the compressed layers.*check_base"):
+        load_compressed(other, tmp_path / "m")
+    assert isinstance(other.q, nn.Linear)
+    load_compressed(other, tmp_path / "m", check_base=False)
+    assert other.q.down is other.k.down and torch.equal(other.up.up.weight, model.up.up.weight)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "compression.json").write_text('{"format": "other"}')
     np.savez(tmp_path / "bad" / "weights.npz", a=np.zeros(1))
     with pytest.raises(ValueError, match="not a dplowrank"):
         load_compressed(Toy(gen), tmp_path / "bad")
-    # a config naming a torch attribute that is not a dtype is refused, not called
-    import json as _json
-
-    cfg = _json.loads((tmp_path / "m" / "compression.json").read_text())
-    cfg["dtypes"]["emb.weight"] = "load"
-    (tmp_path / "m" / "compression.json").write_text(_json.dumps(cfg))
-    with pytest.raises(ValueError, match="unknown dtype 'load'"):
-        load_compressed(Toy(gen), tmp_path / "m")
     # a file for another architecture leaves the model untouched
     for other, message in ((Toy(torch.Generator().manual_seed(5), h=10), "maps"),
                            (Toy(torch.Generator().manual_seed(5), vocab=50), "does not fit this model")):

@@ -78,7 +78,9 @@ def test_llama_adapter_and_private_pipeline_run_end_to_end(tmp_path):
         after = model(**batches[0]).last_hidden_state
     assert after.shape == before.shape and torch.isfinite(after).all()
     save_compressed(model, tmp_path / "llama", metadata=res.metadata())
-    fresh = load_compressed(_tiny_llama(2), tmp_path / "llama")
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_compressed(_tiny_llama(2), tmp_path / "llama")  # another base: its embeddings differ
+    fresh = load_compressed(_tiny_llama(1), tmp_path / "llama")
     with torch.no_grad():
         torch.testing.assert_close(fresh(**batches[0]).last_hidden_state, after)
     assert count_parameters(fresh) < count_parameters(_tiny_llama(3))

@@ -357,8 +357,8 @@ def test_load_compressed_refuses_a_mixed_or_damaged_pair(tmp_path):
     back = dl.load_compressed(_Small(5), second)
     with torch.no_grad():
         assert torch.equal(back(x), _load_reference(1)(x)) and back.compression_metadata == {"v": 2}
-    # what a crash between the two renames of a save over `first` would leave: new weights, old config
-    (first / "weights.npz").write_bytes((second / "weights.npz").read_bytes())
+    # what a crash between the two renames of a save over `first` would leave: new factors, old config
+    (first / "factors.safetensors").write_bytes((second / "factors.safetensors").read_bytes())
     model = _Small(7)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match="first.*does not match.*SHA-256"):
@@ -369,19 +369,27 @@ def test_load_compressed_refuses_a_mixed_or_damaged_pair(tmp_path):
                           (lambda c: c["layers"]["a"].update(rank="2"), "layers.a.rank"),
                           (lambda c: c["layers"]["a"].pop("bias"), "layers.a.bias"),
                           (lambda c: c["layers"]["a"].update(shares_down_with="zzz"), "layers.a.shares_down_with"),
-                          (lambda c: c.update(dtypes=None), "dtypes")]:
+                          (lambda c: c.update(factors_sha256=None), "factors_sha256"),
+                          (lambda c: c.update(integrity=[]), "integrity")]:
         cfg = json.loads((second / "compression.json").read_text())
         change(cfg)
         damaged = tmp_path / "damaged"
         damaged.mkdir(exist_ok=True)
-        (damaged / "weights.npz").write_bytes((second / "weights.npz").read_bytes())
+        (damaged / "factors.safetensors").write_bytes((second / "factors.safetensors").read_bytes())
         (damaged / "compression.json").write_text(json.dumps(cfg))
         with pytest.raises(ValueError, match=f"damaged.*'{field}'"):
+            dl.load_compressed(_Small(7), damaged)
+    # a config edited within its schema (the privacy record, a rank) fails its seal
+    for change in (lambda c: c["metadata"].update(v=3), lambda c: c["layers"]["a"].update(rank=c["layers"]["a"]["rank"] + 1)):
+        cfg = json.loads((second / "compression.json").read_text())
+        change(cfg)
+        (damaged / "compression.json").write_text(json.dumps(cfg))
+        with pytest.raises(ValueError, match="damaged.*failed its checksum"):
             dl.load_compressed(_Small(7), damaged)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         dl.load_compressed(None, second)
     with pytest.raises(ValueError, match="is a file"):
-        dl.save_compressed(_compressed(0), second / "weights.npz")
+        dl.save_compressed(_compressed(0), second / "factors.safetensors")
 
 
 def _load_reference(seed: int) -> nn.Module:

@@ -418,9 +418,11 @@ def test_quantised_factors_fit_the_bit_budget_and_survive_save_and_load(tmp_path
     low = model(x)
     assert _rel(low, dense) < 1.0
     save_compressed(model, tmp_path / "q", metadata=res.metadata())
-    with np.load(tmp_path / "q" / "weights.npz") as f:
-        codes = sum(f[k].nbytes for k in f.files if k.endswith(".packed"))
-        scales = sum(f[k].nbytes for k in f.files if k.endswith((".offset", ".step")))
+    from safetensors.torch import load_file
+
+    stored = load_file(tmp_path / "q" / "factors.safetensors")
+    codes = sum(t.nbytes for k, t in stored.items() if k.endswith(".packed"))
+    scales = sum(t.nbytes for k, t in stored.items() if k.endswith((".offset", ".step")))
     fresh = Shared(_gen(99))
     load_compressed(fresh, tmp_path / "q")
     torch.testing.assert_close(fresh(x), low)

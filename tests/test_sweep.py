@@ -1305,7 +1305,7 @@ def _craft(artifact: str, p: Path, how: str) -> None:
         elif how == "type":
             next(iter(cfg["layers"].values()))["rank"] = "2"
         else:
-            cfg["weights_sha256"] = "0" * 64  # the weights of another save
+            cfg["factors_sha256"] = "0" * 64  # the factors of another save
         cfg_path.write_text(json.dumps(cfg))
 
 
@@ -1353,7 +1353,7 @@ def _files_sweep(kind, data):
                 q = p / "compression.json"  # a file where a directory is expected
             tally.refused(name, lambda: load(q), ValueError, re.escape(q.name))
             return
-        victim = p / "weights.npz" if case.artifact == "compressed" else p
+        victim = p / "factors.safetensors" if case.artifact == "compressed" else p
         if case.damage == "garbage":
             victim.write_bytes(case.blob)
         elif case.damage == "truncated":

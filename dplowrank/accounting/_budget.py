@@ -2,11 +2,15 @@
 
 Atomic spending (DESIGN.md, invariant 7). Check, charge and persist happen under one lock:
 threads sharing a budget object take turns on its own (re-entrant) lock, and processes that
-share one ledger file also take turns on an exclusive ``flock`` of a lock file next to the
-ledger (``<ledger>.lock``) while they re-read the ledger, price the new event and write the
-result. So two threads or processes can never both spend the same remaining budget. ``flock``
-is advisory and local: it does not protect a ledger on a network file system that ignores
-it, nor one edited by other programs; without ``fcntl`` (Windows) the file lock is skipped.
+share one ledger file also take turns on an exclusive :class:`filelock.FileLock` of a lock
+file next to the ledger (``<ledger>.lock``) while they re-read the ledger, price the new event
+and write the result. So two threads or processes can never both spend the same remaining
+budget. On POSIX the lock is an advisory ``flock`` (on Windows, ``LockFileEx``): it does not
+protect a ledger on a network file system that ignores it, nor one edited by other programs.
+The lock file is created on first use (mode from the umask, empty) and never removed: deleting
+it while another process waits on it would let a third lock a new file of the same name, so
+two processes would hold "the" lock at once. It is safe to delete only when no process is
+using the ledger.
 
 Integrity: a ledger carries a SHA-256 checksum, which catches corruption but not tampering
 (see :mod:`dplowrank._integrity`); with ``key=`` it also carries an HMAC that nobody without
@@ -23,12 +27,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+from filelock import FileLock
 
-from .._files import atomic_write_bytes, check_key, seal, verify
+from .._files import atomic_write_bytes, check_directory, check_key, seal, verify
 from .._validation import check_choice, check_delta, check_epsilon
 from ._accountant import METHODS, PrivacyAccountant, as_event
 from ..privacy import DEFAULT_ORDERS, PrivacyEvent, event_from_dict, gdp_delta, gdp_mu, nudge
@@ -171,19 +172,20 @@ class PrivacyBudget:
     # ---- sharing a ledger between processes --------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold this budget's thread lock, then an exclusive ``flock`` on ``<ledger>.lock``
-        (the file lock only with a path and ``fcntl``)."""
+        """Hold this budget's thread lock, then the file lock ``<ledger>.lock`` (with a path).
+
+        The thread lock comes first, so the threads of one process queue there and one at a
+        time takes the file lock. A fresh ``FileLock`` per call: nothing of it outlives the
+        call, so a forked child never inherits a held lock. Its file is left in place on
+        release (see the module's note).
+        """
         with self._thread_lock:
-            if self.path is None or fcntl is None:
+            if self.path is None:
                 yield
                 return
-            lock = self.path.with_name(self.path.name + ".lock")
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            check_directory(self.path)  # FileLock would create a missing directory
+            with FileLock(self.path.with_name(self.path.name + ".lock")):
                 yield
-            finally:
-                os.close(fd)  # closing the descriptor releases the lock
 
     def _refresh(self) -> None:
         """Adopt what other processes charged to the ledger on disk (call with the lock held).

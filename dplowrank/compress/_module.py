@@ -5,9 +5,14 @@ layer's weight costs r(d_in + d_out) parameters instead of d_in·d_out. Members 
 shared-input group compressed jointly (Peng et al., arXiv:2402.16319) share one ``down``
 module (V), which is stored once.
 
-Files (:func:`save_compressed`) are a JSON description plus an ``.npz`` of tensors, read
-back with ``allow_pickle=False``: no arbitrary object is ever unpickled. The description
-records the SHA-256 of the ``.npz``, so a mismatched pair is refused.
+Files (:func:`save_compressed`, format 3) are a JSON description plus a ``safetensors`` file
+holding only the compressed layers' tensors (float factors, or packed codes with their offsets
+and steps, and the biases): the rest of the model is the user's own copy of the original
+architecture, onto which :func:`load_compressed` puts the factors. The description records
+the SHA-256 of the factors and of the model's other weights (so a mismatched pair, or a base
+model that is not the one the factors were computed for, is refused) and is sealed with
+:func:`dplowrank._files.seal` (HMAC-SHA256 with ``key=``). No arbitrary object is ever
+unpickled. Format 2 (the whole state dict in an ``.npz``) is still read.
 """
 
 from __future__ import annotations
@@ -23,16 +28,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._files import atomic_write_files
+from .._files import atomic_write_files, check_key, seal, verify
 from ._quantize import GRANULARITIES, Quantized
 
 __all__ = ["QuantizedLinear", "LowRankLinear", "replace_linears", "save_compressed", "load_compressed", "count_parameters"]
 
 _FORMAT = "dplowrank.compressed_model"
-_FORMAT_VERSION = 2  # 2 added quantised factors (QuantizedLinear); 1 is still read
-_READ_VERSIONS = (1, 2)
+# 3: the compressed layers only, in safetensors, sealed; 2 added quantised factors
+# (QuantizedLinear) to 1's whole state dict in an .npz. 1 and 2 are still read.
+_FORMAT_VERSION = 3
+_READ_VERSIONS = (1, 2, 3)
 _CONFIG = "compression.json"
-_WEIGHTS = "weights.npz"
+_FACTORS = "factors.safetensors"
+_WEIGHTS = "weights.npz"  # formats 1 and 2
 
 
 class QuantizedLinear(nn.Module):
@@ -49,6 +57,10 @@ class QuantizedLinear(nn.Module):
     dtype : torch.dtype, default torch.float32
         Of the dequantised weight and the bias.
     """
+
+    #: The dequantised weight is a data-free cache (a function of the codes): the collectors'
+    #: state guard leaves it alone instead of dropping it before every example.
+    _guard_exempt = ("_weight",)
 
     def __init__(self, quantized: Quantized, bias: torch.Tensor | None = None, *,
                  dtype: torch.dtype = torch.float32) -> None:
@@ -286,48 +298,83 @@ def _layout(model: nn.Module) -> dict:
     return layers
 
 
-def save_compressed(model: nn.Module, path: str | os.PathLike, *, metadata: Mapping | None = None) -> Path:
-    """Write a model with :class:`LowRankLinear` layers to the directory ``path``.
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError as exc:  # pragma: no cover - safetensors comes with the compress extra
+        raise ImportError("saving and loading compressed models needs safetensors: "
+                          "pip install 'dplowrank[compress]'") from exc
+    return safetensors.torch
 
-    ``compression.json`` records each low-rank layer (shapes, rank, shared down-projections),
-    ``metadata`` (e.g. the privacy cost; JSON-serialisable) and the SHA-256 of the weights;
-    ``weights.npz`` holds the whole state dict (a shared down-projection once). Load with
-    :func:`load_compressed` into a fresh instance of the original architecture.
+
+def _canonical(body: dict) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _base_digest(model: nn.Module, layers: Mapping[str, object]) -> tuple[str, int]:
+    """SHA-256 of ``model``'s state outside the named layers (name, dtype, shape and bytes of
+    each entry, in key order), and the number of entries: the base the factors belong to."""
+    prefixes = tuple(f"{name}." for name in layers)
+    h, n = hashlib.sha256(), 0
+    for key, t in sorted(model.state_dict().items()):
+        if key.startswith(prefixes):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(_canonical({"key": key, "dtype": str(t.dtype), "shape": list(t.shape)}))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        n += 1
+    return h.hexdigest(), n
+
+
+def save_compressed(model: nn.Module, path: str | os.PathLike, *, metadata: Mapping | None = None,
+                    key: bytes | None = None) -> Path:
+    """Write the :class:`LowRankLinear` layers of ``model`` to the directory ``path``.
+
+    ``factors.safetensors`` holds the compressed layers' tensors only (a shared
+    down-projection once): float factors, or packed codes, offsets and steps for quantised
+    ones, and the biases. ``compression.json`` records each layer (shapes, rank, bits, shared
+    down-projections), ``metadata`` (e.g. the privacy cost; JSON-serialisable), the SHA-256
+    of the factors and of the rest of the model (its *base*), sealed with a SHA-256 digest and,
+    with ``key``, an HMAC-SHA256 that nobody without the key can forge. Load with
+    :func:`load_compressed` onto a fresh instance of the original model (the same weights).
 
     Both files are serialised before anything is written, so bad ``metadata`` (``TypeError``)
     or a ``path`` that is a file (``ValueError``) leaves the disk untouched. They are then
     written to temporary files and renamed into place, the config last; a crash between the
     two renames leaves a pair whose checksums disagree, which :func:`load_compressed` refuses.
+    A ``weights.npz`` left by an older save in ``path`` is removed once the new pair is in place.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise TypeError(f"metadata must be a mapping (or None), got {type(metadata).__name__}")
+    key = check_key(key)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{os.fspath(path)!r} is a file; save_compressed writes a directory")
     layers = _layout(model)
-    shared = tuple(f"{n}.down." for n, e in layers.items() if "shares_down_with" in e)
-    arrays, dtypes = {}, {}
-    for key, t in model.state_dict().items():
-        if key.startswith(shared):
-            continue
-        dtypes[key] = str(t.dtype).replace("torch.", "")
-        t = t.detach().cpu()
-        if t.dtype == torch.bfloat16:
-            t = t.to(torch.float32)
-        arrays[key] = t.numpy()
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    weights = buf.getvalue()
-    config = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": layers, "dtypes": dtypes,
-              "metadata": dict(metadata or {}), "weights_sha256": hashlib.sha256(weights).hexdigest()}
+    mods = dict(model.named_modules())
+    tensors: dict[str, torch.Tensor] = {}
+    for name, entry in layers.items():
+        for k, t in mods[name].state_dict().items():
+            if "shares_down_with" in entry and k.startswith("down."):
+                continue  # stored once, under the owner's name
+            tensors[f"{name}.{k}"] = t.detach().cpu().contiguous().clone()
+    factors = _safetensors().save(tensors, metadata={"format": _FORMAT, "version": str(_FORMAT_VERSION)})
+    base, n_base = _base_digest(model, layers)
+    body = {"format": _FORMAT, "version": _FORMAT_VERSION, "layers": layers, "metadata": dict(metadata or {}),
+            "factors_sha256": hashlib.sha256(factors).hexdigest(), "base_sha256": base, "base_entries": n_base}
     try:
-        text = json.dumps(config, indent=1, sort_keys=True).encode()
+        config = {**body, "integrity": seal(_canonical(body), key)}
+        text = json.dumps(config, indent=1, sort_keys=True, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise TypeError(f"metadata must be JSON-serialisable: {exc}") from exc
     path.mkdir(parents=True, exist_ok=True)
-    atomic_write_files({path / _WEIGHTS: weights, path / _CONFIG: text})
+    atomic_write_files({path / _FACTORS: factors, path / _CONFIG: text})
+    try:
+        (path / _WEIGHTS).unlink()  # an older format's weights, now stale
+    except FileNotFoundError:
+        pass
     return path
 
 
@@ -363,38 +410,67 @@ def _check_config(config: object, where: str) -> dict:
             raise bad(f"layers.{name}.shares_down_with", f"must name another saved layer, got {owner!r:.80}")
         if owner is not None and "shares_down_with" in layers[owner]:
             raise bad(f"layers.{name}.shares_down_with", f"names {owner!r}, which itself shares another's")
-    if not isinstance(dtypes, dict) or not all(isinstance(v, str) for v in dtypes.values()):
+    if config["version"] < 3 and (not isinstance(dtypes, dict) or not all(isinstance(v, str) for v in dtypes.values())):
         raise bad("dtypes", f"must be an object of str, got {dtypes!r:.80}")
     if not isinstance(config.get("metadata", {}), dict):
         raise bad("metadata", f"must be an object, got {config.get('metadata')!r:.80}")
-    digest = config.get("weights_sha256")
-    if digest is not None and not isinstance(digest, str):
-        raise bad("weights_sha256", f"must be a str, got {digest!r:.80}")
+    digests = ("weights_sha256",) if config["version"] < 3 else ("factors_sha256", "base_sha256")
+    for field in digests:
+        digest = config.get(field)
+        if (digest is not None or config["version"] >= 3) and not isinstance(digest, str):
+            raise bad(field, f"must be a str, got {digest!r:.80}")
+    if config["version"] >= 3 and not isinstance(config.get("integrity"), dict):
+        raise bad("integrity", f"must be an object, got {config.get('integrity')!r:.80}")
     return config
 
 
-def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Rebuild a model saved by :func:`save_compressed` into ``model`` (the original architecture).
+def load_compressed(model: nn.Module, path: str | os.PathLike, *, key: bytes | None = None,
+                    check_base: bool = True) -> nn.Module:
+    """Put a model saved by :func:`save_compressed` onto ``model`` (the original architecture).
 
-    The named linears of ``model`` are replaced by :class:`LowRankLinear` of the saved
-    shapes (with shared down-projections re-tied) and the saved state dict is loaded
-    strictly. Returns ``model`` (modified in place); its metadata is ``model.compression_metadata``.
+    ``model`` is a fresh instance of the model that was compressed, with its original weights
+    (e.g. ``SentenceTransformer(...)`` of the same checkpoint): its named linears are replaced
+    by :class:`LowRankLinear` of the saved shapes (shared down-projections re-tied) holding
+    the saved factors. Returns ``model`` (modified in place); its metadata is
+    ``model.compression_metadata``. Files of format 2 (the whole state dict) are still read.
+
+    Parameters
+    ----------
+    model : nn.Module
+    path : str or PathLike
+        The directory written by :func:`save_compressed`.
+    key : bytes, optional
+        The key the model was saved with; required for a file saved with one, refused for one
+        saved without (it was never authenticated).
+    check_base : bool, default True
+        Refuse a ``model`` whose weights outside the compressed layers differ from those the
+        file was saved from (another checkpoint, another dtype): the factors were computed for
+        those. Pass ``False`` to load onto a different base knowingly.
 
     Raises ``TypeError`` when ``model`` is not an ``nn.Module`` and ``ValueError``, naming the
-    directory, when the files are missing, damaged, do not belong together (the weights'
-    SHA-256 differs from the one in the config: e.g. a save interrupted between its two
-    renames) or do not fit ``model``; the model is then left as it was.
+    directory, when the files are missing, damaged, altered (checksum or HMAC), do not belong
+    together (the factors' SHA-256 differs from the one in the config: e.g. a save interrupted
+    between its two renames) or do not fit ``model``; the model is then left as it was.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    key = check_key(key)
     path = Path(path)
     where = os.fspath(path)
     try:
         config = json.loads((path / _CONFIG).read_text())
-        weights = (path / _WEIGHTS).read_bytes()
     except (OSError, ValueError, RecursionError) as exc:
         raise ValueError(f"{where!r} is not a readable compressed model: {exc}") from exc
     config = _check_config(config, where)
+    if config["version"] >= 3:
+        return _load_factors(model, path, config, key, check_base)
+    if key is not None:
+        raise ValueError(f"{where!r} carries no HMAC: it was written without a key (format "
+                         f"{config['version']}); refusing to trust it with key=")
+    try:
+        weights = (path / _WEIGHTS).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{where!r} is not a readable compressed model: {exc}") from exc
     digest = config.get("weights_sha256")
     if digest is not None and hashlib.sha256(weights).hexdigest() != digest:
         raise ValueError(
@@ -408,29 +484,14 @@ def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ValueError(f"{where!r} has unreadable weights: {exc}") from exc
     layers = config["layers"]
     mods = dict(model.named_modules())
-    new: dict[str, LowRankLinear] = {}
-    owners_first = sorted(layers.items(), key=lambda item: "shares_down_with" in item[1])
-    for name, e in owners_first:
-        old = mods.get(name)
-        if not isinstance(old, nn.Linear):
-            raise ValueError(f"the model has no nn.Linear named {name!r} to hold a saved low-rank layer")
-        owner = e.get("shares_down_with")
-        q = e.get("quantized", {})
-        dev, dt = old.weight.device, old.weight.dtype
-        down = new[owner].down if owner is not None else (
-            QuantizedLinear.empty(e["rank"], e["in_features"], q["down"]["bits"], q["down"]["granularity"],
-                                  bias=False, dtype=dt).to(dev) if "down" in q else None)
-        up = QuantizedLinear.empty(e["out_features"], e["rank"], q["up"]["bits"], q["up"]["granularity"],
-                                   bias=e["bias"], dtype=dt).to(dev) if "up" in q else None
-        new[name] = LowRankLinear(e["in_features"], e["out_features"], e["rank"], bias=e["bias"], down=down,
-                                  up=up, device=dev, dtype=dt)
+    new = _empty_layers(mods, layers)
     state = {}
-    for key, arr in arrays.items():
-        dt_name = config["dtypes"].get(key, str(arr.dtype))
+    for entry, arr in arrays.items():
+        dt_name = config["dtypes"].get(entry, str(arr.dtype))
         dt = getattr(torch, dt_name, None)
         if not isinstance(dt, torch.dtype) or arr.dtype.kind not in "biufc":
-            raise ValueError(f"{where!r}: entry {key!r} has an unknown dtype {dt_name!r} (stored as {arr.dtype})")
-        state[key] = torch.from_numpy(arr).to(dt)
+            raise ValueError(f"{where!r}: entry {entry!r} has an unknown dtype {dt_name!r} (stored as {arr.dtype})")
+        state[entry] = torch.from_numpy(arr).to(dt)
     for name, e in layers.items():
         if "shares_down_with" in e:
             prefix = f"{e['shares_down_with']}.down."
@@ -453,5 +514,88 @@ def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"{unexpected[:5]}, other shapes {shapes[:5]}"
         )
     model.load_state_dict(state, strict=True)
+    model.compression_metadata = config.get("metadata", {})
+    return model
+
+
+def _empty_layers(mods: Mapping[str, nn.Module], layers: Mapping[str, dict]) -> dict[str, LowRankLinear]:
+    """A :class:`LowRankLinear` of each saved layout, on the device and dtype of the linear it replaces."""
+    new: dict[str, LowRankLinear] = {}
+    owners_first = sorted(layers.items(), key=lambda item: "shares_down_with" in item[1])
+    for name, e in owners_first:
+        old = mods.get(name)
+        if not isinstance(old, nn.Linear):
+            raise ValueError(f"the model has no nn.Linear named {name!r} to hold a saved low-rank layer")
+        owner = e.get("shares_down_with")
+        q = e.get("quantized", {})
+        dev, dt = old.weight.device, old.weight.dtype
+        down = new[owner].down if owner is not None else (
+            QuantizedLinear.empty(e["rank"], e["in_features"], q["down"]["bits"], q["down"]["granularity"],
+                                  bias=False, dtype=dt).to(dev) if "down" in q else None)
+        up = QuantizedLinear.empty(e["out_features"], e["rank"], q["up"]["bits"], q["up"]["granularity"],
+                                   bias=e["bias"], dtype=dt).to(dev) if "up" in q else None
+        new[name] = LowRankLinear(e["in_features"], e["out_features"], e["rank"], bias=e["bias"], down=down,
+                                  up=up, device=dev, dtype=dt)
+    return new
+
+
+def _load_factors(model: nn.Module, path: Path, config: dict, key: bytes | None, check_base: bool) -> nn.Module:
+    """Format 3: check the seal, the factors' digest and the base, then swap the layers in."""
+    where = os.fspath(path)
+    body = {k: v for k, v in config.items() if k != "integrity"}
+    verify(_canonical(body), config["integrity"], key, f"{where!r} ({_CONFIG})")
+    try:
+        factors = (path / _FACTORS).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{where!r} is not a readable compressed model: {exc}") from exc
+    if hashlib.sha256(factors).hexdigest() != config["factors_sha256"]:
+        raise ValueError(
+            f"{where!r}: {_FACTORS} does not match {_CONFIG} (SHA-256 differs): the pair comes from "
+            "two different saves (an interrupted save_compressed?) or was altered"
+        )
+    try:
+        tensors = _safetensors().load(factors)
+    except Exception as exc:  # a malformed header or truncated data: one error
+        raise ValueError(f"{where!r} has unreadable factors: {exc}") from exc
+    layers = config["layers"]
+    mods = dict(model.named_modules())
+    new = _empty_layers(mods, layers)
+    for name, layer in new.items():
+        shape, old = (layer.in_features, layer.out_features), mods[name]
+        if shape != (old.in_features, old.out_features):
+            raise ValueError(f"replacement for {name!r} maps {shape}, the layer maps {(old.in_features, old.out_features)}")
+    if check_base:
+        base, n_base = _base_digest(model, layers)
+        if base != config["base_sha256"]:
+            raise ValueError(
+                f"{where!r} does not fit this model: its {n_base} weights and buffers outside the compressed "
+                "layers differ from those of the model it was saved from (another checkpoint, dtype or "
+                "architecture), for which the factors were computed. Load it onto a fresh instance of the "
+                "original model, or pass check_base=False to load it onto this one knowingly"
+            )
+    # Each new layer takes its own entries strictly (keys and shapes) before the model is
+    # touched: a file that does not fit leaves the model exactly as it was.
+    for name, e in layers.items():
+        mine = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")}
+        owner = e.get("shares_down_with")
+        if owner is not None:
+            shared = {k: v for k, v in tensors.items() if k.startswith(f"{owner}.down.")}
+            if not shared:
+                raise ValueError(f"{where!r}: the factors lack {owner!r}.down.*, which {name!r} shares")
+            mine.update({k[len(owner) + 1:]: v for k, v in shared.items()})
+        expected = new[name].state_dict()
+        missing, unexpected = sorted(set(expected) - set(mine)), sorted(set(mine) - set(expected))
+        shapes = sorted(k for k in set(expected) & set(mine) if tuple(expected[k].shape) != tuple(mine[k].shape))
+        if missing or unexpected or shapes:
+            raise ValueError(
+                f"{where!r} does not fit this model: layer {name!r} misses {missing[:5]}, has unexpected "
+                f"{unexpected[:5]}, other shapes {shapes[:5]}"
+            )
+        new[name].load_state_dict(mine, strict=True)
+    prefixes = tuple(f"{name}." for name in layers)
+    stray = sorted(k for k in tensors if not k.startswith(prefixes))
+    if stray:
+        raise ValueError(f"{where!r} does not fit this model: unexpected entries {stray[:5]}")
+    replace_linears(model, new)
     model.compression_metadata = config.get("metadata", {})
     return model
