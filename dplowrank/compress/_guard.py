@@ -1,41 +1,55 @@
 """Isolation by construction: every forward pass of a collection starts from the same model state.
 
 A forward pass that keeps state (a range observer, a recurrent state, a lazily filled cache, a
-counter in a closure or a global) would carry one example into the next example's contribution,
-and the clipping bound would no longer be the sensitivity: an observer kept as a plain float
-moved a released Gram by 45.8·C between neighbours. Checking the state once at the end of a
-collection is not enough (state that is back at its start value by then, or that the check does
-not look at, passed with 33–39·C), so :class:`StateGuard` snapshots everything the model's code
-can reach from Python and *puts it back before every forward pass*: each example meets the model
-exactly as it was before the collection, whatever the previous examples did to it.
+counter in a closure or a global, a random generator) would carry one example into the next
+example's contribution, and the clipping bound would no longer be the sensitivity: an observer
+kept as a plain float moved a released Gram by 45.8·C between neighbours. Checking the state
+once at the end of a collection is not enough (state that is back at its start value by then,
+or that the check does not look at, passed with 33–39·C), so :class:`StateGuard` snapshots
+what the model's code can reach from Python and *puts it back before every forward pass*: each
+example meets the model exactly as it was before the collection, whatever the previous
+examples did to it.
 
 What the snapshot covers (the *reachable state*):
 
 - every module's ``__dict__`` (public and underscore attributes, hooks, the training flag),
-  and the classes of the modules (class attributes, down to :class:`torch.nn.Module`);
-- the globals of the Python modules that define those classes and of ``forward=`` / ``loss=``
-  functions, and the closures and default arguments of the functions found there;
-- inside those: dicts, lists, sets, deques, bytearrays, tuples, closure cells, numpy arrays,
-  tensors (by their version counter and a copy), and objects of the packages that define the
-  model (``__dict__`` and ``__slots__``), to any depth.
+  dplowrank's own modules included, and the classes of the modules (class attributes);
+- the code the model runs: the functions in those classes and ``forward=`` / ``loss=``, their
+  closures and default arguments, and of their globals *the names their code uses* (and, in
+  modules reached that way, the attributes their code uses), recursively; torch's global
+  module hooks;
+- random generators: torch's global one (and CUDA's once initialised), Python's ``random``,
+  numpy's legacy global one, and every ``torch.Generator``, ``random.Random``,
+  ``numpy.random.Generator`` / ``RandomState`` found in the state;
+- inside all that: dicts (keys too, and ``default_factory``), lists, sets, deques, tuples,
+  bytearrays, closure cells, ``SimpleNamespace`` and ``functools.partial`` objects, numpy
+  arrays and tensors (compared bit for bit; parameters and buffers by version counter), and
+  objects of the packages that define the model (``__dict__`` and ``__slots__``), to any depth.
 
-Objects of other packages (a logger, a lock, a tokenizer's Rust core), C-extension state, files
-and other processes are not seen: the model's code runs with the data and is trusted not to hide
-state there on purpose (docs/threat_model.md, trust #2). Parameters and buffers are checked by
-their version counters before every pass and in full at the end; a change to them is refused
-(it would be saved with the model). ``.data`` writes bypass the version counter, so one that is
-undone before the end of the collection is not seen.
+Objects of other packages (a logger, a lock, a tokenizer's Rust core), C-extension state,
+files, other processes and threads that write after a pass has returned are not seen: the
+model's code runs with the data and is trusted not to hide state there on purpose
+(docs/threat_model.md, trust #2). Parameters and buffers are checked by their version counters
+before every pass and bit for bit at the end (also after an error); a change to them is
+refused (it would be saved with the model). A ``.data`` write to a parameter bypasses the
+version counter, so one that is undone before the end of the collection is not seen.
+
+The warning that names what was put back is built from attribute and global names only (never
+from the keys of a data dict); whether it appears depends on the corpus, like an error, and
+is seen by the curator only.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import operator
+import random
 import sys
-from itertools import chain
 import types
 import warnings
 from collections.abc import Callable, Iterable
+from itertools import chain
 
 import numpy as np
 import torch
@@ -52,6 +66,11 @@ _ATOMS = (str, bytes, int, float, complex, bool, type(None), range, torch.dtype,
 #: Reachable objects beyond which the guard refuses (a model whose state graph is this large is
 #: better run with its state made explicit).
 MAX_NODES = 2_000_000
+#: torch's process-wide module hooks (a hook registered during a pass runs in every later one).
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks", "_global_forward_hooks_always_called",
+                 "_global_forward_hooks_with_kwargs", "_global_buffer_registration_hooks",
+                 "_global_module_registration_hooks", "_global_parameter_registration_hooks")
 
 
 def _package(obj: object) -> str:
@@ -60,11 +79,55 @@ def _package(obj: object) -> str:
 
 
 def _ours(obj: object) -> bool:
-    """dplowrank's own objects (the collectors' hooks and tapes change on purpose)."""
+    """dplowrank's own machinery (the collectors' hooks and tapes change on purpose); its
+    modules (a compressed layer collected again) are guarded like any other."""
     if isinstance(obj, (types.FunctionType, types.MethodType)):
         fn = getattr(obj, "__func__", obj)
         return (getattr(fn, "__module__", None) or "").startswith("dplowrank")
-    return _package(obj) == "dplowrank"
+    return _package(obj) == "dplowrank" and not isinstance(obj, nn.Module)
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    """Every global or attribute name a code object (and the code nested in it) uses."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as integers of the same width (a bitwise comparison: NaN payloads, −0.0)."""
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if t.is_floating_point():
+        return t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+    return t
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same layout, shape, dtype and bits, in any layout."""
+    if a.layout != b.layout or a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.layout != torch.strided:
+        a, b = a.to_dense(), b.to_dense()
+    return torch.equal(_bits(a), _bits(b))
+
+
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype == object:
+        return all(map(operator.is_, a.flat, b.flat))
+    return a.tobytes() == b.tobytes()
+
+
+def _meta(t: torch.Tensor):
+    """What a pass that writes ``t`` changes cheaply (version counter, storage, layout, flag)."""
+    version = None if t.is_inference() or t.layout != torch.strided else t._version
+    ptr = t.data_ptr() if t.layout == torch.strided else None
+    return (version, ptr, tuple(t.shape), t.stride() if t.layout == torch.strided else None, t.dtype,
+            t.requires_grad)
 
 
 class _Node:
@@ -85,7 +148,7 @@ class StateGuard:
         The model. Take the guard after the collection's hooks are installed and the model is in
         the mode the collection runs it in.
     functions : iterable of callables
-        ``forward=`` / ``loss=``: their closures, defaults and module globals are guarded too.
+        ``forward=`` / ``loss=``: their closures, defaults and the globals they use are guarded too.
     """
 
     def __init__(self, model: nn.Module, functions: Iterable[Callable] = ()) -> None:
@@ -95,6 +158,7 @@ class StateGuard:
         self.restored: set[str] = set()  # names of the state that some pass changed
         self.params: dict[int, str] = {}
         self.finals: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (name, tensor, copy)
+        self._scopes: dict[int, _Node] = {}
         modules = list(model.named_modules(remove_duplicate=True))
         for name, m in modules:
             for p_name, p in list(m._parameters.items()) + list(m._buffers.items()):
@@ -109,87 +173,144 @@ class StateGuard:
         fns = [f for f in functions if f is not None]
         self.packages = {c.__module__.partition(".")[0] for c in classes} | {"__main__"}
         self.packages |= {(getattr(f, "__module__", None) or "").partition(".")[0] for f in fns}
+        self.packages.discard("torch")  # torch's own code and objects: only its modules, tensors and hooks
         self.packages.discard("dplowrank")
-        self.packages.discard("torch")  # torch's own objects: only its modules and tensors are walked
-        self.stack: list[tuple[object, str]] = [(m, f"model.{n}" if n else "model") for n, m in modules]
-        self.stack += [(c, f"class {c.__qualname__}") for c in classes]
-        self.stack += [(f, f"function {getattr(f, '__qualname__', type(f).__name__)}") for f in fns]
-        globs = {c.__module__ for c in classes} | {getattr(f, "__module__", None) for f in fns}
-        self.roots = {g for g in globs if g in sys.modules and not g.startswith(("dplowrank", "torch"))}
-        self.stack += [(sys.modules[g], f"module {g}") for g in sorted(self.roots)]
+        self.stack: list[tuple[object, str, frozenset | None]] = [
+            (m, f"model.{n}" if n else "model", None) for n, m in modules]
+        self.stack += [(c, f"class {c.__qualname__}", None) for c in classes]
+        self.stack += [(f, f"function {getattr(f, '__qualname__', type(f).__name__)}", None) for f in fns]
+        hooks = sys.modules["torch.nn.modules.module"]
+        self.stack += [(getattr(hooks, h), f"torch {h}", None) for h in _GLOBAL_HOOKS if hasattr(hooks, h)]
+        self._rngs()
         self._walk()
         self._index()
 
     # -- the snapshot -------------------------------------------------------------------------
 
+    def _rngs(self) -> None:
+        """The process-wide generators a forward pass can draw from (F.dropout's default
+        training=True draws from torch's global generator even in eval mode)."""
+        self._add(None, "rng", ("torch", torch.get_rng_state()), "torch's global random generator")
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            self._add(None, "rng", ("cuda", torch.cuda.get_rng_state_all()), "torch's CUDA random generators")
+        self._add(None, "rng", ("random", random.getstate()), "Python's random module")
+        self._add(None, "rng", ("numpy", np.random.get_state()), "numpy's global random generator")
+
     def _walk(self) -> None:
         while self.stack:
-            obj, name = self.stack.pop()
-            if id(obj) in self.seen or isinstance(obj, _ATOMS) or _ours(obj):
+            obj, name, names = self.stack.pop()
+            if isinstance(obj, _ATOMS) or _ours(obj):
                 continue
-            self.seen.add(id(obj))
+            key = (id(obj), names) if isinstance(obj, (types.ModuleType, dict)) and names is not None else id(obj)
+            if key in self.seen:
+                continue
+            self.seen.add(key)
             if len(self.seen) > MAX_NODES:
                 raise ValueError(
                     f"the model's reachable state holds more than {MAX_NODES} objects: too many to restore "
                     "before every forward pass. Keep large data out of the model's attributes and globals"
                 )
-            self._visit(obj, name)
+            self._visit(obj, name, names)
 
-    def _add(self, obj, kind: str, saved, name: str, children: Iterable[tuple[object, str]] = (),
-             param: bool = False) -> None:
+    def _add(self, obj, kind: str, saved, name: str, children: Iterable = (), param: bool = False) -> None:
         self.nodes.append(_Node(obj, kind, saved, name, param))
-        self.stack.extend(children)
+        self.stack.extend((c, n, None) for c, n in children)
 
-    def _visit(self, obj, name: str) -> None:
+    def _visit(self, obj, name: str, names: frozenset | None) -> None:
         if isinstance(obj, torch.Tensor):
             self._tensor(obj, name)
         elif isinstance(obj, np.ndarray):
             self._add(obj, "array", obj.copy(), name,
                       [(x, f"{name}[]") for x in obj.flat] if obj.dtype == object else ())
         elif isinstance(obj, types.ModuleType):
-            if obj.__name__ in self.roots:  # other modules it refers to are not walked
-                self._mapping(vars(obj), name)
+            if names is not None and obj.__name__.partition(".")[0] in self.packages:
+                self._scope(vars(obj), f"module {obj.__name__}", names)
+        elif isinstance(obj, dict) and names is not None:  # a function's globals
+            self._scope(obj, name, names)
         elif isinstance(obj, type):
-            if obj.__module__ in self.roots or name.startswith("class "):
+            if obj.__module__.partition(".")[0] in self.packages or name.startswith("class "):
                 saved = dict(vars(obj))
                 self._add(obj, "class", saved, name, [(v, f"{name}.{k}") for k, v in saved.items()])
         elif isinstance(obj, types.FunctionType):
-            self._function(obj, name)
+            if (obj.__module__ or "").partition(".")[0] in self.packages or name.startswith("function "):
+                self._function(obj, name)
         elif isinstance(obj, types.MethodType):
-            self.stack += [(obj.__func__, name), (obj.__self__, f"{name}.__self__")]
+            self.stack += [(obj.__func__, name, None), (obj.__self__, f"{name}.__self__", None)]
         elif isinstance(obj, types.CellType):
             try:
                 v = obj.cell_contents
             except ValueError:
                 v = _MISSING
             self._add(obj, "cell", v, name, [] if v is _MISSING else [(v, name)])
+        elif isinstance(obj, (torch.Generator, random.Random, np.random.Generator, np.random.RandomState)):
+            self._add(obj, "rng", ("object", _rng_state(obj)), name)
         elif isinstance(obj, dict):
-            self._mapping(obj, name)
+            self._mapping(obj, name, data=True)
+            self._extras(obj, name)
         elif isinstance(obj, (list, collections.deque)):
             saved = list(obj)
             self._add(obj, "list" if isinstance(obj, list) else "deque", saved, name,
-                      [(v, f"{name}[{i}]") for i, v in enumerate(saved)])
+                      [(v, f"{name}[]") for v in saved])
+            self._extras(obj, name)
         elif isinstance(obj, (set, frozenset)):
             saved = set(obj)
             if isinstance(obj, set):
                 self._add(obj, "set", saved, name)
-            self.stack.extend((v, f"{name}{{}}") for v in saved)
+            self.stack.extend((v, f"{name}{{}}", None) for v in saved)
+            self._extras(obj, name)
         elif isinstance(obj, tuple):
-            self.stack.extend((v, f"{name}[{i}]") for i, v in enumerate(obj))
+            self.stack.extend((v, f"{name}[]", None) for v in obj)
+            self._extras(obj, name)
         elif isinstance(obj, bytearray):
             self._add(obj, "bytes", bytes(obj), name)
-        elif isinstance(obj, nn.Module) or _package(obj) in self.packages:
+        elif isinstance(obj, functools.partial):
+            self.stack += [(obj.func, name, None), (obj.args, name, None), (obj.keywords, f"{name} keywords", None)]
+            self._extras(obj, name)
+        elif isinstance(obj, (nn.Module, types.SimpleNamespace)) or _package(obj) in self.packages:
             self._object(obj, name)
 
-    def _mapping(self, d: dict, name: str) -> None:
+    def _extras(self, obj, name: str) -> None:
+        """The attributes of a subclass of a container (a ModelOutput is a dict with fields)."""
+        d = getattr(obj, "__dict__", None)
+        if isinstance(d, dict) and type(obj).__module__ != "builtins":
+            self._mapping(d, name)
+
+    def _mapping(self, d: dict, name: str, data: bool = False, exempt: frozenset = frozenset()) -> None:
+        """A namespace (``data=False``: its keys are names, shown in the warning) or a data dict
+        (its keys may be private values: never shown; they are walked as objects). ``exempt``:
+        keys of data-free caches that dplowrank's own modules declare (``_guard_exempt``)."""
         saved = dict(dict.items(d))  # the stored values (a subclass's __getitem__ may compute them)
-        self._add(d, "dict", (saved, tuple(saved), tuple(saved.values())), name,
-                  [(v, f"{name}.{k}" if isinstance(k, str) else f"{name}[{k!r}]") for k, v in saved.items()])
+        if exempt:
+            saved = {k: v for k, v in saved.items() if k not in exempt}
+        factory = getattr(d, "default_factory", None)
+        self._add(d, "dict", (saved, tuple(saved), tuple(saved.values()), factory, exempt), name,
+                  [(v, f"{name}[]" if data else (f"{name}.{k}" if isinstance(k, str) else f"{name}[]"))
+                   for k, v in saved.items()]
+                  + ([(k, f"{name} key") for k in saved if not isinstance(k, _ATOMS)])
+                  + ([(factory, f"{name} default_factory")] if factory is not None else []))
+
+    def _scope(self, d: dict, name: str, names: frozenset) -> None:
+        """Only the ``names`` of a module's globals (what the code that reaches them uses); one
+        node per namespace, grown as more code is found to use it."""
+        node = self._scopes.get(id(d))
+        known = set(node.saved[0]) if node is not None else set()
+        keys = tuple(sorted(n for n in names if n in d and n not in known))
+        if not keys:
+            return
+        if node is None:
+            node = self._scopes[id(d)] = _Node(d, "scope", ((), (), None), name)
+            self.nodes.append(node)
+        all_keys = node.saved[0] + keys
+        node.saved = (all_keys, tuple(d[k] for k in all_keys), operator.itemgetter(*all_keys))
+        self.stack.extend((d[k], f"{name}.{k}", None) for k in keys)
+        # a module reached from code: the attributes that code reads are followed with the same names
+        self.stack.extend((d[k], f"{name}.{k}", names) for k in keys if isinstance(d[k], types.ModuleType))
 
     def _object(self, obj, name: str) -> None:
         d = getattr(obj, "__dict__", None)
         if isinstance(d, dict):
-            self._mapping(d, name)
+            own = (type(obj).__module__ or "").startswith("dplowrank")
+            self._mapping(d, name, exempt=frozenset(getattr(type(obj), "_guard_exempt", ())) if own else frozenset())
         slots = [s for c in type(obj).__mro__ for s in getattr(c, "__slots__", ())
                  if isinstance(s, str) and s not in ("__dict__", "__weakref__")]
         if slots:
@@ -205,6 +326,9 @@ class StateGuard:
         self._add(fn, "function", (fn.__defaults__, fn.__kwdefaults__), name,
                   [(fn.__defaults__, f"{name} defaults"), (fn.__kwdefaults__, f"{name} defaults")]
                   + [(c, f"{name} closure") for c in fn.__closure__ or ()])
+        if not (fn.__module__ or "").startswith("dplowrank"):
+            names = frozenset(_code_names(fn.__code__))
+            self.stack.append((fn.__globals__, f"module {fn.__module__}", names))
 
     def _tensor(self, t: torch.Tensor, name: str) -> None:
         param = id(t) in self.params
@@ -213,18 +337,22 @@ class StateGuard:
         self._add(t, "tensor", saved, label, param=param)
         if param:
             self.finals.append((label, t, saved[0]))
+        extra = getattr(t, "__dict__", None)
+        if isinstance(extra, dict):  # Python attributes set on a tensor
+            self._mapping(extra, f"{label} attributes")
 
     # -- compare and restore ------------------------------------------------------------------
 
     def _index(self) -> None:
-        """Flat tuples of what every node held, so that an unchanged state is confirmed by a few
-        loops in C (:meth:`_quiet`): a pass over MiniLM's 35,000 reachable values takes ~1 ms."""
+        """Flat tuples of what the namespace nodes held, so that an unchanged state is confirmed
+        by a few loops in C (:meth:`_quiet`): a pass over MiniLM's state takes ~1 ms."""
         of = {kind: [n for n in self.nodes if n.kind == kind] for kind in
-              ("dict", "list", "deque", "cell", "function", "class", "set", "tensor")}
-        self._dicts = [n.obj for n in of["dict"]]
-        self._dict_lens = tuple(len(n.saved[1]) for n in of["dict"])
-        self._dict_keys = tuple(chain.from_iterable(n.saved[1] for n in of["dict"]))
-        self._dict_values = tuple(chain.from_iterable(n.saved[2] for n in of["dict"]))
+              ("dict", "list", "deque", "cell", "function", "class")}
+        plain = [n for n in of["dict"] if n.saved[3] is None and not n.saved[4]]
+        self._dicts = [n.obj for n in plain]
+        self._dict_lens = tuple(len(n.saved[1]) for n in plain)  # dict.__len__: a subclass may redefine len
+        self._dict_keys = tuple(chain.from_iterable(n.saved[1] for n in plain))
+        self._dict_values = tuple(chain.from_iterable(n.saved[2] for n in plain))
         seqs = of["list"] + of["deque"]
         self._seqs = [n.obj for n in seqs]
         self._seq_lens = tuple(len(n.saved) for n in seqs)
@@ -236,15 +364,14 @@ class StateGuard:
         self._classes = [n.obj for n in of["class"]]
         self._class_lens = tuple(len(n.saved) for n in of["class"])
         self._class_values = tuple(chain.from_iterable(n.saved.values() for n in of["class"]))
-        self._sets = [(n.obj, n.saved) for n in of["set"]]
-        self._tensors = [n for n in of["tensor"]]
-        self._others = [n for n in self.nodes if n.kind in ("bytes", "slots", "array")
-                        or (n.kind == "cell" and n.saved is _MISSING)]
+        indexed = {id(n) for n in plain + seqs + of["function"] + of["class"]}
+        indexed |= {id(n) for n in of["cell"] if n.saved is not _MISSING}
+        self._others = [n for n in self.nodes if id(n) not in indexed]
 
     def _quiet(self) -> bool:
         """True when no node changed (a quick check; :meth:`_changed` names the ones that did)."""
         same = operator.is_
-        if (tuple(map(len, self._dicts)) != self._dict_lens
+        if (tuple(map(dict.__len__, self._dicts)) != self._dict_lens
                 or not all(map(same, chain.from_iterable(map(dict.values, self._dicts)), self._dict_values))
                 or not all(map(same, chain.from_iterable(map(dict.keys, self._dicts)), self._dict_keys))):
             return False
@@ -262,17 +389,24 @@ class StateGuard:
         if (tuple(map(len, classes)) != self._class_lens
                 or not all(map(same, chain.from_iterable(c.values() for c in classes), self._class_values))):
             return False
-        if not all(a == b for a, b in self._sets):
-            return False
-        return not any(self._changed(n) for n in self._tensors) and not any(self._changed(n) for n in self._others)
+        return not any(self._changed(n) for n in self._others)
 
     @staticmethod
     def _changed(node: _Node) -> bool:
         obj, saved, kind = node.obj, node.saved, node.kind
         if kind == "dict":  # same keys and values, as objects (tensors have no plain ==)
-            _, keys, values = saved
-            return (len(obj) != len(keys) or not all(map(operator.is_, dict.values(obj), values))
-                    or not all(map(operator.is_, dict.keys(obj), keys)))
+            _, keys, values, factory, exempt = saved
+            now = {k: v for k, v in dict.items(obj) if k not in exempt} if exempt else obj
+            return (dict.__len__(now) != len(keys) or not all(map(operator.is_, dict.values(now), values))
+                    or not all(map(operator.is_, dict.keys(now), keys))
+                    or getattr(obj, "default_factory", None) is not factory)
+        if kind == "scope":
+            keys, values, getter = saved
+            try:
+                now = getter(obj)
+            except KeyError:
+                return True
+            return not all(map(operator.is_, now if len(keys) > 1 else (now,), values))
         if kind in ("list", "deque"):
             return len(obj) != len(saved) or not all(map(operator.is_, obj, saved))
         if kind == "set":
@@ -299,27 +433,37 @@ class StateGuard:
         if kind == "function":
             return obj.__defaults__ is not saved[0] or obj.__kwdefaults__ is not saved[1]
         if kind == "array":
-            return obj.shape != saved.shape or obj.dtype != saved.dtype or not np.array_equal(obj, saved,
-                                                                                            equal_nan=True)
-        copy, meta = saved  # tensor
-        if meta is None:
-            return not _equal(obj.detach(), copy)
-        return _meta(obj) != meta
+            return not _same_array(obj, saved)
+        if kind == "rng":
+            return not _same_rng(saved, obj)
+        copy, meta = saved  # tensor: parameters and buffers by version, other tensors bit for bit
+        if _meta(obj) != meta:
+            return True
+        return not node.param and not _equal(obj.detach(), copy)
 
     @staticmethod
     def _restore(node: _Node) -> None:
         obj, saved, kind = node.obj, node.saved, node.kind
         if kind == "dict":
-            saved = saved[0]
+            content, _, _, factory, exempt = saved
+            kept = {k: v for k, v in dict.items(obj) if k in exempt} if exempt else {}
             if type(obj) is dict:
                 dict.clear(obj)
-                dict.update(obj, saved)
+                dict.update(obj, content)
+                dict.update(obj, kept)
             else:  # the stored values, past a subclass's own __setitem__
                 ordered = isinstance(obj, collections.OrderedDict)
                 setitem = collections.OrderedDict.__setitem__ if ordered else dict.__setitem__
                 obj.clear()
-                for k, v in saved.items():
+                for k, v in chain(content.items(), kept.items()):
                     setitem(obj, k, v)
+            if getattr(obj, "default_factory", None) is not factory:
+                obj.default_factory = factory
+        elif kind == "scope":
+            keys, values, _ = saved
+            for k, v in zip(keys, values):
+                if obj.get(k, _MISSING) is not v:
+                    obj[k] = v
         elif kind == "list":
             obj[:] = saved
         elif kind == "deque":
@@ -358,13 +502,18 @@ class StateGuard:
                 raise ValueError(f"{node.name} (a numpy array) changed its shape during a forward pass and cannot "
                                  "be put back in place; statistics need a forward pass that keeps no state")
             np.copyto(obj, saved)
+        elif kind == "rng":
+            _set_rng(saved, obj)
         else:  # tensor
-            copy, _ = saved
-            if obj.layout != torch.strided or obj.shape != copy.shape or obj.dtype != copy.dtype \
-                    or obj.stride() != copy.stride():
-                obj.data = copy.clone()
-            else:
-                obj.copy_(copy)
+            copy, meta = saved
+            if obj.requires_grad != meta[-1] and obj.is_leaf:
+                obj.requires_grad_(meta[-1])
+            with torch.inference_mode(obj.is_inference()), torch.no_grad():
+                if obj.layout != torch.strided or obj.shape != copy.shape or obj.dtype != copy.dtype \
+                        or obj.stride() != copy.stride():
+                    obj.data = copy.clone()
+                else:
+                    obj.copy_(copy)
             node.saved = (copy, _meta(obj))
 
     def reset(self, refuse: bool = True) -> None:
@@ -388,16 +537,31 @@ class StateGuard:
             )
         self.restored.update(node.name for node in changed)
 
-    def close(self) -> None:
-        """The last reset, then every parameter and buffer compared in full (``.data`` writes do
-        not move version counters), and a warning naming the state that was put back."""
-        self.reset()
+    def _moved(self) -> list[str]:
+        """Put back every parameter and buffer that differs from its copy, bit for bit (a
+        ``.data`` write moves no version counter); their names."""
         moved = [name for name, t, copy in self.finals if not _equal(t.detach(), copy)]
-        if moved:
-            with torch.no_grad():
-                for name, t, copy in self.finals:
-                    if name in moved and t.shape == copy.shape and t.dtype == copy.dtype:
+        with torch.inference_mode(False), torch.no_grad():
+            for name, t, copy in self.finals:
+                if name in moved:
+                    if t.shape == copy.shape and t.dtype == copy.dtype and t.layout == torch.strided:
                         t.copy_(copy)
+                    else:
+                        t.data = copy.clone()
+        return moved
+
+    def restore(self) -> None:
+        """The clean-up after an error: everything put back, parameters compared in full; no
+        refusal, no warning."""
+        self.reset(refuse=False)
+        self._moved()
+
+    def close(self) -> None:
+        """The last reset, then every parameter and buffer compared in full, and a warning
+        naming the state that was put back."""
+        self.reset()
+        moved = self._moved()
+        if moved:
             raise ValueError(
                 f"the model changed its state {moved[:5]} while computing statistics (in eval mode); it would "
                 "carry private data into the saved model. It was restored; statistics need a model whose "
@@ -405,30 +569,55 @@ class StateGuard:
             )
         if self.restored:
             warnings.warn(
-                f"the model's forward pass changed {sorted(self.restored)[:5]}: kept state (a cache, an observer) "
-                "was put back before every forward pass, so each example met the model as it was before the "
-                "collection", stacklevel=3)
+                f"the model's forward pass changed {sorted(self.restored)[:5]}: kept state (a cache, an observer, "
+                "a random generator) was put back before every forward pass, so each example met the model as "
+                "it was before the collection", stacklevel=3)
 
 
-def _meta(t: torch.Tensor):
-    """What a pass that writes ``t`` changes cheaply (its version counter, storage, layout), or
-    None where there is no version counter (inference tensors, sparse layouts): then ``t`` is
-    compared by value."""
-    if t.is_inference() or t.layout != torch.strided:
-        return None
-    return (t._version, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+def _rng_state(obj):
+    if isinstance(obj, torch.Generator):
+        return obj.get_state()
+    if isinstance(obj, random.Random):
+        return obj.getstate()
+    if isinstance(obj, np.random.Generator):
+        return obj.bit_generator.state
+    return obj.get_state()
 
 
-def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Same layout, shape, dtype and values (NaN equal to NaN), in any layout."""
-    if a.layout != b.layout or a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.layout != torch.strided:
-        a, b = a.to_dense(), b.to_dense()
-    return torch.equal(a, b) or _both_nan(a, b)
+def _same_rng(saved, obj) -> bool:
+    kind, state = saved
+    if kind == "torch":
+        return torch.equal(torch.get_rng_state(), state)
+    if kind == "cuda":
+        return all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), state))
+    if kind == "random":
+        return random.getstate() == state
+    if kind == "numpy":
+        now = np.random.get_state()
+        return now[0] == state[0] and np.array_equal(now[1], state[1]) and now[2:] == state[2:]
+    now = _rng_state(obj)
+    if isinstance(now, torch.Tensor):
+        return torch.equal(now, state)
+    if isinstance(now, tuple) and len(now) == 5 and isinstance(now[1], np.ndarray):
+        return now[0] == state[0] and np.array_equal(now[1], state[1]) and now[2:] == state[2:]
+    return now == state
 
 
-def _both_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if not (a.is_floating_point() or a.is_complex()):
-        return False
-    return bool(torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(a.nan_to_num(), b.nan_to_num()))
+def _set_rng(saved, obj) -> None:
+    kind, state = saved
+    if kind == "torch":
+        torch.set_rng_state(state)
+    elif kind == "cuda":
+        torch.cuda.set_rng_state_all(state)
+    elif kind == "random":
+        random.setstate(state)
+    elif kind == "numpy":
+        np.random.set_state(state)
+    elif isinstance(obj, torch.Generator):
+        obj.set_state(state)
+    elif isinstance(obj, random.Random):
+        obj.setstate(state)
+    elif isinstance(obj, np.random.Generator):
+        obj.bit_generator.state = state
+    else:
+        obj.set_state(state)

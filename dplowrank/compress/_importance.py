@@ -319,7 +319,7 @@ def _collect(model, batches, groups, mods, loss, c, normalize, neighbour, exampl
         tape.guard = None
     finally:
         if tape.guard is not None:  # an error: put the state back, say nothing more
-            tape.guard.reset(refuse=False)
+            tape.guard.restore()
         tape.remove()
         for m, training in modes.items():
             m.training = training

@@ -250,7 +250,7 @@ def _run(col, run, model, batches, total, show_progress, mask_key, examples, che
         guard = None
     finally:
         if guard is not None:  # an error: put the state back, say nothing more
-            guard.reset(refuse=False)
+            guard.restore()
         col.remove()
         for m, training in modes.items():
             m.training = training
