@@ -1,13 +1,13 @@
-"""Command line: ``python -m dplowrank demo``."""
+"""The demos on bundled data: ``demo`` (digits releases), ``spectrum`` (one release's
+diagnostics and PNG) and ``compress`` without ``--corpus`` (MiniLM on standard-library text)."""
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from .release import release_rank_k
+from ..release import release_rank_k
 
 
 def _digits_rows() -> tuple[torch.Tensor, float, str]:
@@ -65,7 +65,7 @@ def demo(k: int, epsilons: list[float], delta: float, repeats: int) -> str:
 
 def spectrum(k: int, epsilon: float, delta: float, out: str, seed: int | None, mechanism: str) -> str:
     """Release rank-k of the digits Gram, print its diagnostics and write the spectrum PNG."""
-    from .diagnostics.plots import plot_spectrum
+    from ..diagnostics.plots import plot_spectrum
 
     x, row_norm, label = _digits_rows()
     gen = None if seed is None else torch.Generator().manual_seed(seed)
@@ -86,12 +86,12 @@ def compress(epsilon: float, ratio: float, scope: str, delta: float, n_train: in
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in a package: never go online
-    from .demo.minilm import run_demo
+    from ..demo.minilm import run_demo
 
     private = "private" if prior else "private_noprior"
     methods = ("svd", "public_prior") + (("nonprivate",) if reference else ()) + (private,)
     if bits and bits_per_parameter is None:
-        raise SystemExit("dplowrank compress: --bits needs --bits-per-parameter (the storage budget)")
+        raise ValueError("--bits needs --bits-per-parameter (the storage budget)")
     pair = None if not bits else (bits[0], bits[-1])
     out = run_demo(epsilons=[epsilon], ratios=[ratio], scopes=[scope], n_train=n_train, n_heldout=n_heldout,
                    delta=delta, methods=methods, seed=seed, time_forward=False, save_dir=save,
@@ -110,47 +110,3 @@ def compress(epsilon: float, ratio: float, scope: str, delta: float, n_train: in
     if out["saved"]:
         lines.append(f"compressed model ({private}) saved to {out['saved']}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dplowrank", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="private rank-k releases of the digits Gram at several epsilons")
-    p.add_argument("--k", type=int, default=8)
-    p.add_argument("--epsilons", type=float, nargs="+", default=[0.1, 0.5, 1.0, 2.0, 8.0])
-    p.add_argument("--delta", type=float, default=1e-6)
-    p.add_argument("--repeats", type=int, default=10)
-    p = sub.add_parser("spectrum", help="diagnostics of one private release of the digits Gram, with a PNG")
-    p.add_argument("--k", type=int, default=12)
-    p.add_argument("--epsilon", type=float, default=1.0)
-    p.add_argument("--delta", type=float, default=1e-6)
-    p.add_argument("--mechanism", choices=["gaussian", "complex"], default="gaussian")
-    p.add_argument("--out", default="spectrum.png")
-    p.add_argument("--seed", type=int, default=None, help="seed a generator (reproducible, not for publication)")
-    p = sub.add_parser("compress", help="private compression of all-MiniLM-L6-v2 from docstring sentences")
-    p.add_argument("--epsilon", type=float, default=4.0, help="total epsilon for the whole model")
-    p.add_argument("--delta", type=float, default=1e-6)
-    p.add_argument("--ratio", type=float, default=0.6, help="parameter ratio of the compressed layers")
-    p.add_argument("--scope", choices=["ffn", "attention", "all"], default="ffn")
-    p.add_argument("--n-train", type=int, default=8000)
-    p.add_argument("--n-heldout", type=int, default=1000)
-    p.add_argument("--no-prior", action="store_true",
-                   help="release without the public prior (the corpus is released once either way)")
-    p.add_argument("--reference", action="store_true",
-                   help="also factorise from the raw corpus (NOT private; for comparison only)")
-    p.add_argument("--bits-per-parameter", type=float, default=None,
-                   help="store quantised (LPLR) factors within this many bits per dense parameter (< 32)")
-    p.add_argument("--bits", type=int, nargs="+", default=None, metavar="B",
-                   help="bits of the left and right factor codes (one value for both; default 8)")
-    p.add_argument("--save", default=None, help="directory for the compressed model (last private row)")
-    p.add_argument("--seed", type=int, default=None, help="seed a generator (reproducible, not for publication)")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        print(demo(args.k, args.epsilons, args.delta, args.repeats))
-    elif args.command == "spectrum":
-        print(spectrum(args.k, args.epsilon, args.delta, args.out, args.seed, args.mechanism))
-    elif args.command == "compress":
-        print(compress(args.epsilon, args.ratio, args.scope, args.delta, args.n_train, args.n_heldout,
-                       args.seed, not args.no_prior, args.save, args.reference, args.bits,
-                       args.bits_per_parameter))
-    return 0
