@@ -447,10 +447,20 @@ def load_compressed(model: nn.Module, path: str | os.PathLike, *, key: bytes | N
         file was saved from (another checkpoint, another dtype): the factors were computed for
         those. Pass ``False`` to load onto a different base knowingly.
 
-    Raises ``TypeError`` when ``model`` is not an ``nn.Module`` and ``ValueError``, naming the
-    directory, when the files are missing, damaged, altered (checksum or HMAC), do not belong
-    together (the factors' SHA-256 differs from the one in the config: e.g. a save interrupted
-    between its two renames) or do not fit ``model``; the model is then left as it was.
+    Returns
+    -------
+    nn.Module
+        ``model``, modified in place.
+
+    Raises
+    ------
+    TypeError
+        When ``model`` is not an ``nn.Module``.
+    ValueError
+        Naming the directory, when the files are missing, damaged, altered (checksum or
+        HMAC), do not belong together (the factors' SHA-256 differs from the one in the
+        config: e.g. a save interrupted between its two renames) or do not fit ``model``;
+        the model is then left as it was.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

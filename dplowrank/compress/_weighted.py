@@ -183,6 +183,8 @@ class MixedRankLinear(nn.Module):
     generator : torch.Generator, optional
         CPU source of the coin flips (default: seeded from the OS).
 
+    Notes
+    -----
     In eval mode, or with ``p = 0``, it is exactly ``low_rank``.
     """
 
