@@ -191,4 +191,4 @@ def test_the_documented_example_runs(tmp_path):
     assert "epsilon = 4 at delta = 1e-6" in proc.stdout and "secure source" in proc.stdout
     cosine = float(proc.stdout.split("held-out cosine to the original ")[1].split(",")[0])
     assert 0.7 < cosine < 1.0  # data-free SVD gives ~0.66 at this ratio
-    assert (tmp_path / "minilm-ffn-eps4" / "weights.npz").exists()
+    assert (tmp_path / "minilm-ffn-eps4" / "factors.safetensors").exists()

@@ -115,7 +115,7 @@ def run_demo(
     ignored (one pass, reported under the achieved ratio).
 
     With ``save_dir``, the model compressed by the last private method at the last ε (of the
-    first scope and ratio) is written there with :func:`save_compressed` (weights and a JSON
+    first scope and ratio) is written there with :func:`save_compressed` (the factors and a JSON
     record of ranks and privacy cost) before the original layers are put back.
 
     Returns
