@@ -74,12 +74,7 @@ def check_output(path: str | None, *, force: bool = False, what: str = "output")
     that exists (unless ``force``)."""
     if path is None:
         return None
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {what} {str(p)!r}: directory {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"cannot write {what} {str(p)!r}: directory {str(parent)!r} is not writable")
+    p = _writable_parent(path, what)
     if p.is_dir():
         raise InputError(f"{what} {str(p)!r} is a directory; give a file path")
     if p.exists() and not force:
@@ -91,12 +86,18 @@ def check_directory(path: str | None, *, force: bool = False, what: str = "outpu
     """Like :func:`check_output` for a directory the command will create (or fill, with ``force``)."""
     if path is None:
         return None
+    p = _writable_parent(path, what)
+    if p.exists() and (not p.is_dir() or (any(p.iterdir()) and not force)):
+        raise InputError(f"{what} {str(p)!r} exists and is not empty; pass --force to write into it")
+    return p
+
+
+def _writable_parent(path: str, what: str) -> Path:
+    """``path`` as a Path, once its directory is known to exist and be writable."""
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"cannot write {what} {str(p)!r}: directory {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(f"cannot write {what} {str(p)!r}: directory {str(parent)!r} is not writable")
-    if p.exists() and (not p.is_dir() or (any(p.iterdir()) and not force)):
-        raise InputError(f"{what} {str(p)!r} exists and is not empty; pass --force to write into it")
     return p
