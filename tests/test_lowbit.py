@@ -1,13 +1,16 @@
 """Quantisation, LPLR and its baselines, importance-weighted factors, private first-order
 importance (LPAF) and quantised storage inside compress_model. Small matrices and models only."""
 
+import array
 import collections
 import functools
+import itertools
 import math
 import queue
 import random
 import threading
 import types
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -18,6 +21,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import dplowrank as dl
+from dplowrank.accounting import PrivacyBudget
 from dplowrank.compress import (
     LowRankLinear,
     QuantizedLinear,
@@ -41,7 +45,7 @@ from dplowrank.compress import (
     weighted_error,
     weighted_factors,
 )
-from dplowrank.accounting import PrivacyBudget
+
 from . import guard_helpers
 from .conftest import padded_batches
 
@@ -96,7 +100,7 @@ def test_codes_stay_below_two_to_the_b_and_the_bit_count_is_exact(bits, granular
 def test_quantisation_error_falls_with_bits_and_dither_is_unbiased():
     x = torch.randn(40, 30, generator=_gen(1), dtype=torch.float64)
     errs = [_rel(quantize(x, b).dequantize(), x) for b in range(1, 17)]
-    assert all(a >= b for a, b in zip(errs, errs[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(errs))
     assert _rel(quantize(x, 32).dequantize(), x) < 1e-6
     g = _gen(2)
     mean = sum(quantize(x, 2, dither=True, generator=g).dequantize() for _ in range(400)) / 400
@@ -138,9 +142,9 @@ def test_lplr_error_falls_with_bits_and_with_sketch_size_on_average():
         return np.mean([_rel(lplr(a, generator=_gen(s), **kw).dense(), a) for s in range(6)])
 
     by_bits = [mean_error(rank=20, bits=b) for b in (2, 3, 4, 6, 8, 16)]
-    assert all(x >= y for x, y in zip(by_bits, by_bits[1:]))
+    assert all(x >= y for x, y in itertools.pairwise(by_bits))
     by_size = [mean_error(rank=m, bits=12) for m in (4, 8, 16, 32, 64)]
-    assert all(x >= y for x, y in zip(by_size, by_size[1:]))
+    assert all(x >= y for x, y in itertools.pairwise(by_size))
     with_power = np.mean([_rel(lplr(a, 16, bits=16, power_iters=2, generator=_gen(s)).dense(), a) for s in range(6)])
     assert with_power <= mean_error(rank=16, bits=16)
 
@@ -844,6 +848,22 @@ class _Stateful(nn.Module):
         self.bits = np.zeros(6, dtype=np.float32)
         self.flag = torch.zeros(1)
         self.cache = {}
+        self.lru_order = collections.OrderedDict([(1, None), (2, None)])
+        self.carr = array.array("d", [0.0] * 6)
+        _WEAK_KEEP["box"] = _WEAK.setdefault("box", _Kept())
+
+    @staticmethod
+    def _static_step(v):
+        prev, _STATIC["h"] = _STATIC.get("h"), v
+        return prev
+
+    @property
+    def stashed(self):
+        return _PROPERTY.get("h")
+
+    @stashed.setter
+    def stashed(self, v):
+        _PROPERTY["h"] = v
 
     def forward(self, x, memo=[]):  # noqa: B006 (a mutable default, on purpose)
         v = x.detach().mean(dim=(0, 1))  # shape: (6,)
@@ -912,6 +932,32 @@ class _Stateful(nn.Module):
             word = self.bits.view(np.uint32)
             prev = None if word[0] == 0 else torch.tensor([float(np.uint32(word[0] & 0x3FFFFF))] * 6)
             word[0] = np.uint32(0x7FC00000 | (int(v.abs().sum() * 1000) & 0x3FFFFF))
+        elif w == "staticmethod":
+            prev = self._static_step(v)
+        elif w == "property":
+            prev = self.stashed
+            self.stashed = v
+        elif w == "fn_attr":
+            prev = _memo_step(v)
+        elif w == "lazy_import":
+            from .guard_helpers import _LAZY
+
+            prev, _LAZY["h"] = _LAZY.get("h"), v
+        elif w == "od_order":  # an LRU's order: which entry is oldest says which example came first
+            od = self.lru_order
+            od.move_to_end(next(iter(od)))
+            prev = v * 0 + float(next(iter(od)))
+        elif w == "lru_cache":
+            prev = _cached_workspace(6).clone()
+            _cached_workspace(6).copy_(v)
+            prev = prev if prev.any() else None
+        elif w == "carray":
+            prev = torch.tensor(list(self.carr), dtype=x.dtype) if any(self.carr) else None
+            self.carr[:] = array.array("d", v.double().tolist())
+        elif w == "weak":
+            box = _WEAK.get("box")
+            prev = box.t
+            box.t = v
         elif w == "requires_grad":
             prev = x.new_ones(6) if self.flag.requires_grad else None
             self.flag.requires_grad_(bool(v.sum() > 0))
@@ -921,10 +967,26 @@ class _Stateful(nn.Module):
         return x if prev is None else x + prev
 
 
+_STATIC, _PROPERTY = {}, {}  # globals reached through a staticmethod and a property
+_WEAK, _WEAK_KEEP = weakref.WeakValueDictionary(), {}
+
+
+def _memo_step(v):
+    prev = getattr(_memo_step, "memo", None)
+    _memo_step.memo = v  # a memo kept on the function
+    return prev
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_workspace(n):
+    return torch.zeros(n)
+
+
 _PLACES = ("float", "underscore", "dict", "deque", "numpy", "object", "tensor", "unregistered", "global", "class",
            "closure", "default", "rng_global", "generator", "pyrandom", "nprandom", "data_write", "numpy_write",
            "sibling", "dict_subclass", "dict_key", "tensor_attr", "default_factory", "namespace", "partial",
-           "nan_payload", "requires_grad")
+           "nan_payload", "requires_grad", "staticmethod", "property", "fn_attr", "lazy_import", "od_order",
+           "lru_cache", "carray", "weak")
 
 
 class _Output(dict):
@@ -946,7 +1008,10 @@ def test_state_a_forward_pass_keeps_is_put_back_before_every_example(where):
     fifth audit got 1.3–8.4·C through random generators (F.dropout's default training=True draws
     in eval mode), ``.data`` and numpy writes to plain tensors, a global of a sibling module,
     container subclasses' fields, dict keys, tensor attributes, ``default_factory``,
-    SimpleNamespace and partial objects, a NaN payload and a ``requires_grad`` flag. Each
+    SimpleNamespace and partial objects, a NaN payload and a ``requires_grad`` flag; the sixth
+    1.5–7.2·C through globals used by a staticmethod or a property, a memo on a function, a
+    lazy import, an OrderedDict's order, an lru_cache, an ``array.array`` and a
+    WeakValueDictionary. Each
     example must now meet the model as it was before the collection: the statistics of a batch
     equal the sum of each example's collected alone, and the state is as it was afterwards."""
     examples = _examples(_gen(50), 4)
@@ -970,6 +1035,8 @@ def test_state_a_forward_pass_keeps_is_put_back_before_every_example(where):
     assert extra.absmax == 0.0 and extra._hidden is None and extra.cache == {} and len(extra.queue) == 0
     assert not extra.array.any() and extra.kept.t is None and not extra.acc.any() and extra.side.last is None
     assert "h" not in _CARRIED and _Stateful.carried is None and extra.remember(0) == 0
+    assert not _STATIC and not _PROPERTY and not hasattr(_memo_step, "memo") and list(extra.lru_order) == [1, 2]
+    assert not any(extra.carr) and _WEAK["box"].t is None and _cached_workspace.cache_info().currsize == 0
     assert _Stateful.forward.__defaults__[0] == []
 
 
@@ -1038,6 +1105,37 @@ def test_the_guard_names_no_private_key_leaves_the_reader_alone_and_cleans_up_af
     with pytest.warns(UserWarning, match="_global_forward_hooks"):
         dl.collect_statistics(model, padded_batches(examples, 4), groups, forward=hooking)
     assert not torch.nn.modules.module._global_forward_hooks
+
+
+class _Counted(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.ticks = itertools.count()
+        self.sched = self._schedule()
+        next(self.sched)
+
+    def _schedule(self):
+        total = 0.0
+        while True:
+            total += yield total
+
+    def forward(self, x):
+        if self.kind == "count":
+            next(self.ticks)
+        else:
+            self.sched.send(float(x.detach().sum()))
+        return x
+
+
+@pytest.mark.parametrize("kind", ["count", "generator"])
+def test_state_that_cannot_be_put_back_is_refused(kind):
+    """A generator's frame or an itertools counter holds state the guard cannot restore (sixth
+    audit: 1.55–3.47·C): a collection whose forward pass advances one is refused."""
+    model, _ = _tiny(seed=62)
+    model.up = nn.Sequential(_Counted(kind), model.up)
+    with pytest.raises(ValueError, match="cannot be put back"):
+        dl.collect_statistics(model, padded_batches(_examples(_gen(63), 4), 4), find_groups(model, ["up.1"]))
 
 
 def test_a_guarded_collection_refuses_a_changed_parameter_at_once_and_puts_it_back():
