@@ -6,6 +6,7 @@ import collections
 import functools
 import itertools
 import math
+import operator
 import queue
 import random
 import threading
@@ -849,8 +850,14 @@ class _Stateful(nn.Module):
         self.flag = torch.zeros(1)
         self.cache = {}
         self.lru_order = collections.OrderedDict([(1, None), (2, None)])
+        self.conv = _ObservingConv(6, 6, 1)
+        self.steps = _Steps()
         self.carr = array.array("d", [0.0] * 6)
         _WEAK_KEEP["box"] = _WEAK.setdefault("box", _Kept())
+
+    def observe_step(self, v):  # named only in a string
+        prev, _FRAMEWORK["h"] = _FRAMEWORK.get("h"), v
+        return prev
 
     @staticmethod
     def _static_step(v):
@@ -958,6 +965,16 @@ class _Stateful(nn.Module):
             box = _WEAK.get("box")
             prev = box.t
             box.t = v
+        elif w == "override":  # torch's Conv1d.forward calls the override, which walked code never names
+            self.conv(x.detach().transpose(1, 2))
+            prev = _FRAMEWORK.pop("prev", None)
+        elif w == "dunder":
+            prev = v * _Scaler()
+        elif w == "iterator":
+            prev = next(self.steps)
+            self.steps.last = v
+        elif w == "methodcaller":
+            prev = operator.methodcaller("observe_step", v)(self)
         elif w == "requires_grad":
             prev = x.new_ones(6) if self.flag.requires_grad else None
             self.flag.requires_grad_(bool(v.sum() > 0))
@@ -967,7 +984,28 @@ class _Stateful(nn.Module):
         return x if prev is None else x + prev
 
 
-_STATIC, _PROPERTY = {}, {}  # globals reached through a staticmethod and a property
+_STATIC, _PROPERTY, _FRAMEWORK = {}, {}, {}  # globals reached through a staticmethod, a property, ...
+
+
+class _ObservingConv(nn.Conv1d):
+    def _conv_forward(self, input, weight, bias):  # called by torch's own forward
+        _FRAMEWORK["prev"] = _FRAMEWORK.get("last")
+        _FRAMEWORK["last"] = input.detach().mean(dim=(0, 2))
+        return super()._conv_forward(input, weight, bias)
+
+
+class _Scaler:
+    def __rmul__(self, v):  # an operator: named by no code
+        prev, _FRAMEWORK["scale"] = _FRAMEWORK.get("scale"), v
+        return prev
+
+
+class _Steps:
+    def __init__(self):
+        self.last = None
+
+    def __next__(self):
+        return _FRAMEWORK.get("step") if self.last is None else self.last
 _WEAK, _WEAK_KEEP = weakref.WeakValueDictionary(), {}
 
 
@@ -986,7 +1024,7 @@ _PLACES = ("float", "underscore", "dict", "deque", "numpy", "object", "tensor", 
            "closure", "default", "rng_global", "generator", "pyrandom", "nprandom", "data_write", "numpy_write",
            "sibling", "dict_subclass", "dict_key", "tensor_attr", "default_factory", "namespace", "partial",
            "nan_payload", "requires_grad", "staticmethod", "property", "fn_attr", "lazy_import", "od_order",
-           "lru_cache", "carray", "weak")
+           "lru_cache", "carray", "weak", "override", "dunder", "iterator", "methodcaller")
 
 
 class _Output(dict):
@@ -1011,7 +1049,8 @@ def test_state_a_forward_pass_keeps_is_put_back_before_every_example(where):
     SimpleNamespace and partial objects, a NaN payload and a ``requires_grad`` flag; the sixth
     1.5–7.2·C through globals used by a staticmethod or a property, a memo on a function, a
     lazy import, an OrderedDict's order, an lru_cache, an ``array.array`` and a
-    WeakValueDictionary. Each
+    WeakValueDictionary; the seventh 1.1–7.2·C through a method only torch calls (an override),
+    an operator dunder, an iterator's ``__next__`` and a method named in a string. Each
     example must now meet the model as it was before the collection: the statistics of a batch
     equal the sum of each example's collected alone, and the state is as it was afterwards."""
     examples = _examples(_gen(50), 4)
@@ -1036,6 +1075,7 @@ def test_state_a_forward_pass_keeps_is_put_back_before_every_example(where):
     assert not extra.array.any() and extra.kept.t is None and not extra.acc.any() and extra.side.last is None
     assert "h" not in _CARRIED and _Stateful.carried is None and extra.remember(0) == 0
     assert not _STATIC and not _PROPERTY and not hasattr(_memo_step, "memo") and list(extra.lru_order) == [1, 2]
+    assert not _FRAMEWORK and extra.steps.last is None
     assert not any(extra.carr) and _WEAK["box"].t is None and _cached_workspace.cache_info().currsize == 0
     assert _Stateful.forward.__defaults__[0] == []
 

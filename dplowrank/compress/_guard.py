@@ -33,7 +33,7 @@ What the snapshot covers (the *reachable state*):
   ``itertools.count`` that a pass advances cannot be put back: the collection is refused.
 
 Cost: a full copy of every parameter and buffer (twice the model's memory), and ~2 ms a pass
-for MiniLM's encoder (about 6,900 objects; ~17 ms for a whole SentenceTransformer, whose
+for MiniLM's encoder (about 7,200 objects; ~17 ms for a whole SentenceTransformer, whose
 tokenizer holds a 30,522-entry vocabulary).
 
 Objects of other packages (a logger, a lock, a tokenizer's Rust core), C-extension state,
@@ -83,10 +83,13 @@ _ATOMS = (str, bytes, int, float, complex, bool, type(None), range, torch.dtype,
 #: Reachable objects beyond which the guard refuses (a model whose state graph is this large is
 #: better run with its state made explicit).
 MAX_NODES = 2_000_000
-#: Methods a forward pass runs without naming them.
+#: Methods a forward pass runs without naming them (besides every ``__dunder__`` a class defines;
+#: the names a framework's own methods call, e.g. ``Conv1d.forward`` → ``_conv_forward``, are
+#: read from their code).
 _ENTRY_POINTS = ("forward", "__call__", "__getattr__", "__getattribute__", "__setattr__", "__delattr__",
                  "__getitem__", "__setitem__", "__iter__", "__len__", "__contains__", "__enter__", "__exit__",
-                 "__init__", "__new__", "__post_init__", "__hash__", "__eq__", "__bool__")
+                 "__init__", "__new__", "__post_init__", "__hash__", "__eq__", "__bool__",
+                 "backward", "setup_context", "jvp", "vjp")
 _METHODS = (types.FunctionType, staticmethod, classmethod, property, functools.cached_property)
 #: torch's process-wide module hooks (a hook registered during a pass runs in every later one).
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
@@ -129,11 +132,14 @@ def _user_code(module: str | None) -> bool:
 
 
 def _code_names(code: types.CodeType) -> set[str]:
-    """Every global or attribute name a code object (and the code nested in it) uses."""
+    """Every global or attribute name a code object (and the code nested in it) uses, and the
+    identifier-shaped string constants (``getattr(self, "step")``, ``methodcaller("step")``)."""
     names = set(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _code_names(const)
+        elif isinstance(const, str) and const.isidentifier():
+            names.add(const)
     return names
 
 
@@ -305,13 +311,16 @@ class StateGuard:
                 saved = dict(vars(obj))
                 self._add(obj, "class", saved, name)
                 for k, v in saved.items():  # methods: only those whose name the walked code uses
-                    if isinstance(v, _METHODS) and k not in self.reach:
+                    dunder = k.startswith("__") and k.endswith("__")  # called by the language, not by name
+                    if isinstance(v, _METHODS) and k not in self.reach and not dunder:
                         self.pending.setdefault(k, []).append((v, f"{name}.{k}"))
                     else:
                         self.stack.append((v, f"{name}.{k}", None))
         elif isinstance(obj, types.FunctionType):
             if self._ours_code(obj.__module__) or name.startswith("function "):
                 self._function(obj, name)
+            else:  # a framework's method (torch's Conv1d.forward): the names it calls can run our overrides
+                self._reach(_code_names(obj.__code__))
         elif isinstance(obj, (staticmethod, classmethod)):
             self.stack.append((obj.__func__, name, None))
         elif isinstance(obj, property):
@@ -425,10 +434,14 @@ class StateGuard:
                     saved[s] = _MISSING
             self._add(obj, "slots", saved, name, [(v, f"{name}.{s}") for s, v in saved.items() if v is not _MISSING])
 
-    def _function(self, fn: types.FunctionType, name: str) -> None:
-        for n in _code_names(fn.__code__) - self.reach:  # methods of that name can now run
+    def _reach(self, names: set[str]) -> None:
+        """Methods of these names can now run: walk the ones that were waiting."""
+        for n in names - self.reach:
             self.reach.add(n)
             self.stack.extend((v, label, None) for v, label in self.pending.pop(n, ()))
+
+    def _function(self, fn: types.FunctionType, name: str) -> None:
+        self._reach(_code_names(fn.__code__))
         self._add(fn, "function", (fn.__defaults__, fn.__kwdefaults__), name,
                   [(fn.__defaults__, f"{name} defaults"), (fn.__kwdefaults__, f"{name} defaults")]
                   + [(c, f"{name} closure") for c in fn.__closure__ or ()])
