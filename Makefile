@@ -10,8 +10,9 @@ TORCH  := torch==2.13.0
 STAMP      := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 DOCS_STAMP := $(VENV)/.installed-docs
+LINT_STAMP := $(VENV)/.installed-lint
 
-.PHONY: demo test docs bench peers clean
+.PHONY: demo test docs lint bench peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,11 @@ $(DOCS_STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install -q -e '.[docs]'
 	touch $(DOCS_STAMP)
 
+$(LINT_STAMP): pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[lint]'
+	touch $(LINT_STAMP)
+
 demo: $(DEMO_STAMP)
 	$(PY) -m dplowrank demo
 
@@ -43,6 +49,12 @@ test: $(STAMP)
 # The documentation site (mkdocs.yml); --strict turns every warning into an error.
 docs: $(DOCS_STAMP)
 	$(PY) -m mkdocs build --strict
+
+# ruff (rules in pyproject.toml [tool.ruff]) and mypy on the package ([tool.mypy]); the library is
+# installed too, so that mypy sees torch, numpy and scipy's own annotations.
+lint: $(LINT_STAMP)
+	$(PY) -m ruff check dplowrank tests benchmarks tools
+	$(PY) -m mypy dplowrank
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_release.py

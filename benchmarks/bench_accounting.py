@@ -25,9 +25,9 @@ import statistics
 import time
 
 import numpy as np
+from _machine import machine  # benchmarks/ is on sys.path when run as a script
 
 import dplowrank as dl
-from _machine import machine  # benchmarks/ is on sys.path when run as a script
 
 
 def _timed(fn, repeats: int):

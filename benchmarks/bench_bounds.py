@@ -38,9 +38,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _machine import machine  # noqa: E402
+from _machine import machine
 
-import dplowrank as dl  # noqa: E402
+import dplowrank as dl
 
 _MECHS = [("gaussian", "isotropic"), ("gaussian", "upper_triangular"), ("complex", "isotropic")]
 _LABEL = {"isotropic": "isotropic", "upper_triangular": "upper_tri (AG)", "hermitian": "complex (MV)"}

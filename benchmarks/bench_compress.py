@@ -32,9 +32,9 @@ import json
 import time
 
 import torch
+from _machine import machine  # benchmarks/ is on sys.path when run as a script
 
 from dplowrank.demo.minilm import run_demo
-from _machine import machine  # benchmarks/ is on sys.path when run as a script
 
 
 def main() -> None:

@@ -26,10 +26,17 @@ import os
 import time
 
 import torch
-
-from dplowrank.compress import (BERT, ActivationStatistics, collect_importance, collect_statistics, compress_model,
-                                embedding_agreement, release_statistics)
 from _machine import machine  # benchmarks/ is on sys.path when run as a script
+
+from dplowrank.compress import (
+    BERT,
+    ActivationStatistics,
+    collect_importance,
+    collect_statistics,
+    compress_model,
+    embedding_agreement,
+    release_statistics,
+)
 
 
 def _subset(stats, groups):

@@ -25,9 +25,9 @@ import time
 
 import numpy as np
 import torch
+from _machine import machine  # benchmarks/ is on sys.path when run as a script
 
 from dplowrank.compress import dsvd, lplr, lsvd, naive_quantize, rank_for_budget
-from _machine import machine  # benchmarks/ is on sys.path when run as a script
 
 BUDGETS = (1, 2, 4)
 BITS = ((2, 2), (2, 4), (4, 4), (4, 8), (8, 8))  # (B1, B2): left and right factor

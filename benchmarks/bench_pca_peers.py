@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _machine import machine  # noqa: E402
+from _machine import machine
 
-import dplowrank as dl  # noqa: E402
+import dplowrank as dl
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PY = ROOT / ".peers" / "bin" / "python"

@@ -25,11 +25,11 @@ import argparse
 import numpy as np
 import scipy.linalg as sla
 import torch
+from _machine import best_time, machine  # benchmarks/ is on sys.path when run as a script
 
 import dplowrank as dl
-from _machine import best_time, machine  # benchmarks/ is on sys.path when run as a script
-from dplowrank.linalg import NOISE_ATOL_FRACTION
 from dplowrank.gram import check_gram
+from dplowrank.linalg import NOISE_ATOL_FRACTION
 
 
 def spiked_gram(d: int, k: int, sigma: float, seed: int) -> torch.Tensor:

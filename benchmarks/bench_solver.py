@@ -33,8 +33,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from _machine import best_time, machine  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
-from dplowrank.linalg import topk_eigh  # noqa: E402
+from _machine import best_time, machine
+
+from dplowrank.linalg import topk_eigh
 
 
 def spiked(d: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -87,7 +88,7 @@ def run(dims: list[int], k: int, repeats: int, with_numpy: bool, numpy_max_d: in
             A = A64.to(dtype)
             An = A.numpy()
             # Reference: float64 dense eigh of this very (possibly rounded) matrix.
-            w, V = torch.linalg.eigh(A.to(torch.float64))
+            _w, V = torch.linalg.eigh(A.to(torch.float64))
             Vref = V[:, -k:].flip(1)
 
             def ours(solver: str):
@@ -117,7 +118,7 @@ def run(dims: list[int], k: int, repeats: int, with_numpy: bool, numpy_max_d: in
             try:
                 t_lob, Vl = best_time(lobpcg, repeats)
                 lob_sub = vec_errors(Vl, Vref)[1]
-            except Exception as exc:  # noqa: BLE001 - report, do not abort the table
+            except Exception as exc:  # report, do not abort the table
                 t_lob, lob_sub = None, None
                 print(f"  (lobpcg failed at d={d}, {dtype}: {type(exc).__name__}: {exc})")
 

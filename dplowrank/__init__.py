@@ -5,6 +5,8 @@ with the Gaussian and complex Gaussian mechanisms and a fast top-k eigensolver o
 GPU. See ``docs/`` for a page per capability.
 """
 
+from ._memory import InsufficientMemoryError
+from ._secure import SecureNormalSource
 from .accounting import (
     BudgetExceededError,
     ComposedEvent,
@@ -17,9 +19,19 @@ from .accounting import (
     event_from_dict,
 )
 from .analysis import BoundCheck, check_bounds, gap_repulsion, theory_bounds
+from .compress import (
+    ActivationStatistics,
+    LayerGroup,
+    LowRankLinear,
+    PrivateStatistics,
+    collect_statistics,
+    compress_model,
+    find_groups,
+    load_compressed,
+    release_statistics,
+    save_compressed,
+)
 from .diagnostics import GapReport, diagnose, noise_edge, noise_norm_bound
-from ._memory import InsufficientMemoryError
-from ._secure import SecureNormalSource
 from .gram import GramAccumulator
 from .linalg import EighResult, topk_eigh
 from .mechanisms import (
@@ -33,20 +45,8 @@ from .mechanisms import (
     gaussian_epsilon,
     gram_sensitivity,
 )
-from .release import LowRankRelease, load_release, release_rank_k
 from .pca import PrivatePCA
-from .compress import (
-    ActivationStatistics,
-    LayerGroup,
-    LowRankLinear,
-    PrivateStatistics,
-    collect_statistics,
-    compress_model,
-    find_groups,
-    load_compressed,
-    release_statistics,
-    save_compressed,
-)
+from .release import LowRankRelease, load_release, release_rank_k
 
 __version__ = "0.1.0"
 

@@ -40,9 +40,9 @@ Rules:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
-import errno
 import os
 import secrets
 import stat
@@ -226,7 +226,7 @@ def verify(content: bytes, fields: dict, key: bytes | None, what: str) -> None:
     """Raise ``ValueError`` (naming ``what``) unless ``fields`` vouch for ``content`` as the rules say."""
     mac = fields.get("hmac_sha256")
     digest = fields.get("sha256")
-    if mac is not None and not isinstance(mac, str) or digest is not None and not isinstance(digest, str):
+    if (mac is not None and not isinstance(mac, str)) or (digest is not None and not isinstance(digest, str)):
         raise ValueError(f"{what} has malformed integrity fields")
     if key is not None:
         if mac is None:

@@ -35,7 +35,7 @@ def device_key(device: torch.device) -> tuple[str, int]:
 
 
 def resolve_generator(
-    generator: torch.Generator | None, device: torch.device | str
+    generator: object, device: torch.device | str
 ) -> tuple[torch.Generator, str]:
     """Return a generator for ``device`` and how it was obtained.
 

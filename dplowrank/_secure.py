@@ -84,7 +84,7 @@ _F64_ONE = np.uint64(0x3FF0000000000000)
 #: Provenance: every live source whose key the library drew from the OS, mapped to that key
 #: (the very bytes object). A source is secure only while it is in here with its own key, so a
 #: clone made by hand, a subclass or a key swapped in afterwards is not; forked children rekey.
-_OS_KEYED: "weakref.WeakKeyDictionary[SecureNormalSource, bytes]" = weakref.WeakKeyDictionary()
+_OS_KEYED: weakref.WeakKeyDictionary[SecureNormalSource, bytes] = weakref.WeakKeyDictionary()
 _OS_KEYED_LOCK = threading.Lock()
 
 
@@ -205,7 +205,7 @@ class SecureNormalSource:
             return _restore_seeded(self._key, self._combine, self._next, self._next_solver)
 
     @classmethod
-    def from_seed(cls, seed: int | bytes | str, *, combine: int = 2) -> "SecureNormalSource":
+    def from_seed(cls, seed: int | bytes | str, *, combine: int = 2) -> SecureNormalSource:
         """A reproducible source whose key is SHA-256(seed): for tests and debugging only."""
         material = seed if isinstance(seed, bytes) else str(seed).encode()
         return cls(hashlib.sha256(b"dplowrank-seeded-noise" + material).digest(), combine=combine, _seeded=True)

@@ -45,7 +45,7 @@ def as_tensor(x: object, name: str, *, allow_complex: bool = False, exact: bool 
     """
     if isinstance(x, torch.Tensor):
         t = check_dense(x, name)
-    elif isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
+    elif isinstance(x, (np.ndarray, list, tuple)):
         arr = np.asarray(x)
         if arr.dtype == object or arr.dtype.kind not in "biufc":
             raise TypeError(f"{name} must be numeric, got an array of dtype {arr.dtype}")
@@ -60,12 +60,14 @@ def as_tensor(x: object, name: str, *, allow_complex: bool = False, exact: bool 
             raise TypeError(f"{name} must be real, got complex dtype {t.dtype}")
         return t
     if not t.is_floating_point():
-        if exact and t.numel() and t.dtype not in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32):
-            if bool((t.abs() > 2**53).any()) or bool((t == torch.iinfo(t.dtype).min).any()):
-                raise InexactIntegerError(
-                    f"{name} holds integers beyond 2**53 in magnitude, which float64 cannot represent "
-                    "exactly; scale it down (and its sensitivity with it)"
-                )
+        exotic = t.dtype not in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32)
+        if exact and t.numel() and exotic and (
+            bool((t.abs() > 2**53).any()) or bool((t == torch.iinfo(t.dtype).min).any())
+        ):
+            raise InexactIntegerError(
+                f"{name} holds integers beyond 2**53 in magnitude, which float64 cannot represent "
+                "exactly; scale it down (and its sensitivity with it)"
+            )
         return t.to(torch.float64)
     if t.dtype in (torch.float16, torch.bfloat16):
         return t.to(torch.float32)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+from collections.abc import Callable
 from decimal import Decimal
 
 __all__ = [
@@ -190,10 +191,10 @@ class _Elementwise:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def __eq__(self, other: object) -> "_Elementwise":  # type: ignore[override]
+    def __eq__(self, other: object) -> _Elementwise:  # type: ignore[override]
         return self
 
-    def __ne__(self, other: object) -> "_Elementwise":  # type: ignore[override]
+    def __ne__(self, other: object) -> _Elementwise:  # type: ignore[override]
         return self
 
     def __bool__(self) -> bool:
@@ -229,8 +230,9 @@ def check_dense_input(x: object, name: str) -> None:
 
 
 def _bad_dense_input() -> tuple:
-    import torch  # local: this module is otherwise pure Python
     import warnings
+
+    import torch  # local: this module is otherwise pure Python
 
     eye = torch.eye(2)
     with warnings.catch_warnings():
@@ -239,8 +241,15 @@ def _bad_dense_input() -> tuple:
     return ((eye.to_sparse(), TypeError), (csr, TypeError), (torch.empty(2, 2, device="meta"), ValueError))
 
 
-def __getattr__(name: str):
+# Declared, not assigned: the first access goes to the module __getattr__ below, which builds the
+# table and then stores it here.
+BAD_DENSE_INPUT: tuple[tuple[object, type[Exception]], ...]
+BAD_VALUES: dict[Callable[..., object], tuple[tuple[object, type[Exception]], ...]]
+
+
+def __getattr__(name: str) -> object:
     """Build the tables that hold tensors on first access (PEP 562), then keep them."""
+    table: object
     if name == "BAD_DENSE_INPUT":
         #: Tensors :func:`check_dense_input` refuses, with the exception it raises.
         table = _bad_dense_input()

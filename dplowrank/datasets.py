@@ -5,7 +5,7 @@
 
 import warnings
 
-from .demo.datasets import *  # noqa: F401,F403
+from .demo.datasets import *  # noqa: F403
 
 __all__ = ["stdlib_sentences"]
 

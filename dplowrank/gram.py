@@ -173,11 +173,12 @@ class GramAccumulator:
         if dim is not None and self._device is not None:
             self._allocate(dim, self._device)
 
-    def _allocate(self, dim: int, device: torch.device) -> None:
+    def _allocate(self, dim: int, device: torch.device) -> torch.Tensor:
         check_allocation(8 * dim * dim, device, f"a float64 Gram of dimension d={dim}")
-        self._gram = torch.zeros((dim, dim), dtype=torch.float64, device=device)
+        self._gram = gram = torch.zeros((dim, dim), dtype=torch.float64, device=device)
         self._dim = dim
         self._device = device
+        return gram
 
     @property
     def dim(self) -> int | None:
@@ -236,7 +237,7 @@ class GramAccumulator:
         if self._gram is None:
             if self._dim is None:
                 raise ValueError("the accumulator has no rows yet and no dim; call update() first or pass dim=")
-            self._allocate(self._dim, self._device or torch.device("cpu"))
+            return self._allocate(self._dim, self._device or torch.device("cpu"))
         return self._gram
 
     def _on_grid(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,7 +259,7 @@ class GramAccumulator:
                     raise RuntimeError("internal error: a grid row exceeds the clipping norm")
         return q.mul_(self.grid)
 
-    def update(self, rows: object) -> "GramAccumulator":
+    def update(self, rows: object) -> GramAccumulator:
         """Clip, round to the grid and add a batch of rows (exactly).
 
         Parameters
@@ -295,9 +296,8 @@ class GramAccumulator:
             )
         device = self._device if self._device is not None else x.device
         x, over = self._clip(x.to(device=device, dtype=torch.float64))
-        if self._gram is None:
-            self._allocate(x.shape[1], device)
-        self._gram.addmm_(x.T, x)  # exact: every partial sum is a multiple of g² below 2⁵³·g²
+        gram = self._allocate(x.shape[1], device) if self._gram is None else self._gram
+        gram.addmm_(x.T, x)  # exact: every partial sum is a multiple of g² below 2⁵³·g²
         self.n_rows += x.shape[0]
         self.n_clipped += int(over.sum())
         return self
@@ -374,7 +374,7 @@ class GramAccumulator:
 
     @classmethod
     def load_checkpoint(cls, path: str | os.PathLike, *, device: torch.device | str | None = None,
-                        key: bytes | None = None) -> tuple["GramAccumulator", object]:
+                        key: bytes | None = None) -> tuple[GramAccumulator, object]:
         """Restore an accumulator written by :meth:`save_checkpoint`; returns ``(acc, cursor)``.
 
         A damaged, truncated or altered file, a directory, or a file whose fields are missing or

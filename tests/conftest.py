@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from hypothesis import settings
 
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
@@ -39,8 +38,8 @@ def grid_rows(x: np.ndarray, row_norm: float, max_rows: int = 2**25) -> tuple[np
     rows are scaled to C·(1 − 2⁻⁴⁰) when longer than C, rounded half to even, and truncated
     toward zero where rounding leaves them longer than C (checked with Python integers).
     """
-    from fractions import Fraction
     import math
+    from fractions import Fraction
 
     p = (53 - (max_rows - 1).bit_length()) // 2
     t = math.ceil(math.log2(row_norm))

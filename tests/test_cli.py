@@ -74,7 +74,7 @@ def test_a_bad_output_path_or_an_over_budget_release_costs_nothing(files, capsys
     for bad in ("missing/rel.npz", "."):
         code, _, err = run(capsys, "release", "digits.npy", "--k", "2", "--epsilon", "0.5", "--row-norm", "8",
                            "--budget", "ledger.json", "--out", bad)
-        assert code == EXIT_INPUT and "rel.npz" in err or "directory" in err
+        assert (code == EXIT_INPUT and "rel.npz" in err) or "directory" in err
     open("taken.npz", "wb").close()
     code, _, err = run(capsys, "release", "digits.npy", "--k", "2", "--epsilon", "0.5", "--row-norm", "8",
                        "--budget", "ledger.json", "--out", "taken.npz")

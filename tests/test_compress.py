@@ -28,6 +28,7 @@ from dplowrank.compress import (
     whitened_factors,
 )
 from dplowrank.privacy import gdp_epsilon
+
 from .conftest import padded_batches
 
 
@@ -121,7 +122,7 @@ def test_whitened_is_optimal_among_all_rank_r_by_local_search():
     w, x = _randn(4, 3, gen=gen), _correlated_inputs(3, 20, gen)
     left, right = whitened_factors(w, 1, gram=x @ x.T)
     best = float(torch.linalg.matrix_norm((w - left @ right) @ x)) ** 2
-    for trial in range(5):
+    for _ in range(5):
         a = _randn(4, 1, gen=gen).requires_grad_()
         b = _randn(1, 3, gen=gen).requires_grad_()
         opt = torch.optim.LBFGS([a, b], max_iter=200, line_search_fn="strong_wolfe")
@@ -549,7 +550,7 @@ def test_release_refuses_unclipped_statistics_and_an_unaffordable_budget_before_
 
 
 def test_vanishing_noise_equals_the_non_private_factorisation():
-    model, groups, stats = _toy_stats()
+    _model, groups, stats = _toy_stats()
     reference = compress_model(Toy(torch.Generator().manual_seed(13)).double(), groups, ratio=0.5, statistics=stats)
     for estimator in ("spike", "ridge", "raw"):
         priv = release_statistics(stats, epsilon=1e7, delta=1e-6, generator=torch.Generator().manual_seed(1))
@@ -703,8 +704,8 @@ def test_the_pipeline_runs_on_cuda_and_matches_the_cpu():
         k, q = st.row_space_gram().cpu(), st.coordinates.basis
         return k if q is None else q.cpu() @ k @ q.cpu().T
 
-    for st in cpu_stats:
-        torch.testing.assert_close(input_space(gpu_stats[st.group.name]), input_space(st), rtol=1e-4, atol=1e-5)
+    for stat in cpu_stats:
+        torch.testing.assert_close(input_space(gpu_stats[stat.group.name]), input_space(stat), rtol=1e-4, atol=1e-5)
     priv = release_statistics(gpu_stats, epsilon=4.0, delta=1e-6,
                               generator=torch.Generator(device="cuda").manual_seed(0))
     assert all(r.device.startswith("cuda") for r in priv.releases.values())
@@ -874,7 +875,7 @@ def test_replace_bounds_hold_for_contributions_that_are_not_exactly_psd():
 
 def test_release_statistics_refuses_bad_arguments_before_charging_the_plan():
     """Found by the audit: a bad noise_shape or generator raised after the plan was charged."""
-    _, groups, stats = _toy_stats()
+    _, _groups, stats = _toy_stats()
     budget = dl.PrivacyBudget(5.0, 1e-6)
     for kw, exc in ((dict(noise_shape="bogus"), ValueError), (dict(generator="not a generator"), TypeError)):
         with pytest.raises(exc):

@@ -143,7 +143,7 @@ def test_lanczos_float32_accuracy_target():
     A = spiked(d, k, 7, torch.float32)
     r = topk_eigh(A, k, solver="lanczos", generator=_gen(0))
     assert r.converged
-    _, v_ref, w_all = reference(A, k)
+    _, v_ref, _w_all = reference(A, k)
     assert aligned_error(r.eigenvectors, v_ref) <= 1e-4
     # A handful of block products, not hundreds: the spikes are 6-12× the noise edge.
     assert r.iterations <= 12
@@ -310,7 +310,7 @@ def test_k_near_d(solver, k):
     assert r.converged
     assert r.eigenvectors.shape == (d, k)
     assert_matches_reference(A, r, vectors=False)
-    w_ref, _, w_all = reference(A, k)
+    _w_ref, _, w_all = reference(A, k)
     assert true_residual(A, r) <= 1e-10 * float(w_all.abs().max())
 
 
@@ -904,8 +904,7 @@ def test_warm_start_keeps_the_stated_accuracy_and_saves_steps(dtype, kind):
 
 
 def test_warm_start_is_skipped_when_the_copy_does_not_fit(monkeypatch):
-    from dplowrank import _memory
-    from dplowrank import InsufficientMemoryError
+    from dplowrank import InsufficientMemoryError, _memory
 
     def refuse(nbytes, device, what):
         raise InsufficientMemoryError(f"no room for {what}")
@@ -941,7 +940,7 @@ def test_both_half_precision_warm_starts_keep_the_accuracy(monkeypatch, dtype):
     r = topk_eigh(A, 12, solver="lanczos", generator=_gen(4), atol=0.05)
     assert r.converged and r.matvecs > r.iterations * 20  # the warm start ran (by default)
     assert r.warm_start == str(dtype).removeprefix("torch.")
-    w_ref, v_ref, _ = reference(A, 12)
+    _w_ref, v_ref, _ = reference(A, 12)
     assert aligned_error(r.eigenvectors, v_ref) <= 1e-3
     assert true_residual(A, r) <= 1.05 * r.tol * float(r.eigenvalues.abs().max()) + 1e-3
     # small matrices get none by default, warm_start=False none at all, dense none

@@ -84,7 +84,7 @@ def test_public_mean_and_uncentred(digits):
     ref = PCA(5).fit(digits)
     np.testing.assert_allclose(np.abs(np.sum(ours.components_ * ref.components_, axis=1)), 1.0, atol=1e-9)
     raw = dl.PrivatePCA(3, epsilon=math.inf, data_norm=8.0, centering="none").fit(digits)
-    w, v = np.linalg.eigh(digits.T @ digits)
+    _w, v = np.linalg.eigh(digits.T @ digits)
     np.testing.assert_allclose(np.abs(np.sum(raw.components_ * v[:, ::-1][:, :3].T, axis=1)), 1.0, atol=1e-9)
     assert np.all(raw.mean_ == 0)
 

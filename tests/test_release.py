@@ -1,5 +1,6 @@
 """release_rank_k end to end: utility, structure, records, serialisation, bad input."""
 
+import itertools
 import json
 import math
 
@@ -70,7 +71,7 @@ def test_tends_to_exact_rank_k_as_epsilon_grows(spiked, mechanism):
             for s in range(5)
         ])
         errs.append(e / float(torch.linalg.matrix_norm(m_k)))
-    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    assert all(a > b for a, b in itertools.pairwise(errs)), errs
     assert errs[-1] < 1e-4
     # σ → 0: the release is M_k up to rounding
     r = dl.release_rank_k(m, 3, sensitivity=c * c, noise_scale=1e-10, mechanism=mechanism, generator=_g())

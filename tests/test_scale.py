@@ -65,7 +65,7 @@ def assert_same_release(a, b) -> None:
 
 def _davis_kahan_ok(A: torch.Tensor, r, k: int) -> tuple[float, float]:
     """(subspace error vs dense, Davis–Kahan bound ‖R‖_F / (θ_k − λ_{k+1}))."""
-    w_ref, v_ref, w_all = reference(A, k)
+    _w_ref, v_ref, w_all = reference(A, k)
     wide = torch.complex128 if A.dtype.is_complex else torch.float64
     V = r.eigenvectors.to(wide)
     R = A.to(wide) @ V - V * r.eigenvalues.to(torch.float64).to(wide)
@@ -259,7 +259,7 @@ def test_consumed_accumulator_refuses_reuse(tmp_path):
     acc = _acc()
     dl.release_rank_k(acc, 3, epsilon=EPS, delta=DELTA, generator=_g(7), overwrite=True)
     with pytest.raises(ValueError, match="consumed.*overwrite=True"):
-        acc.gram
+        _ = acc.gram
     with pytest.raises(ValueError, match="consumed"):
         acc.update(np.ones((2, 700)))
     with pytest.raises(ValueError, match="consumed"):

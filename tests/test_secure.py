@@ -149,7 +149,7 @@ def test_solver_seed_is_reproducible_and_separate_from_the_noise_streams():
     a, b = SecureNormalSource.from_seed(4), SecureNormalSource.from_seed(4)
     seeds = [a.solver_seed(), a.solver_seed()]
     assert seeds == [b.solver_seed(), b.solver_seed()]
-    assert seeds[0] != seeds[1] and 0 <= min(seeds) and max(seeds) < 2**64
+    assert seeds[0] != seeds[1] and min(seeds) >= 0 and max(seeds) < 2**64
     assert seeds[0] != SecureNormalSource.from_seed(5).solver_seed()
     assert a.new_streams(2) == [0, 1]  # the noise streams are untouched
 

@@ -408,7 +408,7 @@ def _release_cases(draw, kind):
             expect(ValueError, "shape")
         case.data = _container(np.ones(shape), storage)
     elif spoil == "data_type":
-        case.data = _choose(draw, 
+        case.data = _choose(draw,
             [None, "abc", 3.0, {"a": 1}, object(), [["a", "b"]], [[1.0, 2.0], [3.0]], np.array([[object()]])])
         expect((TypeError, ValueError), "data")
     elif spoil == "data_complex":
@@ -1397,7 +1397,7 @@ def _compress_cases(draw, kind):
     spoil = _spoiled(draw, kind)
     case = SimpleNamespace(
         spoil=spoil, kind=spoil, seed=draw(_ints(0, 10**6)), include=list(NET_PATTERNS["include"]),
-        shared=list(NET_PATTERNS["shared"]) if draw(_BOOL) else [], clip=_choose(draw, 
+        shared=list(NET_PATTERNS["shared"]) if draw(_BOOL) else [], clip=_choose(draw,
             ["normalize", 0.5, 2.0]), neighbour=_choose(draw, ["add_remove", "replace"]),
         route=_choose(draw, ["auto", "input"]), epsilon=draw(_floats(0.5, 50.0)),
         delta=draw(_floats(1e-9, 1e-3)), weights=None, ratio=draw(_floats(0.2, 0.9)),
@@ -1698,7 +1698,7 @@ def test_every_public_name_is_swept():
     covered = {name for _, _, covers in SWEEPS.values() for name in covers}
     uncovered = sorted(set(dl.__all__) - covered - set(EXEMPT))
     assert not uncovered, f"public names without sweep coverage: {uncovered}"
-    assert REQUIRED_METHODS <= covered, sorted(REQUIRED_METHODS - covered)
+    assert covered >= REQUIRED_METHODS, sorted(REQUIRED_METHODS - covered)
     stale = sorted(set(EXEMPT) - set(dl.__all__)) + sorted(
         n for n in covered if "." not in n and n not in dl.__all__)
     assert not stale, f"sweep declarations name no public object: {stale}"

@@ -41,9 +41,8 @@ def test_nested_use_restores(two_threads):
 
 
 def test_restores_on_error(two_threads):
-    with pytest.raises(RuntimeError, match="boom"):
-        with single_threaded():
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), single_threaded():
+        raise RuntimeError("boom")
     assert torch.get_num_threads() == 2 and _threads._depth == 0
 
 

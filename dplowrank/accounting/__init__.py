@@ -4,9 +4,8 @@ The bridges to dp_accounting and opacus live in :mod:`dplowrank.accounting.bridg
 import those libraries only when called.
 """
 
-from ._accountant import METHODS, PrivacyAccountant, as_event
-from ._budget import BudgetExceededError, PrivacyBudget
 from ..privacy import (
+    DEFAULT_ORDERS,
     ComposedEvent,
     GaussianEvent,
     PoissonSampledEvent,
@@ -14,8 +13,9 @@ from ..privacy import (
     SelfComposedEvent,
     event_from_dict,
 )
+from ._accountant import METHODS, PrivacyAccountant, as_event
+from ._budget import BudgetExceededError, PrivacyBudget
 from ._plan import calibrate_plan
-from ..privacy import DEFAULT_ORDERS
 
 __all__ = [
     "BudgetExceededError",

@@ -63,6 +63,13 @@ def as_event(obj: object) -> PrivacyEvent:
     raise TypeError(f"not a privacy event, release or mechanism: {obj!r} of type {type(obj).__name__}")
 
 
+def _offered(value: float | None, method: str) -> float:
+    """μ or ρ of a method that :meth:`PrivacyAccountant._resolve` offered: never ``None`` then."""
+    if value is None:  # pragma: no cover - _resolve offers gdp and zcdp only for Gaussian-only records
+        raise RuntimeError(f"method {method!r} was offered for a record it cannot price")
+    return value
+
+
 def _leaves(event: PrivacyEvent, count: int = 1) -> Iterable[tuple[GaussianEvent | PoissonSampledEvent, int]]:
     """(Gaussian or Poisson-sampled event, multiplicity) pairs of a composition.
 
@@ -123,7 +130,7 @@ class PrivacyAccountant:
             self.add(e)
 
     # ---- recording --------------------------------------------------------------------
-    def add(self, release_or_event: object, count: int = 1) -> "PrivacyAccountant":
+    def add(self, release_or_event: object, count: int = 1) -> PrivacyAccountant:
         """Record ``count`` applications of an event (or of a release's ``privacy_event``)."""
         event = as_event(release_or_event)
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
@@ -146,7 +153,7 @@ class PrivacyAccountant:
         """The neighbour relation of the recorded events (``None`` if none states one)."""
         return self._neighbour
 
-    def copy(self) -> "PrivacyAccountant":
+    def copy(self) -> PrivacyAccountant:
         return PrivacyAccountant(self._events, orders=self._orders)
 
     @property
@@ -176,7 +183,8 @@ class PrivacyAccountant:
         """
         if not self._gaussian_only():
             return None
-        return math.sqrt(sum_mu2((e.mu, n) for e, n in _leaves(self.composed_event())))
+        # every leaf is a GaussianEvent here (checked above)
+        return math.sqrt(sum_mu2((e.mu, n) for e, n in _leaves(self.composed_event()) if isinstance(e, GaussianEvent)))
 
     def rho(self) -> float | None:
         """Total zCDP ρ = Σ μᵢ²/2, or ``None`` for subsampled events."""
@@ -229,9 +237,9 @@ class PrivacyAccountant:
         out = math.inf
         for m in methods:
             if m == "gdp":
-                out = min(out, gdp_epsilon(self.mu(), delta))
+                out = min(out, gdp_epsilon(_offered(self.mu(), m), delta))
             elif m == "zcdp":
-                out = min(out, zcdp_epsilon(self.rho(), delta))
+                out = min(out, zcdp_epsilon(_offered(self.rho(), m), delta))
             else:
                 out = min(out, rdp_to_epsilon(self.rdp(), self._orders, delta)[0])
         return out
@@ -245,9 +253,9 @@ class PrivacyAccountant:
         out = 1.0
         for m in methods:
             if m == "gdp":
-                out = min(out, gdp_delta(self.mu(), epsilon))
+                out = min(out, gdp_delta(_offered(self.mu(), m), epsilon))
             elif m == "zcdp":
-                out = min(out, zcdp_delta(self.rho(), epsilon))
+                out = min(out, zcdp_delta(_offered(self.rho(), m), epsilon))
             else:
                 out = min(out, rdp_to_delta(self.rdp(), self._orders, epsilon)[0])
         return out

@@ -31,8 +31,8 @@ from filelock import FileLock
 
 from .._files import atomic_write_bytes, check_directory, check_key, seal, verify
 from .._validation import check_choice, check_delta, check_epsilon
-from ._accountant import METHODS, PrivacyAccountant, as_event
 from ..privacy import DEFAULT_ORDERS, PrivacyEvent, event_from_dict, gdp_delta, gdp_mu, nudge
+from ._accountant import METHODS, PrivacyAccountant, as_event
 
 __all__ = ["BudgetExceededError", "PrivacyBudget"]
 
@@ -270,7 +270,7 @@ class PrivacyBudget:
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, key: bytes | None = None) -> "PrivacyBudget":
+    def load(cls, path: str | os.PathLike, *, key: bytes | None = None) -> PrivacyBudget:
         """Resume a ledger written by :meth:`save` or by a budget with ``path``.
 
         Parameters
@@ -313,7 +313,7 @@ class PrivacyBudget:
             ) from exc
 
     @classmethod
-    def _parse(cls, raw: bytes, path: Path, key: bytes | None) -> "PrivacyBudget":
+    def _parse(cls, raw: bytes, path: Path, key: bytes | None) -> PrivacyBudget:
         doc = json.loads(raw)
         if not isinstance(doc, dict):
             raise ValueError(f"expected a JSON object, got {type(doc).__name__}")

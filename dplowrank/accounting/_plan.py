@@ -125,7 +125,7 @@ def _share_roots(w: list[float]) -> list[float]:
     scaled = [x / top for x in w]  # in (0, 1], one of them exactly 1
     total = math.fsum(scaled)  # in [1, m]
     cache: dict[float, float] = {}
-    out = []
+    out: list[float] = []
     for wi, x in zip(w, scaled):
         share = x / total
         r = cache.get(share)

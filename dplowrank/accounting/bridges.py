@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, cast
 
-from ._accountant import PrivacyAccountant, as_event
 from ..privacy import ComposedEvent, GaussianEvent, PoissonSampledEvent, PrivacyEvent, SelfComposedEvent, neighbour_of
+from ._accountant import PrivacyAccountant, as_event
 
 __all__ = ["to_dp_accounting", "from_dp_accounting", "from_opacus", "pld_epsilon"]
 
@@ -70,7 +70,9 @@ def from_dp_accounting(event: Any, neighbour: str | None) -> PrivacyEvent:
     if isinstance(event, dpa.GaussianDpEvent):
         return GaussianEvent(event.noise_multiplier, neighbour)
     if isinstance(event, dpa.PoissonSampledDpEvent):
-        return PoissonSampledEvent(event.sampling_probability, from_dp_accounting(event.event, neighbour))
+        # cast: the constructor refuses (TypeError) an inner event that is not Gaussian
+        inner = cast(GaussianEvent, from_dp_accounting(event.event, neighbour))
+        return PoissonSampledEvent(event.sampling_probability, inner)
     if isinstance(event, dpa.SelfComposedDpEvent):
         return SelfComposedEvent(from_dp_accounting(event.event, neighbour), event.count)
     if isinstance(event, dpa.ComposedDpEvent):
@@ -120,11 +122,13 @@ def from_opacus(accountant: Any) -> ComposedEvent:
 
 def _step_count(steps: object, entry: object) -> int:
     """``steps`` as an int if it is a whole number ≥ 0 (``numpy.int64``, ``500.0``), else ``ValueError``."""
-    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):
-        n = int(steps)
-    elif isinstance(steps, numbers.Real) and not isinstance(steps, bool) and math.isfinite(steps) \
-            and float(steps).is_integer():
-        n = int(steps)
+    # an Integral is taken before math.isfinite, which overflows on a huge int
+    if not isinstance(steps, bool) and (
+        isinstance(steps, numbers.Integral)
+        or (isinstance(steps, numbers.Real) and math.isfinite(steps) and float(steps).is_integer())
+    ):
+        # typeshed's numbers.Real has no __int__; float, the numpy floats and Fraction all convert exactly here
+        n = int(steps)  # type: ignore[call-overload]
     else:
         raise ValueError(f"the number of steps must be a whole number, got {steps!r} in opacus history entry {entry!r}")
     if n < 0:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -158,7 +159,11 @@ def audit(
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     if not deltas or any(not 0.0 < d < 1.0 for d in deltas):
         raise ValueError(f"deltas must be a non-empty sequence of values in (0, 1), got {deltas!r}")
-    gen = generator if generator is not None else torch.Generator().manual_seed(int(np.random.SeedSequence().entropy % 2**63))
+    gen = generator
+    if gen is None:
+        # SeedSequence() draws its entropy, an int, from the OS; numpy's stub types the attribute for every form
+        entropy = int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
+        gen = torch.Generator().manual_seed(entropy % 2**63)
     t_d = np.asarray(sample("D", samples, gen), dtype=float)[:samples]
     t_dp = np.asarray(sample("D'", samples, gen), dtype=float)[:samples]
     if len(t_d) < samples or len(t_dp) < samples:
@@ -172,7 +177,8 @@ def audit(
         claim_at = {d: float(eps_c) for d in audit_deltas}
     else:
         audit_deltas = list(deltas)
-        claim_at = {d: gdp_epsilon(claimed_mu, d) for d in audit_deltas}
+        mu_c = cast(float, claimed_mu)  # given: exactly one of claimed_mu and claimed (checked above)
+        claim_at = {d: gdp_epsilon(mu_c, d) for d in audit_deltas}
     # Bonferroni over the family: K = 2·len(δ') tests (both orders), two one-sided bounds
     # each; a two-sided interval at level 1 − 2α has one-sided bounds at level 1 − α.
     tests = 2 * len(audit_deltas)

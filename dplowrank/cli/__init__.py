@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, name, str(exc), EXIT_INPUT)
     except KeyboardInterrupt:
         return _fail(args, name, "interrupted", EXIT_ERROR)
-    except Exception as exc:  # noqa: BLE001 - one line, the traceback only on request
+    except Exception as exc:  # one line, the traceback only on request
         if args.debug:
             traceback.print_exc()
         return _fail(args, name, f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",

@@ -10,11 +10,15 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ._inputs import InputError, check_directory, check_output, read_lines, read_matrix
+
+if TYPE_CHECKING:
+    from ..accounting import PrivacyBudget
 
 __all__ = ["release", "pca", "diagnose", "budget", "compress"]
 
@@ -50,11 +54,13 @@ def _noise(seed: int | None) -> str:
             else "secure (AES-256-CTR keyed from os.urandom)")
 
 
-def _spent(ledger) -> dict | None:
-    if ledger is None:
-        return None
+def _ledger(ledger: PrivacyBudget) -> dict[str, object]:
     return {"ledger": str(ledger.path), "epsilon": ledger.epsilon, "delta": ledger.delta,
             "spent_epsilon": ledger.spent_epsilon(), "events": len(ledger.events)}
+
+
+def _spent(ledger: PrivacyBudget | None) -> dict[str, object] | None:
+    return None if ledger is None else _ledger(ledger)
 
 
 def release(args) -> tuple[dict, str]:
@@ -168,12 +174,12 @@ def budget(args) -> tuple[dict, str]:
         check_output(args.ledger, force=False, what="budget ledger")
         b = PrivacyBudget(args.epsilon, args.delta, method=args.method, path=args.ledger, key=key)
         b.save()
-        return ({"command": "budget create", **_spent(b)},
+        return ({"command": "budget create", **_ledger(b)},
                 f"created {args.ledger}: ε = {b.epsilon:g}, δ = {b.delta:g} ({b.method})")
     b = _budget(args.ledger, args.key_file)
     if args.action == "show":
         rep = b.accountant.report(b.delta) if len(b.events) else {}
-        out = {"command": "budget show", **_spent(b), "method": b.method,
+        out = {"command": "budget show", **_ledger(b), "method": b.method,
                "remaining_mu": b.remaining_mu(), "by_method": rep}
         lines = [f"{args.ledger}: spent ε = {b.spent_epsilon():.6g} of {b.epsilon:g} at δ = {b.delta:g} "
                  f"({len(b.events)} events, priced by {b.method})"]
@@ -192,7 +198,7 @@ def budget(args) -> tuple[dict, str]:
         else:
             event, count = _dpsgd_event(args.sample_rate, args.noise_multiplier), args.steps
         b.spend(event, count=count)
-        return ({"command": "budget spend", **_spent(b)},
+        return ({"command": "budget spend", **_ledger(b)},
                 f"{args.ledger}: spent ε = {b.spent_epsilon():.6g} of {b.epsilon:g} at δ = {b.delta:g}")
     # plan: the smallest DP-SGD noise multiplier the remaining budget affords
     q, steps = args.sample_rate, args.steps
@@ -207,7 +213,7 @@ def budget(args) -> tuple[dict, str]:
     trial = b.accountant.copy()
     trial.add(_dpsgd_event(q, z), count=steps)
     total = trial.epsilon(b.delta, b.method)
-    out = {"command": "budget plan", **_spent(b), "sample_rate": q, "steps": steps, "noise_multiplier": z,
+    out = {"command": "budget plan", **_ledger(b), "sample_rate": q, "steps": steps, "noise_multiplier": z,
            "epsilon_after": total}
     return out, (f"DP-SGD with sample rate {q:g} for {steps} steps fits the rest of {args.ledger} with noise "
                  f"multiplier z ≥ {z:.6g} (total ε = {total:.6g} of {b.epsilon:g} at δ = {b.delta:g}; "
@@ -256,8 +262,14 @@ def compress(args) -> tuple[dict, str]:
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise InputError("compress needs sentence-transformers: pip install 'dplowrank[compress]'") from None
-    from ..compress import (BERT, collect_statistics, compress_model, embedding_agreement, release_statistics,
-                            save_compressed)
+    from ..compress import (
+        BERT,
+        collect_statistics,
+        compress_model,
+        embedding_agreement,
+        release_statistics,
+        save_compressed,
+    )
     from ..demo.datasets import stdlib_sentences
     from ..demo.minilm import encode, encoder, token_batches
 

@@ -16,16 +16,21 @@ See ``docs/compression.md``.
 from ._compress import CompressionResult, compress_model
 from ._evaluate import embedding_agreement, output_errors
 from ._factor import Unit, allocate_ranks, left_basis, whitened_factors
-from ._module import LowRankLinear, count_parameters, load_compressed, replace_linears, save_compressed
 from ._importance import ImportanceStatistics, collect_importance
 from ._lplr import LowPrecisionFactors, dsvd, lplr, lsvd, naive_quantize, rank_for_budget
-from ._module import QuantizedLinear
+from ._module import LowRankLinear, QuantizedLinear, count_parameters, load_compressed, replace_linears, save_compressed
 from ._private import PrivateImportance, PrivateStatistics, denoise_gram, denoise_importance, release_statistics
 from ._quantize import Quantized, pack_codes, quantize, unpack_codes
-from ._weighted import MixedRankLinear, mixed_rank_finetune, prune_mask, weighted_error, weighted_factors
-from ._stats import (ActivationStatistics, Coordinates, GroupStatistic, collect_statistics, coordinates_for,
-                     random_token_batches)
+from ._stats import (
+    ActivationStatistics,
+    Coordinates,
+    GroupStatistic,
+    collect_statistics,
+    coordinates_for,
+    random_token_batches,
+)
 from ._targets import BERT, LLAMA, Adapter, LayerGroup, find_groups
+from ._weighted import MixedRankLinear, mixed_rank_finetune, prune_mask, weighted_error, weighted_factors
 
 __all__ = [
     # targets

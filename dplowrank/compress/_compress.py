@@ -17,8 +17,8 @@ from ._module import LowRankLinear, replace_linears
 from ._private import ESTIMATORS, PrivateStatistics
 from ._quantize import SCALE_BITS, quantize
 from ._stats import ActivationStatistics
-from ._weighted import weighted_factors
 from ._targets import LayerGroup
+from ._weighted import weighted_factors
 
 __all__ = ["CompressionResult", "compress_model"]
 

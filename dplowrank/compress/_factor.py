@@ -156,7 +156,7 @@ def allocate_ranks(units: Sequence[Unit], ratio: float, *, strategy: str = "unif
         if u.max_rank > 1:
             heapq.heappush(heap, (-float(norm[u.name][1]) / u.cost, i))
     while heap:
-        gain, i = heapq.heappop(heap)
+        _gain, i = heapq.heappop(heap)
         u = units[i]
         if spent + u.cost > budget:
             continue  # this unit no longer fits; a cheaper one still might

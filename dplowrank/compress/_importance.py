@@ -45,8 +45,15 @@ from .._validation import check_choice
 from ..mechanisms import NEIGHBOURS, clip_factors, contribution_sensitivity
 from ._collector import _CLIP_MARGIN, OwnerThread, _grid_for
 from ._guard import StateGuard
-from ._isolation import (_check_layout, _close_per_example, _examples_in, _slice_batch, check_unmasked,
-                         examples_alone, exclusive)
+from ._isolation import (
+    _check_layout,
+    _close_per_example,
+    _examples_in,
+    _slice_batch,
+    check_unmasked,
+    examples_alone,
+    exclusive,
+)
 from ._stats import _check_clip
 from ._targets import LayerGroup
 

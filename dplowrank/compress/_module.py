@@ -76,7 +76,7 @@ class QuantizedLinear(nn.Module):
 
     @classmethod
     def empty(cls, out_features: int, in_features: int, bits: int, granularity: str, *, bias: bool,
-              dtype: torch.dtype = torch.float32) -> "QuantizedLinear":
+              dtype: torch.dtype = torch.float32) -> QuantizedLinear:
         """A layer of the given layout with zero codes (to load a state dict into)."""
         groups = {"tensor": 1, "row": out_features, "column": in_features}[granularity]
         q = Quantized(torch.zeros((out_features * in_features * bits + 7) // 8, dtype=torch.uint8),
@@ -164,7 +164,7 @@ class LowRankLinear(nn.Module):
 
     @classmethod
     def from_factors(cls, left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None = None, *,
-                     down: nn.Linear | None = None, dtype: torch.dtype | None = None) -> "LowRankLinear":
+                     down: nn.Linear | None = None, dtype: torch.dtype | None = None) -> LowRankLinear:
         """The layer x ↦ left @ (right @ x) + bias.
 
         Parameters
@@ -193,7 +193,7 @@ class LowRankLinear(nn.Module):
 
     @classmethod
     def from_quantized(cls, left: Quantized, right: Quantized | None, bias: torch.Tensor | None = None, *,
-                       down: "QuantizedLinear | None" = None, dtype: torch.dtype = torch.float32) -> "LowRankLinear":
+                       down: QuantizedLinear | None = None, dtype: torch.dtype = torch.float32) -> LowRankLinear:
         """The layer x ↦ Q(left)·(Q(right)·x) + bias with both factors stored as codes.
 
         ``right`` is ignored when a shared quantised ``down`` is given.
@@ -210,7 +210,7 @@ class LowRankLinear(nn.Module):
         return sum(_module_bits(m) for m in (self.down, self.up))
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int) -> "LowRankLinear":
+    def from_linear(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
         """Truncated SVD of ``linear.weight`` at ``rank`` (data-free), bias kept."""
         w = linear.weight.detach().to(torch.float64)
         u, s, vh = torch.linalg.svd(w, full_matrices=False)

@@ -39,10 +39,10 @@ import torch
 from .._random import resolve_noise_source
 from .._validation import check_choice
 from ..accounting import PrivacyAccountant, PrivacyBudget, calibrate_plan
-from ..privacy import ComposedEvent, GaussianEvent
 from ..diagnostics import noise_edge, spike_estimate
-from ..mechanisms import NOISE_SHAPES, gaussian_vector_noise
 from ..gram import check_gram, check_range
+from ..mechanisms import NOISE_SHAPES, gaussian_vector_noise
+from ..privacy import ComposedEvent, GaussianEvent
 from ..release import LowRankRelease, release_rank_k
 from ._importance import ImportanceStatistics, importance_matrix
 from ._stats import ActivationStatistics
@@ -74,7 +74,7 @@ class PrivateStatistics:
     groups: dict
     epsilon: float
     delta: float
-    importance: "PrivateImportance | None" = None
+    importance: PrivateImportance | None = None
 
     def _all(self) -> list:
         return list(self.releases.values()) + ([self.importance] if self.importance is not None else [])

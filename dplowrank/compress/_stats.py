@@ -82,7 +82,7 @@ def collect_statistics(
     *,
     clip: float | str | None = "normalize",
     neighbour: str = "add_remove",
-    prior: "ActivationStatistics | Mapping[str, torch.Tensor] | str | None" = "auto",
+    prior: ActivationStatistics | Mapping[str, torch.Tensor] | str | None = "auto",
     prior_ridge: float = 0.1,
     tokenizer: object = None,
     route: str = "auto",

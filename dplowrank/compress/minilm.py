@@ -5,7 +5,7 @@
 
 import warnings
 
-from ..demo.minilm import *  # noqa: F401,F403  deprecation shim: an allowed upward import (tools/structure.py)
+from ..demo.minilm import *  # noqa: F403  deprecation shim: an allowed upward import (tools/structure.py)
 
 __all__ = ["load_minilm", "encoder", "token_batches", "synthetic_batches", "encode", "run_demo", "format_table"]
 

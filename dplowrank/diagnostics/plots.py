@@ -23,8 +23,9 @@ def _pyplot():
 
 
 def _save(fig, path, width_px: int, height_px: int, dpi: int) -> Path:
-    from .._files import atomic_write_bytes
     import io
+
+    from .._files import atomic_write_bytes
 
     fig.set_size_inches(width_px / dpi, height_px / dpi)
     buf = io.BytesIO()

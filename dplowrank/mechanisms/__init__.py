@@ -13,8 +13,8 @@ from ..privacy import (
     gdp_mu,
 )
 from ._gaussian import NOISE_SHAPES, ComplexGaussianMechanism, GaussianMechanism
-from ._vector import gaussian_vector_noise
 from ._sensitivity import NEIGHBOURS, clip_factors, contribution_sensitivity, gram_sensitivity, square_up, times_sqrt2
+from ._vector import gaussian_vector_noise
 
 __all__ = [
     "NEIGHBOURS",

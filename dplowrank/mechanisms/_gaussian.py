@@ -57,11 +57,14 @@ def _half_std(sigma: float) -> float:
     return math.nextafter(sigma / math.sqrt(2.0), math.inf)
 
 
-def _target(M: torch.Tensor, dtype: torch.dtype | None, device: torch.device | str | None):
+def _target(
+    M: torch.Tensor, dtype: torch.dtype | None, device: torch.device | str | None
+) -> tuple[torch.dtype, torch.device]:
     if dtype is not None and dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     dtype = dtype or (M.dtype if M.dtype in (torch.float32, torch.float64) else torch.float64)
-    return dtype, as_device(device) if device is not None else M.device
+    dev = as_device(device)  # None only for device=None
+    return dtype, M.device if dev is None else dev
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,7 @@ class GaussianMechanism:
         self,
         M: torch.Tensor,
         *,
-        generator: "torch.Generator | SecureNormalSource",
+        generator: torch.Generator | SecureNormalSource,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
@@ -142,7 +145,7 @@ class GaussianMechanism:
         diag, off = self._stds()
         return noisy_symmetric(M, out, diag_std=diag, off_std=off, generator=generator)
 
-    def perturb_(self, M: torch.Tensor, *, generator: "torch.Generator | SecureNormalSource") -> torch.Tensor:
+    def perturb_(self, M: torch.Tensor, *, generator: torch.Generator | SecureNormalSource) -> torch.Tensor:
         """Add the noise to the symmetric matrix ``M`` (real, shape (d, d)) in place and return it.
 
         Noise is drawn in ``M``'s dtype on ``M``'s device; the same generator state gives the
@@ -206,7 +209,7 @@ class ComplexGaussianMechanism:
         self,
         M: torch.Tensor,
         *,
-        generator: "torch.Generator | SecureNormalSource",
+        generator: torch.Generator | SecureNormalSource,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:

@@ -33,11 +33,15 @@ from __future__ import annotations
 
 import contextlib
 import queue
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .._parallel import run_blocks
+
+if TYPE_CHECKING:  # annotations only
+    from .._secure import SecureNormalSource
 
 __all__ = ["noisy_symmetric", "noisy_hermitian", "compute_dtype", "std_in"]
 
@@ -223,7 +227,7 @@ def noisy_symmetric(
     *,
     diag_std: float,
     off_std: float,
-    generator: torch.Generator,
+    generator: torch.Generator | SecureNormalSource,
 ) -> torch.Tensor:
     """out = sym(src) + E, E symmetric with E_ii ~ N(0, diag_std²), E_ij = E_ji ~ N(0, off_std²).
 
@@ -270,7 +274,8 @@ def noisy_symmetric(
 
 
 def noisy_hermitian(
-    src: torch.Tensor, out: torch.Tensor, *, scale: float, off_scale: float, generator: torch.Generator
+    src: torch.Tensor, out: torch.Tensor, *, scale: float, off_scale: float,
+    generator: torch.Generator | SecureNormalSource,
 ) -> torch.Tensor:
     """out = sym(src) + Z, Z = scale·(W + W*)/2 with W = X + iY, X, Y iid N(0, 1).
 

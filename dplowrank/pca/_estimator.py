@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 import torch
@@ -190,7 +191,7 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self.budget = budget
 
     # ---- fitting ------------------------------------------------------------------------------
-    def fit(self, X, y=None) -> "PrivatePCA":
+    def fit(self, X, y=None) -> PrivatePCA:
         """Fit the model on the rows of X (spends the budget once).
 
         Parameters
@@ -209,7 +210,7 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         """Fit on X and return its projection, shape (n_samples, n_components_)."""
         return self._fit(X).transform(X)
 
-    def _fit(self, X) -> "PrivatePCA":
+    def _fit(self, X) -> PrivatePCA:
         spec = self._check_params()
         torch_in = isinstance(X, torch.Tensor)
         # no minimum row count: refusing n = 0 while fitting n = 1 would reveal a bit of the private n
@@ -402,7 +403,8 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         if self.n_components == "auto":
             return k_auto
         ratio = torch.cumsum(lam.clamp(min=0.0), 0) / max(total, float(lam.clamp(min=0.0).sum()), 1e-300)
-        return min(int((ratio < float(self.n_components)).sum()) + 1, d)
+        ratio_target = cast(float, self.n_components)  # a real variance ratio here: an int or None gave k_fixed
+        return min(int((ratio < float(ratio_target)).sum()) + 1, d)
 
     # ---- using the fitted model (post-processing: free) ---------------------------------------
     def transform(self, X):
@@ -444,7 +446,7 @@ class PrivatePCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         cov = self.get_covariance()
         d = cov.shape[0]
         cov.flat[:: d + 1] += max(1e-12 * float(np.trace(cov)) / d, np.finfo(np.float64).tiny)
-        sign, logdet = np.linalg.slogdet(cov)
+        _sign, logdet = np.linalg.slogdet(cov)
         r = x - self._fitted["mean"]
         maha = np.einsum("ij,ij->i", r, np.linalg.solve(cov, r.T).T)
         return -0.5 * (maha + d * math.log(2.0 * math.pi) + logdet)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Union
+from typing import cast
 
 __all__ = [
     "GaussianEvent",
@@ -101,7 +101,7 @@ class GaussianEvent:
         """The GDP parameter μ = Δ/σ = 1/z."""
         return 0.0 if math.isinf(self.noise_multiplier) else 1.0 / self.noise_multiplier
 
-    def for_replace(self, sensitivity_ratio: float = 2.0) -> "GaussianEvent":
+    def for_replace(self, sensitivity_ratio: float = 2.0) -> GaussianEvent:
         """This add/remove event restated for the replace relation.
 
         Replacing a record is removing one and adding another, so a replace-neighbour
@@ -146,7 +146,7 @@ class PoissonSampledEvent:
     """
 
     sampling_probability: float
-    event: "GaussianEvent"
+    event: GaussianEvent
 
     def __post_init__(self) -> None:
         q = _real("sampling_probability", self.sampling_probability)
@@ -185,7 +185,7 @@ class SelfComposedEvent:
         How many times, ≥ 0 (any integral type, e.g. ``numpy.int64``).
     """
 
-    event: "PrivacyEvent"
+    event: PrivacyEvent
     count: int
 
     def __post_init__(self) -> None:
@@ -229,7 +229,7 @@ class ComposedEvent:
         return {"type": "composed", "events": [e.to_dict() for e in self.events]}
 
 
-PrivacyEvent = Union[GaussianEvent, PoissonSampledEvent, SelfComposedEvent, ComposedEvent]
+PrivacyEvent = GaussianEvent | PoissonSampledEvent | SelfComposedEvent | ComposedEvent
 EVENT_TYPES = (GaussianEvent, PoissonSampledEvent, SelfComposedEvent, ComposedEvent)
 
 
@@ -298,7 +298,9 @@ def _from_dict(obj: object, depth: int) -> PrivacyEvent:
             z = obj["noise_multiplier"]
             return GaussianEvent(math.inf if z == _INF else z, obj["neighbour"])  # required: null = unstated
         if kind == "poisson_sampled":
-            return PoissonSampledEvent(obj["sampling_probability"], _from_dict(obj["event"], depth + 1))
+            # cast: the constructor refuses (TypeError) an inner event that is not Gaussian
+            inner = cast(GaussianEvent, _from_dict(obj["event"], depth + 1))
+            return PoissonSampledEvent(obj["sampling_probability"], inner)
         if kind == "self_composed":
             return SelfComposedEvent(_from_dict(obj["event"], depth + 1), obj["count"])
         if kind == "composed":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any, overload
 
 import numpy as np
 
@@ -29,13 +30,25 @@ BISECT_STEPS = 200
 NUDGE_STEPS = 200
 
 
+@overload
 def bisect(
-    below: Callable[[np.ndarray], np.ndarray],
+    below: Callable[[float], bool], lo: float, hi: float, *, max_hi: float = ...
+) -> tuple[float, float]: ...
+
+
+@overload
+def bisect(
+    below: Callable[[np.ndarray], np.ndarray], lo: float | np.ndarray, hi: float | np.ndarray, *, max_hi: float = ...
+) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def bisect(
+    below: Callable[[Any], Any],  # float -> bool, or ndarray -> bool ndarray (see the overloads)
     lo: float | np.ndarray,
     hi: float | np.ndarray,
     *,
     max_hi: float = math.inf,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[float, float] | tuple[np.ndarray, np.ndarray]:
     """Bracket and bisect the boundary of a monotone predicate, elementwise.
 
     Parameters

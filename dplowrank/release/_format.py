@@ -12,6 +12,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,7 +94,7 @@ _STR_FIELDS = {
 
 def _release_fields(meta: dict) -> dict:
     """The metadata of a saved release, each field checked (``KeyError``/``ValueError``/``TypeError`` name it)."""
-    out = {}
+    out: dict[str, Any] = {}  # the fields of a LowRankRelease: str, float, bool or None each
     for key, choices in _STR_FIELDS.items():
         v = meta[key]
         if not isinstance(v, str) or (choices is not None and v not in choices):

@@ -8,6 +8,8 @@ raw data (not even the row count, which is private under add/remove neighbours).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -144,15 +146,16 @@ def release_rank_k(
     _check_options(mechanism, noise_shape, calibration, solver, psd, overwrite, budget)
     # the privacy specification is checked with a placeholder Δ, so that a bad ε or δ fails
     # before any rows are accumulated
-    spec = dict(epsilon=epsilon, delta=delta, calibration=calibration, noise_scale=noise_scale, rho=rho, mu=mu)
-    calibrate_noise(1.0, **spec)
+    calibrate = functools.partial(calibrate_noise, epsilon=epsilon, delta=delta, calibration=calibration,
+                                  noise_scale=noise_scale, rho=rho, mu=mu)
+    calibrate(1.0)
     work_dtype = _check_dtype(dtype)
     dev = as_device(device)
     gram, sens, nb, scale = _resolve_matrix(data, row_norm, sensitivity, neighbour, dev)
     d = gram.shape[0]
     k = check_k(k, d)
     shift = _check_center(center, d)
-    cal = calibrate_noise(sens, **spec)
+    cal = calibrate(sens)
     dev = dev or gram.device
     work_dtype = work_dtype or (gram.dtype if gram.dtype in (torch.float32, torch.float64) else torch.float64)
     noise_source, gen, source = resolve_noise_source(generator, dev)
@@ -168,11 +171,14 @@ def release_rank_k(
         data.consume()  # its raw Gram is about to become (or be dropped for) M + E
 
     # --- the mechanism: reads the Gram's upper triangle once, writes the noisy matrix ---
+    mech: GaussianMechanism | ComplexGaussianMechanism
     if mechanism == "gaussian":
         mech = GaussianMechanism(cal.noise_scale, sens, noise_shape)
     else:
         mech = ComplexGaussianMechanism(cal.noise_scale, sens)
     if in_place:
+        if not isinstance(mech, GaussianMechanism):  # pragma: no cover - _in_place is False for "complex"
+            raise RuntimeError("in-place noise is for the real Gaussian mechanism only")
         noisy = mech.perturb_(gram, generator=noise_source)
     else:
         noisy = mech.perturb(gram, generator=noise_source, dtype=work_dtype, device=dev)

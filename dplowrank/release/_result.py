@@ -11,6 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -147,7 +148,7 @@ class LowRankRelease:
                 raise ValueError(
                     f"hermitian=True needs the complex mechanism; this release used {self.mechanism!r}"
                 )
-            v, lam = self.hermitian_eigenvectors, self.hermitian_eigenvalues
+            lam, v = self._hermitian()
             return (v * lam.to(v.dtype)) @ v.conj().T
         v = self.eigenvectors
         return (v * self.eigenvalues) @ v.T
@@ -158,7 +159,7 @@ class LowRankRelease:
         margin): the components that carry signal (``diagnose().recommended_k``)."""
         return signal_rank(self._noisy_values(), self._edge(), self.dim)
 
-    def denoised(self, k: int | str | None = None) -> "LowRankRelease":
+    def denoised(self, k: int | str | None = None) -> LowRankRelease:
         """The release with debiased, shrunk eigenvalues: post-processing, free.
 
         Each released eigenvalue λ̃ above the noise edge e (with its finite-d margin,
@@ -195,14 +196,16 @@ class LowRankRelease:
         edge = self._edge()
         h_vals = h_vecs = None
         if self.mechanism == "complex":
-            h_vecs = self.hermitian_eigenvectors[:, :keep]
-            h_vals = spike_estimate(self._noisy_values()[:keep], edge, self.dim).shrunk.to(self.hermitian_eigenvalues.dtype)
+            h_lam, h_v = self._hermitian()
+            h_vecs = h_v[:, :keep]
+            h_vals = spike_estimate(self._noisy_values()[:keep], edge, self.dim).shrunk.to(h_lam.dtype)
             vals, vecs = realify(h_vals, h_vecs, keep)
         else:
             vecs = self.eigenvectors[:, :keep]
             vals = spike_estimate(self._noisy_values()[:keep], edge, self.dim).shrunk.to(self.eigenvalues.dtype)
         spectrum = None if self.spectrum is None else self.spectrum[: keep + 1]
-        slack = self.spectrum_slack if spectrum is not None and len(spectrum) == len(self.spectrum) else 0.0
+        slack = (self.spectrum_slack if spectrum is not None and self.spectrum is not None
+                 and len(spectrum) == len(self.spectrum) else 0.0)
         return dataclasses.replace(self, eigenvalues=vals, eigenvectors=vecs, psd=True, spectrum=spectrum,
                                    spectrum_slack=slack, hermitian_eigenvalues=h_vals,
                                    hermitian_eigenvectors=h_vecs)
@@ -212,7 +215,13 @@ class LowRankRelease:
         ``spectrum``, which a denoised release keeps): denoising twice changes nothing."""
         if self.spectrum is not None and self.spectrum.shape[0] >= self.k:
             return self.spectrum[: self.k]
-        return self.hermitian_eigenvalues if self.mechanism == "complex" else self.eigenvalues
+        return self._hermitian()[0] if self.mechanism == "complex" else self.eigenvalues
+
+    def _hermitian(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hermitian_eigenvalues, hermitian_eigenvectors), which the complex mechanism always sets."""
+        if self.hermitian_eigenvalues is None or self.hermitian_eigenvectors is None:
+            raise ValueError(f"this release has no Hermitian eigenpairs (mechanism {self.mechanism!r})")
+        return self.hermitian_eigenvalues, self.hermitian_eigenvectors
 
     def _edge(self) -> float:
         shape = "hermitian" if self.mechanism == "complex" else self.noise_shape
@@ -248,7 +257,7 @@ class LowRankRelease:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: torch.device | str | None = None,
-             key: bytes | None = None) -> "LowRankRelease":
+             key: bytes | None = None) -> LowRankRelease:
         """Read a release written by :meth:`save` (onto ``device``, default CPU)."""
         return load_release(path, device=device, key=key)
 
@@ -269,5 +278,6 @@ def load_release(path: str | os.PathLike, *, device: torch.device | str | None =
     """
     dev = as_device(device) or torch.device("cpu")
     fields, arrays = read_release(path, key=check_key(key))
-    return LowRankRelease(**{k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()},
-                          **fields)
+    # keyword arguments of several types (tensors, None), read and checked by read_release
+    tensors: dict[str, Any] = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()}
+    return LowRankRelease(**tensors, **fields)

@@ -17,6 +17,7 @@ errors add up over a dimension), or the solver's documented stopping tolerance.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
@@ -55,7 +56,7 @@ class SolverContract(OneThread):
     sizes: tuple[tuple[int, int], ...] = ((16, 3), (48, 5))
     edge_d: int = 10
     device: torch.device = torch.device("cpu")
-    residual_tol: dict = {torch.float32: 1e-5, torch.float64: 1e-9}
+    residual_tol: ClassVar[dict[torch.dtype, float]] = {torch.float32: 1e-5, torch.float64: 1e-9}
     normalises_signs: bool = True
 
     # ---- factories -------------------------------------------------------------------------
