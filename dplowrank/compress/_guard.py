@@ -51,13 +51,13 @@ is seen by the curator only.
 
 from __future__ import annotations
 
-import collections
-import functools
-import operator
 import array
+import collections
 import dis
+import functools
 import importlib.util
 import itertools
+import operator
 import os
 import random
 import sys
@@ -67,6 +67,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from itertools import chain
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,7 +117,7 @@ def _top(module: str | None) -> str:
     return (module or "").partition(".")[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _user_code(module: str | None) -> bool:
     """Whether ``module`` is the user's own code: loaded from a file outside the standard
     library and installed packages (a research repo's second top-level package)."""
@@ -219,7 +220,7 @@ class StateGuard:
     def __init__(self, model: nn.Module, functions: Iterable[Callable] = ()) -> None:
         self.model = model
         self.nodes: list[_Node] = []
-        self.seen: set[int] = set()
+        self.seen: set[object] = set()  # ids (and (id, names) for namespaces read by name)
         self.restored: set[str] = set()  # names of the state that some pass changed
         self.params: dict[int, str] = {}
         self.finals: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (name, tensor, copy)
@@ -270,7 +271,8 @@ class StateGuard:
             obj, name, names = self.stack.pop()
             if isinstance(obj, _ATOMS) or _ours(obj):
                 continue
-            key = (id(obj), names) if isinstance(obj, (types.ModuleType, dict)) and names is not None else id(obj)
+            key: object = (id(obj), names) if isinstance(obj, (types.ModuleType, dict)) and names is not None \
+                else id(obj)
             if key in self.seen:
                 continue
             self.seen.add(key)
@@ -332,7 +334,7 @@ class StateGuard:
             # an entry cached before the collection is not a change)
             self._add(obj, "lru", obj.cache_info().currsize, name, [(obj.__wrapped__, name)])
         elif isinstance(obj, (weakref.WeakValueDictionary, weakref.WeakKeyDictionary)):
-            self.stack.append((obj.data, name, None))
+            self.stack.append((obj.data, name, None))  # type: ignore[union-attr]  # typeshed omits .data
         elif isinstance(obj, weakref.ref):
             target = obj()
             if target is not None:
@@ -357,15 +359,15 @@ class StateGuard:
             if isinstance(obj, collections.OrderedDict):  # its order is not the dict's (move_to_end)
                 self._add(obj, "order", tuple(collections.OrderedDict.keys(obj)), name)
         elif isinstance(obj, (list, collections.deque)):
-            saved = list(obj)
-            self._add(obj, "list" if isinstance(obj, list) else "deque", saved, name,
-                      [(v, f"{name}[]") for v in saved])
+            items = list(obj)
+            self._add(obj, "list" if isinstance(obj, list) else "deque", items, name,
+                      [(v, f"{name}[]") for v in items])
             self._extras(obj, name)
         elif isinstance(obj, (set, frozenset)):
-            saved = set(obj)
+            members = set(obj)
             if isinstance(obj, set):
-                self._add(obj, "set", saved, name)
-            self.stack.extend((v, f"{name}{{}}", None) for v in saved)
+                self._add(obj, "set", members, name)
+            self.stack.extend((v, f"{name}{{}}", None) for v in members)
             self._extras(obj, name)
         elif isinstance(obj, tuple):
             self.stack.extend((v, f"{name}[]", None) for v in obj)
@@ -758,9 +760,9 @@ def _same_rng(saved, obj) -> bool:
     if kind == "random":
         return random.getstate() == state
     if kind == "numpy":
-        now = np.random.get_state()
-        return now[0] == state[0] and np.array_equal(now[1], state[1]) and now[2:] == state[2:]
-    now = _rng_state(obj)
+        legacy: Any = np.random.get_state()  # a tuple (typeshed allows a dict)
+        return bool(legacy[0] == state[0] and np.array_equal(legacy[1], state[1]) and legacy[2:] == state[2:])
+    now: Any = _rng_state(obj)
     if isinstance(now, torch.Tensor):
         return torch.equal(now, state)
     if isinstance(now, tuple) and len(now) == 5 and isinstance(now[1], np.ndarray):

@@ -151,13 +151,12 @@ def run_demo(
     rows = []
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     private_methods = [m for m in methods if m in PRIVATE_METHODS]
-    to_save = (scopes[0], ratios[0], private_methods[-1], epsilons[-1]) if save_dir and private_methods else None
+    ratio_grid: Sequence[float | None] = (None,) if bits_per_parameter is not None else ratios
+    to_save = (scopes[0], ratio_grid[0], private_methods[-1], epsilons[-1]) if save_dir and private_methods else None
     saved = None
-    if bits_per_parameter is not None:
-        ratios = (None,)
     for scope in scopes:
         groups = BERT.groups(enc, scope)
-        for ratio in ratios:
+        for ratio in ratio_grid:
             plan = [(m, eps) for m in methods
                     for eps in (epsilons if m in PRIVATE_METHODS else (None,))]
             for m, eps in plan:
@@ -169,7 +168,7 @@ def run_demo(
                 seconds = time.perf_counter() - t0
                 errs = output_errors(result, _subset(stats_all["heldout"], groups))
                 agree = embedding_agreement(reference, encode(st_model, held))
-                if to_save == (scope, ratio, m, eps):
+                if to_save == (scope, ratio, m, eps) and save_dir is not None:
                     from ..compress import save_compressed
 
                     saved = str(save_compressed(enc, save_dir, metadata=result.metadata()))
