@@ -190,6 +190,9 @@ class _Collector:
             # replace needs a bound on how far each computed S_e is from PSD: float64 products
             # (never TF32 or bfloat16, whatever the matmul precision setting) keep it tiny
             z = z.to(torch.float64)
+        grid = st.grid
+        if grid is None:  # set with the clipping norm when the statistic was made
+            raise ValueError(f"group {group.name!r} has no rounding grid")
         total = torch.zeros(z.shape[-1], z.shape[-1], dtype=torch.float64, device=z.device)
         chunk = max(1, _CHUNK_ENTRIES // (z.shape[-1] ** 2))
         clipped = 0
@@ -201,14 +204,14 @@ class _Collector:
             if not bool(torch.isfinite(bound).all()):
                 raise ValueError(f"non-finite activations reached group {group.name!r}")
             tokens = (valid[e0:e0 + chunk].sum(dim=1) if valid.ndim == 2 else None)
-            clipped += self._round_to_grid(a, scale, bound, st.grid, zc, tokens)
+            clipped += self._round_to_grid(a, scale, bound, grid, zc, tokens)
             for e in range(a.shape[0]):  # f64 += f32 per example: exact, and fast (no cast pass)
                 total.add_(a[e])
         # Symmetrise the batch's total: (Σ q_e + Σ q_eᵀ)/2 = Σ (q_e + q_eᵀ)/2, exact (integers below
         # 2⁵² units, then a halving), and (q + qᵀ)/2 is never longer than q in Frobenius norm, nor
         # farther from a PSD matrix: every bound on q_e holds for what is added.
         total = total.add_(total.T.clone()).mul_(0.5)
-        st.gram.add_(total.mul_(st.grid))  # exact: multiples of g/2 below 2⁵³·g/2
+        st.gram.add_(total.mul_(grid))  # exact: multiples of g/2 below 2⁵³·g/2
         st.n_examples += n
         st.n_clipped += clipped
 

@@ -106,8 +106,14 @@ class CompressionResult:
         when it was factorised from raw private statistics (no guarantee)."""
         status = self.privacy_status
         if status == "private":
-            return self.privacy.spent_epsilon(delta)
+            return self._released().spent_epsilon(delta)
         return math.inf if status == "not_private" else 0.0
+
+    def _released(self) -> PrivateStatistics:
+        """The releases of a private model (``privacy_status == "private"`` guarantees them)."""
+        if self.privacy is None:
+            raise ValueError("this model was not compressed from released statistics")
+        return self.privacy
 
     def undo(self, model: nn.Module) -> nn.Module:
         """Put the original linears back into ``model``."""
@@ -128,12 +134,13 @@ class CompressionResult:
         status = self.privacy_status
         privacy: dict = {"status": status}
         if status == "private":
+            released = self._released()
             privacy.update({
-                "epsilon": self.epsilon(), "delta": self.privacy.delta, "mu": self.privacy.accountant.mu(),
-                "events": [r.privacy_event.to_dict() for r in self.privacy._all()],
+                "epsilon": self.epsilon(), "delta": released.delta, "mu": released.accountant.mu(),
+                "events": [r.privacy_event.to_dict() for r in released._all()],
                 "unit": "one example (sequence)",
-                "randomness": self.privacy.randomness,
-                "for_publication": self.privacy.for_publication,
+                "randomness": released.randomness,
+                "for_publication": released.for_publication,
             })
         elif status == "not_private":
             privacy["epsilon"] = None  # no guarantee: JSON has no infinity
@@ -160,9 +167,10 @@ class CompressionResult:
                      + f"; {self.bits_per_parameter:.3g} bits per dense parameter")
         status = self.privacy_status
         if status == "private":
-            lines.append(f"privacy: ({self.epsilon():.4g}, {self.privacy.delta:g})-DP for the whole model, "
-                         f"{len(self.privacy._all())} releases, one example per unit; noise "
-                         f"{self.privacy.randomness}" + ("" if self.privacy.for_publication else " (not for publication)"))
+            released = self._released()
+            lines.append(f"privacy: ({self.epsilon():.4g}, {released.delta:g})-DP for the whole model, "
+                         f"{len(released._all())} releases, one example per unit; noise "
+                         f"{released.randomness}" + ("" if released.for_publication else " (not for publication)"))
         elif status == "not_private":
             lines.append("privacy: NOT PRIVATE: factorised from raw statistics of a corpus not declared public "
                          "(no guarantee; do not publish if the corpus is private)")
@@ -280,9 +288,13 @@ def compress_model(
     originals = {n: mods[n] for n in new}
     replace_linears(model, new)
     before = sum(g.parameters for g in groups)
-    public = bool(statistics.public) if method == "whitened" else (bool(importance.public) if method == "importance" else False)
-    return CompressionResult(method, joint, groups, ranks, before, after, new, originals,
-                             statistics if method == "private" else None, signal, public,
+    public = False
+    if method == "whitened" and isinstance(statistics, ActivationStatistics):
+        public = bool(statistics.public)
+    elif method == "importance" and importance is not None:
+        public = bool(importance.public)
+    released = statistics if method == "private" and isinstance(statistics, PrivateStatistics) else None
+    return CompressionResult(method, joint, groups, ranks, before, after, new, originals, released, signal, public,
                              factorization, bits, nbits)
 
 
@@ -430,7 +442,9 @@ def _importance_layers(groups, mods, weights, factors, bits):
 def _group_grams(groups, statistics, method, estimator) -> tuple[dict, dict, dict]:
     """Step 1: the (estimated) row-space Gram of every group, its public basis, and (private)
     how many released eigenvalues clear the noise edge."""
-    grams, bases, signal = {}, {}, {}
+    grams: dict[str, torch.Tensor | None] = {}
+    bases: dict[str, torch.Tensor | None] = {}
+    signal: dict[str, int] = {}
     for g in groups:
         if method == "svd":
             grams[g.name], bases[g.name] = None, None

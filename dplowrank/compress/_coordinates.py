@@ -49,7 +49,11 @@ class Coordinates:
     def dim(self) -> int:
         if self.preconditioner is not None:
             return self.preconditioner.shape[0]
-        return self.basis.shape[1] if self.basis is not None else self.reader.shape[0]
+        if self.basis is not None:
+            return self.basis.shape[1]
+        if self.reader is None:
+            raise ValueError("coordinates need a basis or a reader")
+        return self.reader.shape[0]
 
     def to_row_space(self, gram_z: torch.Tensor) -> torch.Tensor:
         """K_u = D⁻¹ K_z D⁻¹ (shape (ρ, ρ)): undo the preconditioner (public post-processing)."""
@@ -117,6 +121,8 @@ def coordinates_for(model: nn.Module, group: LayerGroup, *, prior: torch.Tensor 
     elif route == "output":
         raise ValueError(f"route='output' needs a single layer with d_out < d_in; {group.name!r} is not one")
     if use_output:
+        if p is None or s is None:  # use_output is only set from a computed SVD
+            raise ValueError(f"route='output' for {group.name!r} needs the SVD of its weight")
         reader = p.T / s[:, None]  # shape: (ρ, d_out): u = S⁻¹Pᵀ(y − b)
         if precond is not None:
             reader = precond @ reader

@@ -61,6 +61,9 @@ class QuantizedLinear(nn.Module):
     #: The dequantised weight is a data-free cache (a function of the codes): the collectors'
     #: state guard leaves it alone instead of dropping it before every example.
     _guard_exempt = ("_weight",)
+    packed: torch.Tensor  # buffers, registered in __init__
+    offset: torch.Tensor
+    step: torch.Tensor
 
     def __init__(self, quantized: Quantized, bias: torch.Tensor | None = None, *,
                  dtype: torch.dtype = torch.float32) -> None:
@@ -143,7 +146,8 @@ class LowRankLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, rank: int, *, bias: bool = True,
-                 down: nn.Module | None = None, up: nn.Module | None = None, device=None, dtype=None) -> None:
+                 down: nn.Linear | QuantizedLinear | None = None, up: nn.Linear | QuantizedLinear | None = None,
+                 device=None, dtype=None) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features), ("rank", rank)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -159,8 +163,8 @@ class LowRankLinear(nn.Module):
         elif not _maps(up, rank, out_features) or (up.bias is not None) != bias:
             raise ValueError(f"up must map {rank} to {out_features} features (bias={bias}), got {up!r}")
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.down = down
-        self.up = up
+        self.down: nn.Linear | QuantizedLinear = down
+        self.up: nn.Linear | QuantizedLinear = up
 
     @classmethod
     def from_factors(cls, left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -187,7 +191,7 @@ class LowRankLinear(nn.Module):
             if down is None:
                 layer.down.weight.copy_(right)
             layer.up.weight.copy_(left)
-            if bias is not None:
+            if bias is not None and layer.up.bias is not None:
                 layer.up.bias.copy_(bias)
         return layer
 
@@ -199,6 +203,8 @@ class LowRankLinear(nn.Module):
         ``right`` is ignored when a shared quantised ``down`` is given.
         """
         if down is None:
+            if right is None:
+                raise ValueError("from_quantized needs the right factor unless a shared down is given")
             down = QuantizedLinear(right, dtype=dtype)
         up = QuantizedLinear(left, bias, dtype=dtype)
         return cls(down.in_features, up.out_features, up.in_features, bias=bias is not None, down=down, up=up)
@@ -234,7 +240,7 @@ def _maps(m: object, d_in: int, d_out: int) -> bool:
     return isinstance(m, (nn.Linear, QuantizedLinear)) and (m.in_features, m.out_features) == (d_in, d_out)
 
 
-def _module_bits(m: nn.Module) -> int:
+def _module_bits(m: nn.Linear | QuantizedLinear) -> int:
     if isinstance(m, QuantizedLinear):
         return m.nbits
     return 8 * m.weight.numel() * m.weight.element_size()
@@ -283,8 +289,8 @@ def _layout(model: nn.Module) -> dict:
     down_owner: dict[int, str] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, LowRankLinear):
-            entry = {"in_features": mod.in_features, "out_features": mod.out_features, "rank": mod.rank,
-                     "bias": mod.up.bias is not None}
+            entry: dict[str, object] = {"in_features": mod.in_features, "out_features": mod.out_features,
+                                        "rank": mod.rank, "bias": mod.up.bias is not None}
             quantized = {part: {"bits": m.bits, "granularity": m.granularity}
                          for part, m in (("down", mod.down), ("up", mod.up)) if isinstance(m, QuantizedLinear)}
             if quantized:

@@ -237,7 +237,7 @@ class PrivateImportance:
     neighbour: str
     randomness: str
     granularity: str = "entry"
-    shapes: dict = None
+    shapes: dict | None = None
 
     @property
     def privacy_event(self) -> GaussianEvent:
@@ -255,15 +255,18 @@ class PrivateImportance:
         importance by layer, in the scores' own layout.
         """
         out = {}
+        shapes = self.shapes or {}
         for n, s in self.scores.items():
             p = None if prior is None else prior.get(n)
             if self.granularity == "entry":
                 out[n] = denoise_importance(s, self.noise_scale, prior=p)
                 continue
-            d_out = self.shapes[n][0]
+            if n not in shapes:
+                raise ValueError(f"marginal scores of layer {n!r} come without the layer's shape")
+            d_out = shapes[n][0]
             parts = [denoise_importance(s[sl], self.noise_scale, prior=None if p is None else p[sl])
                      for sl in (slice(0, d_out), slice(d_out, None))]
-            out[n] = importance_matrix(torch.cat(parts), "marginal", self.shapes[n])
+            out[n] = importance_matrix(torch.cat(parts), "marginal", shapes[n])
         return out
 
 
@@ -274,6 +277,8 @@ def _release_importance(importance: ImportanceStatistics, cal, generator) -> Pri
     for name, score in importance.scores.items():
         source, _, label = resolve_noise_source(generator, score.device)
         noisy[name] = gaussian_vector_noise(score, cal.noise_scale, source=source)
+    if label is None or importance.sensitivity is None or cal.noise_scale is None:
+        raise ValueError("importance needs clipped scores (a sensitivity) and at least one layer to be released")
     return PrivateImportance(noisy, float(cal.noise_scale), float(importance.sensitivity), importance.neighbour, label,
                              importance.granularity, importance.shapes)
 

@@ -240,9 +240,9 @@ def mixed_rank_finetune(model: nn.Module, layers: dict, originals: dict, batches
     try:
         model.train()
         for step in range(n):
-            p = p0 * (1.0 - step / n)
+            p_dense = p0 * (1.0 - step / n)
             for m in mixed.values():
-                m.p = p
+                m.p = p_dense
             value = loss(model, data[step % len(data)])
             value = value.mean() if value.ndim else value
             if value.requires_grad:  # every layer may have taken its dense path this step
