@@ -48,9 +48,8 @@ from ._guard import StateGuard
 from ._isolation import (
     _check_layout,
     _close_per_example,
-    _examples_in,
     _slice_batch,
-    check_unmasked,
+    batch_layout,
     examples_alone,
     exclusive,
 )
@@ -311,7 +310,7 @@ def _collect(model, batches, groups, mods, loss, c, normalize, neighbour, exampl
         tape.guard = StateGuard(model, (loss,))
         with torch.enable_grad():
             for batch in progress(batches, total=total or 0, desc="importance", enabled=show_progress):
-                b = _batch_size(batch, mask_key, examples)
+                b = batch_layout(batch, mask_key, examples)[1]
                 contrib = _contributions(model, loss, batch, b, tape, isolate, mask_key)
                 if check_independence and b >= 2 and b not in probed and (not isolate or mask_key is None):
                     _probe(model, loss, batch, b, tape, contrib, mask_key)
@@ -335,19 +334,6 @@ def _collect(model, batches, groups, mods, loss, c, normalize, neighbour, exampl
     sens = contribution_sensitivity(c, neighbour) if c is not None else None
     return ImportanceStatistics(totals, groups, "normalize" if normalize else c, sens, neighbour, public, seen,
                                 granularity)
-
-
-def _batch_size(batch, mask_key, examples) -> int:
-    check_unmasked(batch, mask_key)
-    mask = None
-    if mask_key is not None:
-        if not isinstance(batch, Mapping) or mask_key not in batch:
-            raise ValueError(f"batch has no {mask_key!r} entry (pass mask_key=None if every token counts)")
-        mask = torch.as_tensor(batch[mask_key])
-    b = _examples_in(batch, mask) if examples is None else examples(batch)
-    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-        raise ValueError(f"examples(batch) must be a positive int, got {b!r}")
-    return b
 
 
 def _probe(model, loss, batch, b, tape, contrib, mask_key) -> None:

@@ -205,3 +205,23 @@ def _close_per_example(alone: torch.Tensor, ref: torch.Tensor) -> bool:
     err = (alone - ref).abs().amax(dim=dims) if dims else (alone - ref).abs()
     scale = ref.abs().amax(dim=dims) if dims else ref.abs()
     return bool((err <= _PROBE_RTOL * scale + 1e-30).all())
+
+
+def batch_layout(batch, mask_key: str | None, examples) -> tuple[torch.Tensor | None, int]:
+    """A batch's token mask (shape (B, T), or ``None``) and its number of examples B (both
+    collectors: the mask must have one row per example)."""
+    check_unmasked(batch, mask_key)
+    if mask_key is None:
+        mask = None
+    else:
+        if not isinstance(batch, Mapping) or mask_key not in batch:
+            raise ValueError(f"batch has no {mask_key!r} entry (pass mask_key=None if every token counts)")
+        mask = torch.as_tensor(batch[mask_key])
+        if mask.ndim != 2:
+            raise ValueError(f"{mask_key!r} must have shape (batch, tokens), got {tuple(mask.shape)}")
+    b = _examples_in(batch, mask) if examples is None else examples(batch)
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+        raise ValueError(f"examples(batch) must be a positive int, got {b!r}")
+    if mask is not None and mask.shape[0] != b:
+        raise ValueError(f"the mask has {mask.shape[0]} rows but the batch holds {b} examples")
+    return mask, b

@@ -62,7 +62,7 @@ from ..mechanisms import NEIGHBOURS, contribution_sensitivity
 from ._collector import _Collector
 from ._coordinates import Coordinates, coordinates_for
 from ._guard import StateGuard
-from ._isolation import _check_layout, _examples_in, _probe, check_unmasked, examples_alone, exclusive
+from ._isolation import _check_layout, _probe, batch_layout, examples_alone, exclusive
 from ._statistic import ActivationStatistics, GroupStatistic
 from ._targets import LayerGroup
 
@@ -228,7 +228,7 @@ def _run(col, run, model, batches, total, show_progress, mask_key, examples, che
         guard = col.guard = StateGuard(model, (run,))
         with torch.inference_mode():
             for batch in progress(batches, total=total or 0, desc="statistics", enabled=show_progress):
-                mask, b = _batch_layout(batch, mask_key, examples)
+                mask, b = batch_layout(batch, mask_key, examples)
                 # batched, the probe checks that examples stay apart; isolated without a mask, that
                 # the rows split off are the examples (a sequence-first model would fail it)
                 if check_independence and b >= 2 and b not in probed and (not isolate or mask is None):
@@ -334,22 +334,3 @@ def _priors(prior, groups) -> dict[str, torch.Tensor]:
                 raise ValueError(f"the prior has no Gram for group {g.name!r}")
             priors[g.name] = torch.as_tensor(prior[g.name])
     return priors
-
-
-def _batch_layout(batch, mask_key: str | None, examples) -> tuple[torch.Tensor | None, int]:
-    """A batch's token mask (shape (B, T), or ``None``) and its number of examples B."""
-    check_unmasked(batch, mask_key)
-    if mask_key is None:
-        mask = None
-    else:
-        if not isinstance(batch, Mapping) or mask_key not in batch:
-            raise ValueError(f"batch has no {mask_key!r} entry (pass mask_key=None if every token counts)")
-        mask = torch.as_tensor(batch[mask_key])
-        if mask.ndim != 2:
-            raise ValueError(f"{mask_key!r} must have shape (batch, tokens), got {tuple(mask.shape)}")
-    b = _examples_in(batch, mask) if examples is None else examples(batch)
-    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-        raise ValueError(f"examples(batch) must be a positive int, got {b!r}")
-    if mask is not None and mask.shape[0] != b:
-        raise ValueError(f"the mask has {mask.shape[0]} rows but the batch holds {b} examples")
-    return mask, b
