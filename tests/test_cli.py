@@ -105,7 +105,7 @@ def test_a_gram_file_with_its_sensitivity(files, capsys):
                        "--epsilon", "1", "--seed", "1")
     assert code == EXIT_OK and json.loads(out)["d"] == 64
     code, _, err = run(capsys, "release", "digits.npy", "--gram", "--sensitivity", "64", "--k", "2", "--epsilon", "1")
-    assert code == EXIT_INPUT and "not square" in err
+    assert code == EXIT_INPUT and "not a square matrix" in err
 
 
 def test_parquet_rows(files, capsys):
@@ -179,3 +179,37 @@ def test_compress_a_model_from_a_corpus_file(files, capsys):
     assert doc["ratio"] < 0.7 and doc["randomness"] == "seeded"
     code, _, err = run(capsys, "compress", "--corpus", "missing.txt")
     assert code == EXIT_INPUT and "missing.txt" in err
+
+
+def test_the_cli_audit_findings(files, capsys, monkeypatch):
+    """Found by the CLI's privacy audit: pca wrote ``c.npy`` for ``--components c`` past the
+    existence check; a non-square Gram's message named the private row count; complex input was
+    cast to real before the noise; a write failing after the charge read as 'nothing happened';
+    an unauthenticated release was spent without a word."""
+    np.save("c.npy", np.zeros(1))
+    code, _, err = run(capsys, "pca", "digits.npy", "--epsilon", "1", "--data-norm", "8", "--components", "c")
+    assert code == EXIT_INPUT and "c.npy" in err and "--force" in err
+    code, _, err = run(capsys, "release", "digits.npy", "--gram", "--sensitivity", "1", "--k", "1", "--epsilon", "1")
+    assert code == EXIT_INPUT and "600" not in err and "64 columns" in err
+    np.save("complex.npy", np.ones((4, 3), dtype=np.complex128))
+    code, _, err = run(capsys, "release", "complex.npy", "--k", "1", "--epsilon", "1", "--row-norm", "2")
+    assert code == EXIT_INPUT and "real numbers" in err
+    np.save("wide.npy", np.zeros((5, 0)))
+    code, _, err = run(capsys, "release", "wide.npy", "--k", "1", "--epsilon", "1", "--row-norm", "2")
+    assert code == EXIT_INPUT and "no columns" in err and "5" not in err.replace("wide", "")
+    run(capsys, "budget", "create", "ledger.json", "--epsilon", "3", "--delta", "1e-5")
+    import dplowrank.release as release_module
+
+    def full_disk(self, path, key=None):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(release_module.LowRankRelease, "save", full_disk)
+        code, _, err = run(capsys, "release", "digits.npy", "--k", "2", "--epsilon", "1", "--row-norm", "8",
+                           "--budget", "ledger.json", "--out", "r.npz", "--seed", "0")
+    assert code == EXIT_INPUT and "charged" in err and "No space left" in err
+    assert len(PrivacyBudget.load("ledger.json").events) == 1  # the charge is real, and said so
+    run(capsys, "release", "digits.npy", "--k", "2", "--epsilon", "0.5", "--row-norm", "8", "--out", "r2.npz",
+        "--seed", "0")
+    code, _, err = run(capsys, "budget", "spend", "ledger.json", "--release", "r2.npz")
+    assert code == EXIT_OK and "not authenticated" in err

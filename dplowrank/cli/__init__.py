@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 
@@ -212,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, name, str(exc), EXIT_USAGE)
     except BudgetExceededError as exc:
         return _fail(args, name, f"budget exceeded, nothing spent: {exc}", EXIT_BUDGET)
-    except (InputError, ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError,
-            IsADirectoryError, ImportError) as exc:
+    except (InputError, ValueError, TypeError, OSError, ImportError) as exc:
         return _fail(args, name, str(exc), EXIT_INPUT)
     except KeyboardInterrupt:
         return _fail(args, name, "interrupted", EXIT_ERROR)
@@ -222,10 +222,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         return _fail(args, name, f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
                      EXIT_ERROR)
-    if args.json:
-        print(json.dumps(result if result is not None else {"command": args.command, "text": text}, default=str))
-    else:
-        print(text)
+    try:
+        if args.json:
+            print(json.dumps(result if result is not None else {"command": args.command, "text": text}, default=str))
+        else:
+            print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away: the work is done (and paid for); nothing to add
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return EXIT_OK
 
 

@@ -74,8 +74,9 @@ def release(args) -> tuple[dict, str]:
     if args.gram:
         if args.sensitivity is None:
             raise InputError("--gram needs --sensitivity (the Gram's public L2 sensitivity)")
-        if data.shape[0] != data.shape[1]:
-            raise InputError(f"--gram: {args.data!r} is not square ({data.shape[0]} × {data.shape[1]})")
+        if data.shape[0] != data.shape[1]:  # the row count of rows is private: only columns named
+            raise InputError(f"--gram: {args.data!r} is not a square matrix (it has {data.shape[1]} columns "
+                             "and another number of rows)")
         kw = dict(sensitivity=args.sensitivity)
     else:
         if args.row_norm is None:
@@ -85,7 +86,7 @@ def release(args) -> tuple[dict, str]:
                        mechanism=args.mechanism, neighbour=args.neighbour, generator=_generator(args.seed),
                        budget=ledger, **kw)
     if out is not None:
-        r.save(out, key=key)
+        _write_after_charge(lambda: r.save(out, key=key), out, ledger)
     rep = r.diagnose()
     result = {
         "command": "release", "k": r.k, "d": r.dim, "epsilon": r.epsilon, "delta": r.delta,
@@ -109,8 +110,8 @@ def pca(args) -> tuple[dict, str]:
     transformed rows (the transformed rows are the caller's own data, not a private output)."""
     from .. import PrivatePCA
 
-    comps = check_output(args.components, force=args.force, what="components file")
-    transformed = check_output(args.transformed, force=args.force, what="transformed-data file")
+    comps = check_output(args.components, force=args.force, what="components file", suffix=".npy")
+    transformed = check_output(args.transformed, force=args.force, what="transformed-data file", suffix=".npy")
     ledger = _budget(args.budget, args.key_file)
     data = read_matrix(args.data, skip_header=args.skip_header)
     n_components = args.n_components
@@ -122,10 +123,9 @@ def pca(args) -> tuple[dict, str]:
     est = PrivatePCA(n_components, epsilon=args.epsilon, delta=args.delta, data_norm=args.data_norm,
                      centering=args.centering, random_state=args.seed, budget=ledger)
     y = est.fit_transform(data)
-    if comps is not None:
-        np.save(comps, np.asarray(est.components_))
-    if transformed is not None:
-        np.save(transformed, np.asarray(y))
+    for path, array in ((comps, est.components_), (transformed, y)):
+        if path is not None:
+            _write_after_charge(lambda p=path, a=array: _save_npy(p, a), path, ledger)
     result = {
         "command": "pca", "n_components": int(est.n_components_), "epsilon": args.epsilon, "delta": args.delta,
         "explained_variance": [float(v) for v in np.asarray(est.explained_variance_)],
@@ -171,6 +171,8 @@ def budget(args) -> tuple[dict, str]:
 
     key = _key(args.key_file)
     if args.action == "create":
+        if Path(args.ledger).exists():
+            raise InputError(f"budget ledger {args.ledger!r} exists; spend from it, or create another")
         check_output(args.ledger, force=False, what="budget ledger")
         b = PrivacyBudget(args.epsilon, args.delta, method=args.method, path=args.ledger, key=key)
         b.save()
@@ -194,6 +196,9 @@ def budget(args) -> tuple[dict, str]:
 
             if not Path(args.release).is_file():
                 raise InputError(f"release file {args.release!r} does not exist")
+            if key is None:  # a checksum is no tamper evidence: the recorded cost is taken as written
+                print(f"dplowrank budget spend: warning: {args.release!r} is not authenticated (no --key-file); "
+                      "its recorded cost is trusted as written", file=sys.stderr)
             event, count = load_release(args.release, key=key).privacy_event, 1
         else:
             event, count = _dpsgd_event(args.sample_rate, args.noise_multiplier), args.steps
@@ -218,6 +223,23 @@ def budget(args) -> tuple[dict, str]:
     return out, (f"DP-SGD with sample rate {q:g} for {steps} steps fits the rest of {args.ledger} with noise "
                  f"multiplier z ≥ {z:.6g} (total ε = {total:.6g} of {b.epsilon:g} at δ = {b.delta:g}; "
                  f"priced by {b.method}). Nothing was spent.")
+
+
+def _save_npy(path: Path, array) -> None:
+    """Write an .npy file at exactly ``path`` (``np.save`` on a name would add a suffix)."""
+    with open(path, "wb") as fh:
+        np.save(fh, np.asarray(array))
+
+
+def _write_after_charge(write, path: Path, ledger) -> None:
+    """Run ``write`` once the work is done and paid for; a failure (the directory removed since
+    the check, a full disk) says that the budget was charged, so nobody retries blindly."""
+    try:
+        write()
+    except OSError as exc:
+        charged = "its cost was charged to the ledger" if ledger is not None else "it was computed"
+        raise InputError(f"the private result was made and {charged}, but writing {str(path)!r} failed "
+                         f"({exc.strerror or type(exc).__name__}); it is lost") from None
 
 
 def _dpsgd_event(q: float, z: float):

@@ -47,11 +47,17 @@ def read_matrix(path: str, *, skip_header: bool = False, what: str = "data") -> 
         raise
     except Exception:  # the libraries' messages quote the file's content: not passed on
         raise InputError(f"cannot read {what} file {str(p)!r} as a table of numbers ({suffix[1:]})") from None
-    if a.dtype == object or not np.issubdtype(a.dtype, np.number):
-        raise InputError(f"{what} file {str(p)!r} does not hold numbers")
+    if a.dtype == object or not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise InputError(f"{what} file {str(p)!r} does not hold real numbers")
+    if a.dtype == np.longdouble or (np.issubdtype(a.dtype, np.integer) and a.size
+                                    and int(np.abs(a).max()) > 2**53):
+        # float64 would round these before the noise
+        raise InputError(f"{what} file {str(p)!r} holds values float64 cannot represent exactly; convert it first")
     a = np.asarray(a, dtype=np.float64)
     if a.ndim != 2:
         raise InputError(f"{what} file {str(p)!r} must hold a 2-d table (rows × columns), it has {a.ndim} axes")
+    if a.shape[1] == 0:  # the row count is private: not named
+        raise InputError(f"{what} file {str(p)!r} has no columns")
     if not np.isfinite(a).all():
         raise InputError(f"{what} file {str(p)!r} has missing or non-finite entries")
     return a
@@ -69,11 +75,14 @@ def read_lines(path: str, *, what: str = "corpus") -> list[str]:
     return [line for line in lines if line]
 
 
-def check_output(path: str | None, *, force: bool = False, what: str = "output") -> Path | None:
+def check_output(path: str | None, *, force: bool = False, what: str = "output",
+                 suffix: str | None = None) -> Path | None:
     """Refuse, before any work, an output file whose directory is missing or not writable, or
-    that exists (unless ``force``)."""
+    that exists (unless ``force``). ``suffix``: appended when missing (the name written)."""
     if path is None:
         return None
+    if suffix is not None and not str(path).endswith(suffix):
+        path = f"{path}{suffix}"
     p = _writable_parent(path, what)
     if p.is_dir():
         raise InputError(f"{what} {str(p)!r} is a directory; give a file path")
