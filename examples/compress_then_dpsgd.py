@@ -86,7 +86,8 @@ def run(*, epochs: int = 2, rank: int = 12, seed: int | None = None, delta: floa
         "release_epsilon": release.epsilon,
         "release_for_publication": release.for_publication,
         "dpsgd_epsilon_opacus": engine.accountant.get_epsilon(delta),
-        "total_epsilon": acc.epsilon(delta),
+        "total_epsilon": acc.epsilon(delta),  # "auto": the PLD when dp_accounting is installed
+        "total_epsilon_rdp": acc.epsilon(delta, method="rdp"),
         "methods": acc.valid_methods(),
         "train_accuracy": accuracy,
         "delta": delta,

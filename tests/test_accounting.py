@@ -47,11 +47,24 @@ def test_methods_order_and_auto():
     assert acc.delta(rep["gdp"]) == pytest.approx(1e-5, rel=1e-6)
     assert acc.delta(rep["rdp"], method="rdp") <= 1e-5 * (1 + 1e-9)
     sub = PrivacyAccountant([SelfComposedEvent(PoissonSampledEvent(0.01, GaussianEvent(1.1)), 100)])
-    assert sub.valid_methods() == ("rdp",) and sub.mu() is None
+    assert sub.valid_methods()[0] == "rdp" and sub.mu() is None
     with pytest.raises(ValueError, match="cannot price Poisson-subsampled"):
         sub.epsilon(1e-5, method="gdp")
-    with pytest.raises(ValueError, match="'pld'"):
+
+
+def test_without_dp_accounting_auto_is_rdp_and_pld_is_refused_by_name(monkeypatch):
+    """The "pld" method needs the accounting extra: without it "auto" prices subsampled records
+    by RDP, and asking for "pld" names the missing package."""
+    from dplowrank.accounting import _accountant
+
+    monkeypatch.setattr(_accountant, "pld_installed", lambda: False)
+    sub = PrivacyAccountant([SelfComposedEvent(PoissonSampledEvent(0.01, GaussianEvent(1.1)), 100)])
+    assert sub.valid_methods() == ("rdp",)
+    assert sub.epsilon(1e-5) == sub.epsilon(1e-5, method="rdp")
+    with pytest.raises(ValueError, match="method='pld' needs dp_accounting"):
         sub.epsilon(1e-5, method="pld")
+    with pytest.raises(ImportError, match="dp_accounting"):
+        sub.pld()
 
 
 def test_release_is_accounted():
@@ -273,7 +286,9 @@ def test_huge_noise_multiplier_costs_nothing_measurable(z):
     acc = PrivacyAccountant([GaussianEvent(z)] * 3)
     assert acc.epsilon(1e-5) == acc.epsilon(1e-5, "gdp") == acc.epsilon(1e-5, "zcdp") == 0.0
     assert acc.epsilon(1e-5, "rdp") == pytest.approx(floor, rel=1e-12)
-    assert PrivacyAccountant([PoissonSampledEvent(0.5, GaussianEvent(z))]).epsilon(1e-5) == pytest.approx(floor)
+    sub = PrivacyAccountant([PoissonSampledEvent(0.5, GaussianEvent(z))])
+    assert sub.epsilon(1e-5, "rdp") == pytest.approx(floor)
+    assert sub.epsilon(1e-5) <= sub.epsilon(1e-5, "rdp")  # the PLD (when installed) prices it at 0
 
 
 def test_zero_and_full_sampling_and_infinite_noise():

@@ -81,7 +81,7 @@ def test_subsampled_steps_against_opacus(q, z, steps, log_delta):
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-12)
     acc = PrivacyAccountant([SelfComposedEvent(PoissonSampledEvent(q, GaussianEvent(z)), steps)])
     eps_o, _ = opacus_rdp.get_privacy_spent(orders=list(DEFAULT_ORDERS), rdp=steps * theirs, delta=delta)
-    assert acc.epsilon(delta) == pytest.approx(eps_o, rel=1e-5)
+    assert acc.epsilon(delta, method="rdp") == pytest.approx(eps_o, rel=1e-5)
 
 
 # A small grid of DP-SGD steps, so that both sides' per-step RDP caches are reused.
@@ -143,7 +143,8 @@ def test_opacus_history_and_dp_accounting_round_trip():
     o.history = [(1.1, 0.01, 500), (2.0, 1.0, 3)]
     events = bridges.from_opacus(o)
     acc = PrivacyAccountant([events])
-    assert acc.epsilon(1e-5) == pytest.approx(o.get_epsilon(1e-5), rel=1e-6)
+    assert acc.epsilon(1e-5, method="rdp") == pytest.approx(o.get_epsilon(1e-5), rel=1e-6)
+    assert acc.epsilon(1e-5) < acc.epsilon(1e-5, method="rdp")  # "auto" takes the tighter PLD
     back = bridges.from_dp_accounting(bridges.to_dp_accounting(acc), "add_remove")
     assert back == acc.composed_event()
     with pytest.raises(TypeError, match="history"):
@@ -157,3 +158,103 @@ def test_zero_and_full_sampling_match_dp_accounting():
     none = PrivacyAccountant([PoissonSampledEvent(0.0, GaussianEvent(0.5))])
     assert none.epsilon(1e-5) == 0.0 == pytest.approx(bridges.pld_epsilon(none, 1e-5), abs=1e-9)
     assert math.isfinite(full.epsilon(1e-5, method="gdp"))
+
+
+# ---- the "pld" method of the accountant ----------------------------------------------------------
+
+
+def _exact_sampled_delta(q: float, sigma: float, eps: float) -> float:
+    """δ(ε) of one Poisson-subsampled Gaussian step under add/remove neighbours, in closed form
+    with mpmath (independent of dp_accounting): the larger hockey-stick divergence of
+    P = (1 − q)N(0, σ²) + qN(1, σ²) and Q = N(0, σ²), in either order. P/Q is increasing in x,
+    so each divergence is one tail integral."""
+    import mpmath as mp
+
+    mp.mp.dps = 50
+    q, s, e = mp.mpf(q), mp.mpf(sigma), mp.mpf(eps)
+    tail = lambda t: mp.ncdf(-t)  # noqa: E731
+    # H_ε(P‖Q): P/Q > e^ε for x > a
+    a = s * s * mp.log((mp.e**e - (1 - q)) / q) + mp.mpf(1) / 2
+    h_pq = (1 - q) * tail(a / s) + q * tail((a - 1) / s) - mp.e**e * tail(a / s)
+    # H_ε(Q‖P): Q/P > e^ε for x < b, where P/Q < e^(−ε) (possible only if e^(−ε) > 1 − q)
+    h_qp = mp.mpf(0)
+    if mp.e ** (-e) > 1 - q:
+        b = s * s * mp.log((mp.e ** (-e) - (1 - q)) / q) + mp.mpf(1) / 2
+        h_qp = mp.ncdf(b / s) - mp.e**e * ((1 - q) * mp.ncdf(b / s) + q * mp.ncdf((b - 1) / s))
+    return float(max(h_pq, h_qp))
+
+
+@pytest.mark.parametrize(("q", "sigma", "eps"), [(0.01, 1.0, 0.5), (0.1, 0.8, 1.0), (0.3, 2.0, 0.2), (0.05, 0.5, 2.0)])
+def test_pld_of_one_subsampled_step_bounds_the_exact_curve(q, sigma, eps):
+    """The accountant's PLD δ(ε) is an upper bound on the exact δ of a subsampled Gaussian step
+    (closed form, mpmath), and a tight one (within 1% plus the discretisation's 1e-6)."""
+    acc = PrivacyAccountant([PoissonSampledEvent(q, GaussianEvent(sigma))])
+    exact = _exact_sampled_delta(q, sigma, eps)
+    got = acc.delta(eps, method="pld")
+    assert got >= exact
+    assert got <= exact * 1.01 + 1e-6
+    assert acc.delta(eps) <= acc.delta(eps, method="rdp")
+
+
+def test_pld_of_gaussian_releases_bounds_the_exact_gdp_curve():
+    """Without subsampling the PLD (merged into one μ-GDP Gaussian) is above the exact curve
+    (mpmath) and "auto" keeps the exact GDP, which is tighter still."""
+    import mpmath as mp
+
+    mp.mp.dps = 50
+    acc = PrivacyAccountant([GaussianEvent(2.0), GaussianEvent(3.0)] * 3)
+    mu = mp.sqrt(3 * (mp.mpf(1) / 4 + mp.mpf(1) / 9))
+    for eps in (0.3, 1.0, 3.0):
+        e = mp.mpf(eps)
+        exact = float(mp.ncdf(-e / mu + mu / 2) - mp.e**e * mp.ncdf(-e / mu - mu / 2))
+        assert acc.delta(eps, method="pld") >= exact
+        assert acc.delta(eps) == acc.delta(eps, method="gdp") >= exact
+    assert "pld" not in acc.valid_methods()
+
+
+def test_auto_prices_a_release_plus_dpsgd_by_pld_when_tighter():
+    """A Gaussian release plus DP-SGD: "auto" is the PLD figure, below RDP, and agrees with
+    dp_accounting's own PLD accountant on the same events (which composes every release
+    separately rather than merging them exactly)."""
+    release = GaussianEvent(3.0)
+    steps = SelfComposedEvent(PoissonSampledEvent(0.01, GaussianEvent(1.1)), 1000)
+    acc = PrivacyAccountant([release, steps])
+    rep = acc.report(1e-5)
+    assert set(rep) == {"rdp", "pld"}
+    assert rep["rdp"] == pytest.approx(2.224, abs=1e-3)  # RDP over opacus' orders
+    assert acc.epsilon(1e-5) == rep["pld"] < 0.93 * rep["rdp"]  # 2.024
+    assert rep["pld"] == pytest.approx(bridges.pld_epsilon(acc, 1e-5), abs=2e-3)
+    # ε(δ) and δ(ε) are consistent: the padded δ at the reported ε is at most δ
+    assert acc.delta(rep["pld"] * (1 + 1e-6)) <= 1e-5
+
+
+def test_pld_failure_leaves_auto_on_rdp(monkeypatch):
+    """A record the PLD cannot price (dp_accounting failing, a run too long to discretise) makes
+    "auto" fall back to RDP; asking for "pld" explicitly raises."""
+    from dplowrank.accounting import _accountant
+
+    acc = PrivacyAccountant([SelfComposedEvent(PoissonSampledEvent(0.02, GaussianEvent(1.0)), 50)])
+    monkeypatch.setattr(_accountant, "_PLD_MAX_COUNT", 10)
+    assert acc.epsilon(1e-5) == acc.epsilon(1e-5, method="rdp")
+    assert acc.delta(2.0) == acc.delta(2.0, method="rdp")
+    with pytest.raises(ValueError, match="steps exceed"):
+        acc.epsilon(1e-5, method="pld")
+
+
+def test_budget_auto_spends_by_pld(tmp_path):
+    """A ledger priced "auto" affords DP-SGD steps that RDP would refuse, and its file says "auto"."""
+    from dplowrank import BudgetExceededError, PrivacyBudget
+
+    steps = SelfComposedEvent(PoissonSampledEvent(0.01, GaussianEvent(1.0)), 400)
+    probe = PrivacyAccountant([GaussianEvent(4.0), steps])
+    pld, rdp = probe.epsilon(1e-5, method="pld"), probe.epsilon(1e-5, method="rdp")
+    assert pld < rdp
+    cap = (pld + rdp) / 2
+    auto = PrivacyBudget(cap, 1e-5, path=tmp_path / "auto.json")
+    auto.spend(GaussianEvent(4.0))
+    auto.spend(steps)
+    assert auto.spent_epsilon() == pytest.approx(pld, rel=1e-9)
+    strict = PrivacyBudget(cap, 1e-5, method="rdp")
+    strict.spend(GaussianEvent(4.0))
+    with pytest.raises(BudgetExceededError):
+        strict.spend(steps)

@@ -500,3 +500,24 @@ def test_events_record_their_neighbour_relation_and_mixed_relations_are_refused(
         dl.event_from_dict({"type": "gaussian", "noise_multiplier": 1.0})
     with pytest.raises(ValueError, match="neighbour must be one of"):
         GaussianEvent(1.0, "swap")
+
+
+def test_plan_dpsgd_finds_the_smallest_affordable_noise_multiplier():
+    """plan_dpsgd: the planned steps fit, a slightly smaller z does not, nothing is charged,
+    and bad arguments are refused by name."""
+    b = dl.PrivacyBudget(2.0, 1e-5, method="rdp")
+    b.spend(GaussianEvent(4.0))
+    z = b.plan_dpsgd(0.01, 300)
+    assert b.can_afford(PoissonSampledEvent(0.01, GaussianEvent(z)), count=300)
+    assert not b.can_afford(PoissonSampledEvent(0.01, GaussianEvent(z / (1 + 2e-4))), count=300)
+    assert len(b.events) == 1
+    # a budget with nothing left refuses every plan
+    full = dl.PrivacyBudget(0.1, 1e-5, method="rdp")
+    with pytest.raises(ValueError, match="no noise multiplier up to 10 fits"):
+        full.plan_dpsgd(0.5, 1000, max_noise=10.0)
+    for kwargs, name in [({"sample_rate": 0.0, "steps": 5}, "sample_rate"), ({"sample_rate": 0.1, "steps": 0}, "steps"),
+                         ({"sample_rate": 0.1, "steps": 2.0}, "steps"),
+                         ({"sample_rate": 0.1, "steps": 5, "max_noise": float("nan")}, "max_noise")]:
+        with pytest.raises(ValueError, match=name):
+            b.plan_dpsgd(**kwargs)
+    assert len(b.events) == 1

@@ -832,8 +832,8 @@ def _acc_cases(draw, kind):
         case.epsilon, error = _bad(draw, BAD_NONNEGATIVE)
         case.expect = (error, "epsilon")
     elif spoil == "method":
-        # (and "pld": a method of dp_accounting that this accountant does not have)
-        case.method, error = _bad(draw, BAD_CHOICE + (("pld", ValueError),))
+        # (and "PLD": the names are case-sensitive)
+        case.method, error = _bad(draw, BAD_CHOICE + (("PLD", ValueError),))
         case.expect = (error, "method")
     elif spoil == "budget_epsilon":
         bad, error = _bad(draw, BAD_EPSILON)

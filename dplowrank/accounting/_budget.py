@@ -224,7 +224,7 @@ class PrivacyBudget:
         """
         with self._thread_lock:
             spent = self._acc.mu()
-        if spent is None or self.method in ("zcdp", "rdp"):
+        if spent is None or self.method in ("zcdp", "rdp", "pld"):
             return None
         total = gdp_mu(self.epsilon, self.delta)
         rem2 = total * total - spent * spent
@@ -232,6 +232,82 @@ class PrivacyBudget:
             return 0.0
         return nudge(lambda r: gdp_delta(math.sqrt(spent * spent + r * r), self.epsilon) <= self.delta,
                      math.sqrt(rem2), -1.0, limit=0.0)
+
+    def plan_dpsgd(self, sample_rate: float, steps: int, *, max_noise: float = 1e4) -> float:
+        """The smallest DP-SGD noise multiplier z that the rest of the budget affords.
+
+        ``steps`` Poisson-subsampled Gaussian steps (``PoissonSampledEvent(sample_rate,
+        GaussianEvent(z))``, the event of opacus' DP-SGD) are priced together with everything
+        already charged, by this budget's own method. Nothing is charged: :meth:`spend` the
+        plan before training, so that nobody else spends the same remainder.
+
+        RDP brackets z first, to 1e-4 relative (microseconds per price); a budget priced by
+        "auto" or "pld" then refines below it with the PLD (never looser than RDP), to 1e-3
+        relative (~0.5 s per price). z is rounded up: the answer always fits.
+
+        Parameters
+        ----------
+        sample_rate : float
+            Poisson sampling probability q in (0, 1] (opacus: 1 / batches per epoch).
+        steps : int
+            Number of optimiser steps, ≥ 1.
+        max_noise : float
+            Largest z considered.
+
+        Returns
+        -------
+        float
+            z ≥ 0.01.
+
+        Raises
+        ------
+        ValueError
+            For a bad ``sample_rate`` or ``steps``, or when not even ``max_noise`` fits.
+        """
+        from ..privacy import GaussianEvent, PoissonSampledEvent
+
+        q = float(sample_rate)
+        if not (0.0 < q <= 1.0):
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        max_noise = float(max_noise)
+        if not (max_noise >= 0.01 and math.isfinite(max_noise)):
+            raise ValueError(f"max_noise must be finite and at least 0.01, got {max_noise!r}")
+        with self._locked():
+            self._refresh()
+            base = self._acc.copy()
+
+        def fits(z: float, method: str) -> bool:
+            trial = base.copy().add(PoissonSampledEvent(q, GaussianEvent(z)), count=steps)
+            return trial.delta(self.epsilon, method) <= self.delta
+
+        def bisect(lo: float, hi: float, method: str, tol: float) -> float:
+            while hi / lo > 1.0 + tol:
+                mid = math.sqrt(lo * hi)
+                lo, hi = (lo, mid) if fits(mid, method) else (mid, hi)
+            return hi
+
+        coarse = "rdp" if self.method in ("auto", "pld") else self.method
+        lo, hi = 0.0, 0.01  # lo: the last z that did not fit (0: none tried)
+        while not fits(hi, coarse) and hi < max_noise:
+            lo, hi = hi, min(2.0 * hi, max_noise)
+        if lo > 0.0 and fits(hi, coarse):
+            hi = bisect(lo, hi, coarse, 1e-4)
+        if coarse == self.method:
+            if not fits(hi, coarse):
+                raise ValueError(f"no noise multiplier up to {max_noise:g} fits {steps} steps at sample rate {q:g} "
+                                 "in what is left of the budget")
+            return hi
+        if not fits(hi, self.method):  # RDP fits nowhere up to max_noise, and neither does the PLD
+            raise ValueError(f"no noise multiplier up to {max_noise:g} fits {steps} steps at sample rate {q:g} "
+                             "in what is left of the budget")
+        lo = hi / 1.5
+        while lo >= 0.01 and fits(lo, self.method):
+            hi, lo = lo, lo / 1.5
+        if lo < 0.01:
+            return hi
+        return bisect(lo, hi, self.method, 1e-3)
 
     # ---- persistence -----------------------------------------------------------------------
     def _payload(self, acc: PrivacyAccountant) -> dict:

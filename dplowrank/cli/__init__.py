@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("ledger", help="the ledger file (JSON)")
     p.add_argument("--epsilon", type=float, help="total ε (create)")
     p.add_argument("--delta", type=float, help="total δ (create)")
-    p.add_argument("--method", choices=["auto", "gdp", "zcdp", "rdp"], default="auto", help="pricing (create)")
+    p.add_argument("--method", choices=["auto", "gdp", "zcdp", "rdp", "pld"], default="auto",
+                   help="pricing (create); auto: the tightest valid (PLD for DP-SGD when dp_accounting is installed)")
     p.add_argument("--release", help="spend: the event of this release file")
     p.add_argument("--noise-multiplier", type=float, help="spend: DP-SGD's z")
     p.add_argument("--sample-rate", type=float, default=None, help="DP-SGD's Poisson sampling rate q")

@@ -7,7 +7,6 @@ refuses an over-budget release before any noise (``BudgetExceededError``, exit c
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -167,7 +166,7 @@ def diagnose(args) -> tuple[dict, str]:
 
 def budget(args) -> tuple[dict, str]:
     """create / show / spend / plan on a ledger file."""
-    from ..accounting import GaussianEvent, PoissonSampledEvent, PrivacyBudget
+    from ..accounting import PrivacyBudget
 
     key = _key(args.key_file)
     if args.action == "create":
@@ -211,10 +210,10 @@ def budget(args) -> tuple[dict, str]:
         raise InputError(f"--sample-rate must be in (0, 1], got {q!r}")
     if steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps!r}")
-    z = _plan_noise(b, q, steps, GaussianEvent, PoissonSampledEvent)
-    if z is None:
-        raise InputError(f"no noise multiplier up to 1e4 fits {steps} steps at sample rate {q:g} in what is left "
-                         f"of {args.ledger}")
+    try:
+        z = b.plan_dpsgd(q, steps)
+    except ValueError as exc:
+        raise InputError(f"{exc} ({args.ledger})") from None
     trial = b.accountant.copy()
     trial.add(_dpsgd_event(q, z), count=steps)
     total = trial.epsilon(b.delta, b.method)
@@ -248,25 +247,6 @@ def _dpsgd_event(q: float, z: float):
     if not (0.0 < q <= 1.0):
         raise InputError(f"--sample-rate must be in (0, 1], got {q!r}")
     return PoissonSampledEvent(q, GaussianEvent(z))
-
-
-def _plan_noise(b, q: float, steps: int, gaussian, sampled) -> float | None:
-    """Smallest z (to 1e-4 relative, rounded up) with the ledger plus ``steps`` steps within budget."""
-    def fits(z: float) -> bool:
-        return b.can_afford(sampled(q, gaussian(z)), count=steps)
-
-    hi = 1e-2
-    while not fits(hi):
-        hi *= 2.0
-        if hi > 1e4:
-            return None
-    lo = hi / 2.0
-    if fits(lo):
-        return lo
-    while hi / lo > 1.0 + 1e-4:
-        mid = math.sqrt(lo * hi)
-        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
-    return hi
 
 
 def compress(args) -> tuple[dict, str]:

@@ -39,20 +39,17 @@ def read_matrix(path: str, *, skip_header: bool = False, what: str = "data") -> 
             except ImportError:
                 raise InputError(f"reading {str(p)!r} needs pyarrow: pip install pyarrow") from None
             table = pq.read_table(p)
-            a = np.column_stack([np.asarray(c.to_numpy(zero_copy_only=False), dtype=np.float64)
-                                 for c in table.columns]) if table.num_columns else np.zeros((0, 0))
+            columns = [np.asarray(c.to_numpy(zero_copy_only=False)) for c in table.columns]
+            for c in columns:  # checked column by column before one float64 table is made
+                _check_exact(c, p, what)
+            a = np.column_stack([c.astype(np.float64) for c in columns]) if columns else np.zeros((0, 0))
         else:
             raise InputError(f"{what} file {str(p)!r}: unknown format {suffix or '(none)'!r}; use one of {FORMATS}")
     except InputError:
         raise
     except Exception:  # the libraries' messages quote the file's content: not passed on
         raise InputError(f"cannot read {what} file {str(p)!r} as a table of numbers ({suffix[1:]})") from None
-    if a.dtype == object or not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
-        raise InputError(f"{what} file {str(p)!r} does not hold real numbers")
-    if a.dtype == np.longdouble or (np.issubdtype(a.dtype, np.integer) and a.size
-                                    and int(np.abs(a).max()) > 2**53):
-        # float64 would round these before the noise
-        raise InputError(f"{what} file {str(p)!r} holds values float64 cannot represent exactly; convert it first")
+    _check_exact(a, p, what)
     a = np.asarray(a, dtype=np.float64)
     if a.ndim != 2:
         raise InputError(f"{what} file {str(p)!r} must hold a 2-d table (rows × columns), it has {a.ndim} axes")
@@ -61,6 +58,16 @@ def read_matrix(path: str, *, skip_header: bool = False, what: str = "data") -> 
     if not np.isfinite(a).all():
         raise InputError(f"{what} file {str(p)!r} has missing or non-finite entries")
     return a
+
+
+def _check_exact(a: np.ndarray, p: Path, what: str) -> None:
+    """Refuse what is not real numbers, or what float64 would round (long double, integers
+    beyond 2**53): the library would otherwise release a rounded copy of the user's data."""
+    if a.dtype == object or not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise InputError(f"{what} file {str(p)!r} does not hold real numbers")
+    if a.dtype == np.longdouble or (np.issubdtype(a.dtype, np.integer) and a.size
+                                    and (int(a.max()) > 2**53 or int(a.min()) < -(2**53))):
+        raise InputError(f"{what} file {str(p)!r} holds values float64 cannot represent exactly; convert it first")
 
 
 def read_lines(path: str, *, what: str = "corpus") -> list[str]:

@@ -111,7 +111,7 @@ def gdp_delta(mu: float, epsilon: float) -> float:
         h = mu / _SQRT2  # x_b − x_a, formed directly rather than as a difference
         diff = _erfcx_drop(-big_a / _SQRT2, h)
         d = 0.5 * math.exp(-0.5 * big_a * big_a) * diff
-    return _pad(d)
+    return pad_delta(d)
 
 
 def _big_a(mu: float, epsilon: float) -> float:
@@ -128,7 +128,7 @@ def _big_a(mu: float, epsilon: float) -> float:
     return float(Fraction(mu) / 2 - Fraction(epsilon) / Fraction(mu))
 
 
-def _pad(d: float) -> float:
+def pad_delta(d: float) -> float:
     """The padded upper bound: ``d``·(1 + 1e-7), at least the smallest positive float, and
     four subnormal steps more below the normal range (where a relative pad is too small)."""
     if not d > 0.0:  # underflow, rounding or inf·0: the exact δ (≥ 0) is below the smallest float
@@ -150,7 +150,7 @@ def _erfcx_drop(x: float, h: float) -> float:
 def _erfcx_drop_quad(x: np.ndarray, h: np.ndarray) -> np.ndarray:
     """erfcx(x) − erfcx(x + h) elementwise (shapes (m,)) as −∫ erfcx′ by 8-point Gauss–Legendre."""
     t = x[:, None] + 0.5 * h[:, None] * (1.0 + _GL_X)  # shape (m, 8)
-    with np.errstate(invalid="ignore", over="ignore"):  # x = inf gives NaN: _pad turns it into the smallest float
+    with np.errstate(invalid="ignore", over="ignore"):  # x = inf gives NaN: pad_delta turns it into the smallest float
         return 0.5 * h * ((_TWO_OVER_SQRT_PI - 2.0 * t * erfcx(t)) @ _GL_W)
 
 
@@ -181,7 +181,7 @@ def gdp_delta_many(mu: np.ndarray, eps: np.ndarray | float) -> np.ndarray:
         if near.any():
             diff[near] = _erfcx_drop_quad(x[near], h[near])
         out[tail] = 0.5 * np.exp(-0.5 * big_a[tail] ** 2) * diff
-    return np.array([_pad(float(d)) for d in out]) if (~(out >= _SMALLEST_NORMAL)).any() else \
+    return np.array([pad_delta(float(d)) for d in out]) if (~(out >= _SMALLEST_NORMAL)).any() else \
         np.minimum(1.0, out * DELTA_SAFETY)
 
 
