@@ -32,6 +32,7 @@ from .compress import (
     save_compressed,
 )
 from .diagnostics import GapReport, diagnose, noise_edge, noise_norm_bound
+from .distributed import DistributedError, reduce_statistics, release_rank_k_distributed, release_rank_k_sharded
 from .gram import GramAccumulator
 from .linalg import EighResult, topk_eigh
 from .mechanisms import (
@@ -103,4 +104,9 @@ __all__ = [
     "LowRankLinear",
     "save_compressed",
     "load_compressed",
+    # torch.distributed (dplowrank.distributed has shard_rows)
+    "release_rank_k_distributed",
+    "release_rank_k_sharded",
+    "reduce_statistics",
+    "DistributedError",
 ]

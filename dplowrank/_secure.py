@@ -302,6 +302,34 @@ class SecureNormalSource:
         return f"SecureNormalSource(combine={self.combine}, seeded={self.seeded})"
 
 
+def state_for_peers(source: SecureNormalSource) -> tuple:
+    """What the other ranks of a torch.distributed job need to draw from the same keystreams
+    as ``source`` (a sharded release, :func:`dplowrank.release_rank_k_sharded`):
+    ``("secure", key)`` for a source the library keyed from the OS, ``("seeded", state)``
+    otherwise. Only the library calls this, to send the state over the job's process group,
+    whose network the job must trust as it trusts it with the raw statistics
+    (docs/distributed.md); the key of a secure source never leaves the job."""
+    with source._lock:
+        if source.secure:
+            return ("secure", source._key, source._next, source._next_solver)
+        return ("seeded", source._key, source._combine, source._next, source._next_solver)
+
+
+def source_from_peers(state: tuple) -> SecureNormalSource:
+    """The source that :func:`state_for_peers` describes. A ``"secure"`` one is registered as
+    OS-keyed (the key was drawn from ``os.urandom`` by the library on the sending rank, and no
+    caller chose it), with the hardening on."""
+    if state[0] == "secure":
+        _, key, next_stream, next_solver = state
+        src = SecureNormalSource(bytes(key), combine=2, _seeded=True)
+        src._next, src._next_solver = next_stream, next_solver
+        with _OS_KEYED_LOCK:
+            _OS_KEYED[src] = src._key
+        return src
+    _, key, combine, next_stream, next_solver = state
+    return _restore_seeded(bytes(key), combine, next_stream, next_solver)
+
+
 def _restore_seeded(key: bytes, combine: int, next_stream: int, next_solver: int) -> SecureNormalSource:
     """A seeded source in a given state (copies and unpickling of seeded sources)."""
     src = SecureNormalSource(key, combine=combine, _seeded=True)

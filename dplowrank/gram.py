@@ -33,10 +33,12 @@ import math
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from ._distributed import agree, collective, group_info
 from ._files import atomic_write_bytes, check_key, seal, verify
 from ._memory import check_allocation
 from ._parallel import run_blocks
@@ -170,6 +172,7 @@ class GramAccumulator:
         self.n_rows = 0
         self.n_clipped = 0
         self._consumed = False  # see consume
+        self._consumed_by: str | None = None  # what took the buffer, when not a release
         if dim is not None and self._device is not None:
             self._allocate(dim, self._device)
 
@@ -205,6 +208,11 @@ class GramAccumulator:
         return self._consumed
 
     def _check_not_consumed(self) -> None:
+        if self._consumed and self._consumed_by:
+            raise ValueError(
+                f"this GramAccumulator was handed to {self._consumed_by}: it no longer holds this rank's "
+                "raw Gram (the reduction overwrote it, or failed part-way); accumulate a new one"
+            )
         if self._consumed:
             raise ValueError(
                 "this GramAccumulator was consumed by release_rank_k(..., overwrite=True): its "
@@ -341,6 +349,83 @@ class GramAccumulator:
         scale, over = clip_factors(unit_norms, limit, self.row_norm * _CLIP_MARGIN)
         x = torch.where(over.unsqueeze(1), unit * scale.unsqueeze(1), x)
         return self._on_grid(x), over
+
+    # ---- data parallel -----------------------------------------------------------------------
+    def reduce(self, dst: int = 0, *, group: Any = None) -> bool:
+        """Sum every rank's accumulator into rank ``dst``'s (torch.distributed, collective).
+
+        Each rank accumulates its own shard of the privacy units; one reduction of the
+        float64 Grams (d² × 8 bytes per rank) and of the counts gives rank ``dst`` exactly
+        the accumulator one process would have built from all the rows, bit for bit: every
+        sum is on the fixed-point grid, so the order does not matter. The sensitivity is
+        unchanged **provided each privacy unit lives on exactly one rank** (shard by
+        example id, not by position in a stream two ranks read).
+
+        Every rank must call it with the same ``dst`` and an accumulator of the same
+        ``row_norm``, ``neighbour``, ``max_rows`` and ``dim`` (checked: a mismatch raises
+        ``ValueError`` on every rank). ``max_rows`` bounds the rows of *all* ranks together;
+        a total above it raises ``ValueError`` on every rank. On the other ranks the
+        accumulator is consumed afterwards (the reduction overwrites their buffers); only
+        rank ``dst`` holds the raw total, and releases it (see
+        :func:`dplowrank.release_rank_k_distributed`). A rank that dies or times out makes
+        the others raise :class:`dplowrank.DistributedError`; no partial sum is kept.
+
+        Parameters
+        ----------
+        dst : int
+            The rank (in ``group``) that receives the total.
+        group : ProcessGroup, optional
+            Default: the whole job. The Gram's device must suit the backend (CPU for gloo,
+            CUDA for NCCL).
+
+        Returns
+        -------
+        bool
+            ``True`` on rank ``dst`` (whose accumulator now holds the total).
+        """
+        import torch.distributed as dist
+
+        rank, world = group_info(group)
+        local: Exception | None = None
+        try:
+            self._check_not_consumed()
+            if self._dim is None:
+                raise ValueError("reduce() needs the dimension on every rank: create the accumulator with dim=")
+            if isinstance(dst, bool) or not isinstance(dst, int) or not 0 <= dst < world:
+                raise ValueError(f"dst must be a rank in [0, {world}), got {dst!r}")
+        except ValueError as exc:
+            local = exc
+        agree(local, group, what="GramAccumulator.reduce")
+        spec = (self.row_norm, self.neighbour, self.max_rows, self._dim, dst)
+        specs: list = [None] * world
+        with collective("GramAccumulator.reduce"):
+            dist.all_gather_object(specs, spec, group=group)
+        if any(s != spec for s in specs):
+            raise ValueError(
+                "the ranks' accumulators differ in (row_norm, neighbour, max_rows, dim, dst): "
+                f"{sorted(set(map(str, specs)))}; every rank must build the same accumulator"
+            )
+        gram = self.gram
+        counts = torch.tensor([self.n_rows, self.n_clipped], dtype=torch.int64, device=gram.device)
+        with collective("GramAccumulator.reduce"):
+            dist.all_reduce(counts, group=group)
+        total, clipped = (int(c) for c in counts.tolist())
+        if total > self.max_rows:
+            raise ValueError(
+                f"the ranks together hold more rows than max_rows={self.max_rows}, the public bound that keeps the "
+                "sums exact; nothing was reduced (build every rank's accumulator with a larger max_rows)"
+            )
+        # From here the buffer is the reduction's: on the other ranks it ends as scratch, and on
+        # rank dst a failed reduction may leave a partial sum, which must never be released.
+        self._gram, self._consumed = None, True
+        self._consumed_by = f"GramAccumulator.reduce(dst={dst}) on rank {rank}"
+        with collective("GramAccumulator.reduce"):
+            dist.reduce(gram, dst=dst, group=group)
+        if rank != dst:
+            return False
+        self._gram, self._consumed, self._consumed_by = gram, False, None
+        self.n_rows, self.n_clipped = total, clipped
+        return True
 
     # ---- crash safety -----------------------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike, *, cursor: object = None, key: bytes | None = None) -> Path:

@@ -27,13 +27,14 @@ PACKAGE = ROOT / "dplowrank"
 #: Units (a subpackage, or a top-level module) by layer, lowest first. Units of one layer
 #: may not import each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_kernel",),  # dplowrank._validation, _tensor, _memory, _files, _progress, _threads, _parallel, _secure, _random
+    ("_kernel",),  # dplowrank._validation, _tensor, _memory, _files, _progress, _threads, _parallel, _secure, _random, _distributed
     ("privacy",),  # events, GDP/zCDP/RDP curves, the calibration search, noise calibration
     ("mechanisms", "accounting"),  # the noise; composition and budgets
     ("gram", "linalg"),  # the private statistic and its checks; the eigensolvers
     ("diagnostics",),  # free post-processing of a released spectrum
     ("release",),  # the value object, its file, the pipeline
     ("analysis", "compress", "pca"),  # non-private tools on the true matrix; model compression; the PCA estimator
+    ("distributed",),  # torch.distributed: data-parallel releases and statistics, row-sharded releases
     ("demo", "__init__"),  # demo helpers (MiniLM, offline text); the flat API
     ("cli", "audit", "datasets"),  # the command line; deprecated module shims
     ("__main__",),  # python -m dplowrank

@@ -38,6 +38,7 @@ import numpy as np
 from .._validation import check_choice, check_delta, check_positive
 from ..privacy import (
     DEFAULT_ORDERS,
+    DELTA_SAFETY,
     EVENT_TYPES,
     ComposedEvent,
     GaussianEvent,
@@ -49,6 +50,7 @@ from ..privacy import (
     gdp_delta,
     gdp_epsilon,
     neighbour_of,
+    pad_delta,
     rdp_to_delta,
     rdp_to_epsilon,
     sampled_gaussian_rdp,
@@ -56,7 +58,6 @@ from ..privacy import (
     zcdp_delta,
     zcdp_epsilon,
 )
-from ..privacy._gdp import DELTA_SAFETY, pad_delta
 
 __all__ = ["METHODS", "PrivacyAccountant", "as_event"]
 

@@ -85,6 +85,7 @@ class _Collector:
             st = GroupStatistic(g, c, torch.zeros(g.dim, g.dim, dtype=torch.float64, device=dev))
             if self.clip is not None:
                 st.grid, self._limits[g.name] = _grid_for(self.clip, g.dim)
+                st.max_examples = self._limits[g.name]
             self.stats[g.name] = st
             if c.route == "output":
                 b = mods[g.members[0]].bias

@@ -33,6 +33,9 @@ class GroupStatistic:
         Frobenius sensitivity of ``gram`` for the neighbour relation (``None`` without clipping).
     grid : float or None
         The grid step g of the exact sums (clipped statistics only; see the module docstring).
+    max_examples : int or None
+        How many examples the grid keeps exact (clipped statistics only); also the bound on
+        the total of a sum over ranks (:func:`dplowrank.reduce_statistics`).
     """
 
     group: LayerGroup
@@ -43,6 +46,7 @@ class GroupStatistic:
     clip: float | None = None
     sensitivity: float | None = None
     grid: float | None = None
+    max_examples: int | None = None
 
     def row_space_gram(self) -> torch.Tensor:
         """K_u = D⁻¹ K_z D⁻¹ of shape (ρ, ρ) (non-private)."""

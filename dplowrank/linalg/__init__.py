@@ -19,6 +19,6 @@ Layout (each module imports only those above it in this list):
 from __future__ import annotations
 
 from ._realify import realify
-from .topk import NOISE_ATOL_FRACTION, SOLVERS, EighResult, topk_eigh
+from .topk import NOISE_ATOL_FRACTION, SOLVERS, EighResult, topk_eigh, topk_eigh_operator
 
-__all__ = ["NOISE_ATOL_FRACTION", "SOLVERS", "EighResult", "realify", "topk_eigh"]
+__all__ = ["NOISE_ATOL_FRACTION", "SOLVERS", "EighResult", "realify", "topk_eigh", "topk_eigh_operator"]

@@ -17,6 +17,8 @@ def _product(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     MKL's sgemm runs faster (timings in ``docs/eigensolver.md``); elsewhere (float64,
     complex, GPUs, narrow blocks) plainly. A is symmetric, so both are ``A @ X``.
     """
+    if not isinstance(A, torch.Tensor):  # an operator (topk_eigh_operator): its own product
+        return A @ X
     if A.device.type == "cpu" and A.dtype == torch.float32 and X.shape[1] >= 32:
         return (X.mT @ A).mT
     return A @ X

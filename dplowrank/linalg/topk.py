@@ -50,7 +50,7 @@ from ._lanczos import _block_lanczos
 from ._result import EighResult
 from ._warm_start import _WARM_TARGET, _warm_start_block, _warm_start_dtype
 
-__all__ = ["NOISE_ATOL_FRACTION", "SOLVERS", "EighResult", "topk_eigh"]
+__all__ = ["NOISE_ATOL_FRACTION", "SOLVERS", "EighResult", "topk_eigh", "topk_eigh_operator"]
 
 #: ``"auto"`` uses the dense solver up to this dimension: below it a full
 #: :func:`torch.linalg.eigh` costs no more than a Krylov solve on a spiked matrix, and far
@@ -223,13 +223,7 @@ def topk_eigh(
             target = None if atol_f is None else _WARM_TARGET * atol_f
             start, warm_products = _warm_start_block(A, b, gen, k, target, dtype=half)
         # ---- the Krylov solve
-        max_basis = min(d, max(2 * b, min(max(10 * b, 128), max(d // 4, 128))))
-        keep = max(k, min(max_basis - b, max(3 * b, (3 * max_basis) // 8)))
-        res = _block_lanczos(
-            A, k, block=b, gen=gen, tol=tol_f, atol=atol_f,
-            max_iters=max(20, math.ceil(2 * d / b)) if iters is None else iters,
-            max_basis=max_basis, keep=keep, start=start,
-        )
+        res = _krylov(A, k, b, gen, tol_f, atol_f, iters, start)
         if start is not None:
             res = dataclasses.replace(
                 res, matvecs=res.matvecs + warm_products, warm_start=str(half).removeprefix("torch.")
@@ -242,3 +236,72 @@ def topk_eigh(
                 warm_start=res.warm_start,
             )
     return res
+
+
+def _krylov(A, k: int, b: int, gen: torch.Generator, tol: float | None, atol: float | None,
+            iters: int | None, start: torch.Tensor | None) -> EighResult:
+    """The block Lanczos solve with topk_eigh's basis size, restart width and step limit."""
+    d = A.shape[0]
+    max_basis = min(d, max(2 * b, min(max(10 * b, 128), max(d // 4, 128))))
+    keep = max(k, min(max_basis - b, max(3 * b, (3 * max_basis) // 8)))
+    return _block_lanczos(
+        A, k, block=b, gen=gen, tol=tol, atol=atol,
+        max_iters=max(20, math.ceil(2 * d / b)) if iters is None else iters,
+        max_basis=max_basis, keep=keep, start=start,
+    )
+
+
+def topk_eigh_operator(
+    A: object,
+    k: int,
+    *,
+    generator: torch.Generator,
+    atol: float | None = None,
+    tol: float | None = None,
+    max_iters: int | None = None,
+    oversample: int | None = None,
+) -> EighResult:
+    """The ``k`` largest eigenpairs of a symmetric operator known only by its products.
+
+    The block Lanczos solver of :func:`topk_eigh` (same block width, basis, restarts and
+    stopping rule; no warm start, no dense fallback) on any object with ``shape`` ``(d, d)``,
+    a real ``dtype`` (float32 or float64), a ``device``, and ``A @ X`` for X of shape
+    (d, w) returning a Tensor of shape (d, w) of that dtype. Used by the row-sharded release
+    (:func:`dplowrank.release_rank_k_sharded`), whose products gather every rank's rows.
+
+    Parameters
+    ----------
+    A : operator
+        Symmetric (the caller's responsibility), of shape (d, d).
+    k : int
+        1 ≤ k ≤ d.
+    generator : torch.Generator
+        The random starting block's source, on ``A.device``.
+    atol, tol, max_iters, oversample
+        As in :func:`topk_eigh`.
+
+    Returns
+    -------
+    EighResult
+        ``converged`` says whether the stopping rule was met within ``max_iters``.
+    """
+    shape = tuple(getattr(A, "shape", ()))
+    if len(shape) != 2 or shape[0] != shape[1] or shape[0] < 1:
+        raise ValueError(f"A must have a square shape (d, d), got {shape!r}")
+    dtype = getattr(A, "dtype", None)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"A's dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    d = int(shape[0])
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
+        raise ValueError(f"k must be an integer in [1, {d}], got {k!r}")
+    for name, value in (("atol", atol), ("tol", tol)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite float or None, got {value!r}")
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1):
+        raise ValueError(f"max_iters must be a positive integer or None, got {max_iters!r}")
+    if oversample is not None and (isinstance(oversample, bool) or not isinstance(oversample, int) or oversample < 0):
+        raise ValueError(f"oversample must be a non-negative integer or None, got {oversample!r}")
+    gen = resolve_generator(generator, torch.device(getattr(A, "device", "cpu")))[0]
+    b = min(k + (max(8, k // 4) if oversample is None else oversample), d)
+    with torch.no_grad():
+        return _krylov(A, k, b, gen, tol, atol, max_iters, None)

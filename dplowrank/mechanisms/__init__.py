@@ -13,6 +13,7 @@ from ..privacy import (
     gdp_mu,
 )
 from ._gaussian import NOISE_SHAPES, ComplexGaussianMechanism, GaussianMechanism
+from ._noise import noisy_symmetric_rows, shared_noise_source
 from ._sensitivity import NEIGHBOURS, clip_factors, contribution_sensitivity, gram_sensitivity, square_up, times_sqrt2
 from ._vector import gaussian_vector_noise
 
@@ -34,6 +35,8 @@ __all__ = [
     "gdp_epsilon",
     "gdp_mu",
     "gram_sensitivity",
+    "noisy_symmetric_rows",
+    "shared_noise_source",
     "square_up",
     "times_sqrt2",
 ]

@@ -114,6 +114,10 @@ class GaussianMechanism:
         """The accounting event of one application: noise multiplier σ/Δ."""
         return GaussianEvent(self.noise_scale / self.sensitivity)
 
+    def noise_stds(self) -> tuple[float, float]:
+        """(diagonal std, off-diagonal std) of the noise; σ/√2 is rounded up (never less noise than claimed)."""
+        return self._stds()
+
     def _stds(self) -> tuple[float, float]:
         """(diagonal std, off-diagonal std); σ/√2 is rounded up (never less noise than claimed)."""
         off = _half_std(self.noise_scale) if self.noise_shape == "isotropic" else self.noise_scale

@@ -43,7 +43,7 @@ from .._parallel import run_blocks
 if TYPE_CHECKING:  # annotations only
     from .._secure import SecureNormalSource
 
-__all__ = ["noisy_symmetric", "noisy_hermitian", "compute_dtype", "std_in"]
+__all__ = ["noisy_symmetric", "noisy_symmetric_rows", "noisy_hermitian", "compute_dtype", "shared_noise_source", "std_in"]
 
 _BLOCK = 512
 _SEED_BOUND = 2**62
@@ -64,6 +64,25 @@ def _keyed_source(generator: torch.Generator):
     words = torch.empty(4, dtype=torch.int64).random_(generator=generator).tolist()
     key = b"".join(int(w).to_bytes(8, "little") for w in words)
     return SecureNormalSource(key, combine=1, _seeded=True)
+
+
+def shared_noise_source(generator) -> SecureNormalSource:
+    """The keystream source :func:`noisy_symmetric` would draw from for ``generator``: the
+    source itself, or for a CPU :class:`torch.Generator` the seeded source keyed by four
+    words drawn from it (advancing it as the release would). Ranks of a sharded release
+    that hold this one source (a copy for a seeded one) draw rows of the same noise.
+    ``TypeError`` for generators on other devices, whose child generators cannot be shared."""
+    from .._secure import SecureNormalSource
+
+    if isinstance(generator, SecureNormalSource):
+        return generator
+    if isinstance(generator, torch.Generator) and generator.device.type == "cpu":
+        return _keyed_source(generator)
+    raise TypeError(
+        "a sharded release draws its noise from a keystream: pass None (secure), a SecureNormalSource or a CPU "
+        f"torch.Generator, got {type(generator).__name__}"
+        + (f" on {generator.device}" if isinstance(generator, torch.Generator) else "")
+    )
 
 
 def _block_generators(generator, d: int, streams: int) -> list[list]:
@@ -324,4 +343,91 @@ def noisy_hermitian(
 
     run_blocks(block, [(i0, gens[r]) for r, i0 in enumerate(range(0, d, _BLOCK))], dev,
                host_work=_secure(generator))
+    return out
+
+
+def noisy_symmetric_rows(
+    src: torch.Tensor,
+    out: torch.Tensor,
+    row_start: int,
+    *,
+    diag_std: float,
+    off_std: float,
+    generator: torch.Generator | SecureNormalSource,
+) -> torch.Tensor:
+    """Rows ``row_start : row_start + b`` of what :func:`noisy_symmetric` makes of the whole matrix.
+
+    For a row-sharded release (:mod:`dplowrank.distributed`): ``src`` holds rows
+    ``[row_start, row_start + b)`` of a symmetric (d, d) matrix, shape (b, d), and ``out``
+    (same shape, real; may be ``src``) receives the same rows of sym(M) + E as
+    :func:`noisy_symmetric` would write for the same generator state: the noise blocks use
+    the same numbered streams, so every rank of a job that holds the same source (key and
+    stream counter) draws its rows of one symmetric E, and no rank materialises the whole
+    matrix. ``row_start`` must be a multiple of 512 (the noise block), and so must ``b``
+    unless the rows end at d.
+
+    The entries right of the diagonal block come from the rows' own streams. Those left of
+    ``row_start`` belong to the streams of the row blocks above, which are regenerated here
+    (the rank drawing the last rows regenerates all the blocks above it: its noise costs as
+    much time as the whole matrix's, but no communication). With M exactly symmetric (an
+    accumulator's Gram is: its sums are exact) the rows are bit-identical to the
+    single-process ones; otherwise they use each rank's own rows where the single-process
+    release takes the upper triangle.
+    """
+    b, d = src.shape
+    if out.shape != src.shape or src.ndim != 2:
+        raise ValueError(f"expected src and out of equal shape (b, d), got {tuple(src.shape)} and {tuple(out.shape)}")
+    if row_start % _BLOCK or row_start < 0 or row_start + b > d or (b % _BLOCK and row_start + b != d) or b == 0:
+        raise ValueError(
+            f"rows [{row_start}, {row_start + b}) of a d={d} matrix: the first row and the row count must be "
+            f"multiples of {_BLOCK} (the last shard may end at d)"
+        )
+    r1 = row_start + b
+    gens = _block_generators(generator, d, 1)  # every rank reserves the same streams
+    dt, dev = out.dtype, out.device
+    work = compute_dtype(src.dtype, dt)
+    diag_std, off_std = std_in(diag_std, work), std_in(off_std, work)
+    draws = _Scratch(min(_BLOCK, d) * d, dt, dev)
+    copies = _Scratch(min(_BLOCK, d) * max(b, _BLOCK), work, dev)
+    widened = _Scratch(min(_WIDE_ROWS, d) * d, work, dev) if work != dt else None
+
+    def block(i0: int, gen: list) -> None:
+        with draws.take() as gbuf, copies.take() as sbuf, \
+                (widened.take() if widened is not None else contextlib.nullcontext()) as wbuf:
+            if i0 >= row_start:
+                own(i0, gen, gbuf, sbuf, wbuf)
+            else:
+                above(i0, gen, gbuf, sbuf, wbuf)
+
+    def own(i0: int, gen: list, gbuf, sbuf, wbuf) -> None:
+        # as noisy_symmetric's fill, with the rows shifted by row_start and the mirror kept
+        # to this shard's rows
+        i1 = min(d, i0 + _BLOCK)
+        w, lo = i1 - i0, i0 - row_start
+        strip = _as_work(src[lo : lo + w, i0:], sbuf)  # shape: (w, d - i0)
+        g = _normal((w, d - i0), gen[0], gbuf)
+        head = torch.triu(strip[:, :w], diagonal=1).add_(torch.triu(g[:, :w], diagonal=1), alpha=off_std)
+        diag = torch.add(strip[:, :w].diagonal(), g[:, :w].diagonal(), alpha=diag_std)
+        head = head + head.T
+        head.diagonal().copy_(diag)
+        out[lo : lo + w, i0:i1].copy_(head)
+        if i1 < d:
+            rest = out[lo : lo + w, i1:]  # shape: (w, d - i1)
+            _add_noise(rest, strip[:, w:], g[:, w:], off_std, wbuf)
+            if i1 < r1:
+                _mirror(rest[:, : r1 - i1], out[lo + w :, i0:i1])
+
+    def above(i0: int, gen: list, gbuf, sbuf, wbuf) -> None:
+        # block [i0, i1) of an earlier shard: its noisy entries in columns [row_start, r1),
+        # i.e. this shard's entries in columns [i0, i1), transposed
+        i1 = i0 + _BLOCK
+        w = i1 - i0
+        g = _normal((w, d - i0), gen[0], gbuf)[:, row_start - i0 : r1 - i0]  # shape: (w, b)
+        part = _as_work(src[:, i0:i1], sbuf)  # shape: (b, w): M[i0:i1, rows]ᵀ by symmetry
+        noisy = torch.empty((w, b), dtype=dt, device=dev)
+        _add_noise(noisy, part.T, g, off_std, wbuf)
+        out[:, i0:i1].copy_(noisy.T)
+
+    blocks = [(i0, gens[r]) for r, i0 in enumerate(range(0, d, _BLOCK)) if i0 < r1]
+    run_blocks(block, blocks, dev, host_work=_secure(generator))
     return out

@@ -34,6 +34,7 @@ from ._gdp import (
     gdp_epsilon,
     gdp_epsilon_many,
     gdp_mu,
+    pad_delta,
     sum_mu2,
 )
 from ._rdp import DEFAULT_ORDERS, gaussian_rdp, rdp_to_delta, rdp_to_epsilon, sampled_gaussian_rdp
@@ -45,6 +46,7 @@ __all__ = [
     "ComposedEvent",
     "DEFAULT_ORDERS",
     "DELTA_SAFETY",
+    "pad_delta",
     "EPS_SLACK",
     "EVENT_NEIGHBOURS",
     "EVENT_TYPES",

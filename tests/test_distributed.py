@@ -1,0 +1,140 @@
+"""torch.distributed on localhost: 2 and 4 gloo processes per test (spawned, one CPU thread each).
+
+Each test starts a job of ``tests/distributed_helpers.py`` workers and compares what they wrote
+with a single-process run: Grams and statistics bit for bit, releases to the bit for the same
+seed, the noise drawn once (its variance), the budget charged once, and failures that refuse
+on every rank without releasing anything.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dplowrank as dl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import distributed_helpers as h
+
+if not torch.distributed.is_available():  # pragma: no cover - every supported build has it
+    pytest.skip("torch.distributed is not available", allow_module_level=True)
+pytest.importorskip("sklearn")
+
+
+def _load(out: Path, name: str, world: int) -> list[dict]:
+    errors = sorted(out.glob("error-*.txt"))
+    assert not errors, errors[0].read_text()
+    return [torch.load(out / f"{name}-{r}.pt") for r in range(world)]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_the_reduced_gram_is_bit_identical_to_one_process(tmp_path, world):
+    assert h.launch("gram", world, tmp_path) == [0] * world
+    res = _load(tmp_path, "gram", world)
+    assert [r["is_dst"] for r in res] == [True] + [False] * (world - 1)
+    one = dl.GramAccumulator(row_norm=8.0, dim=64, max_rows=4096)
+    one.update(h.digits()[::-1].copy())  # another order: the grid makes the sums exact in any order
+    assert res[0]["n"] == 1797
+    assert torch.equal(res[0]["gram"], one.gram)
+
+
+def test_a_seeded_data_parallel_release_equals_the_single_process_one_and_charges_once(tmp_path):
+    ledger = tmp_path / "ledger.json"
+    dl.PrivacyBudget(3.0, 1e-5, path=ledger).save()
+    assert h.launch("release", 2, tmp_path, ledger=str(ledger)) == [0, 0]
+    a, b = _load(tmp_path, "release", 2)
+    one = dl.release_rank_k(h.digits(), 4, epsilon=1.0, delta=1e-6, row_norm=8.0,
+                            generator=dl.SecureNormalSource.from_seed(7))
+    for r in (a, b):
+        assert torch.equal(r["values"], one.eigenvalues) and torch.equal(r["vectors"], one.eigenvectors)
+        assert r["randomness"] == "seeded"
+    spent = dl.PrivacyBudget.load(ledger)
+    assert len(spent.events) == 1  # charged once, by rank 0
+    assert spent.spent_epsilon() == pytest.approx(dl.PrivacyAccountant([one]).epsilon(1e-5), rel=1e-12)
+
+
+def test_over_budget_refuses_on_every_rank(tmp_path):
+    ledger = tmp_path / "ledger.json"
+    dl.PrivacyBudget(0.5, 1e-5, path=ledger).save()
+    assert h.launch("release", 2, tmp_path, ledger=str(ledger), epsilon=1.0) == [0, 0]
+    a, b = _load(tmp_path, "release", 2)
+    assert a["error"] == b["error"] == "BudgetExceededError"
+    assert len(dl.PrivacyBudget.load(ledger).events) == 0
+
+
+def test_the_noise_is_added_once(tmp_path):
+    """Zero Grams, σ = 1, the whole spectrum: E‖E‖²_F = σ²·d(d + 1)/2 = 2080 at d = 64 for the
+    isotropic shape. Noise added on both ranks (or twice) would double it."""
+    assert h.launch("noise_once", 2, tmp_path) == [0, 0]
+    a, b = _load(tmp_path, "noise_once", 2)
+    assert torch.equal(a, b)
+    fro2 = (a**2).sum(dim=1).numpy()  # one ‖E‖²_F per release, 60 releases
+    # each ‖E‖²_F has variance 2·σ⁴·(d + d(d−1)/4)·... ≈ 2·2080 for this shape: sd of the mean ≈ 8.3
+    assert abs(fro2.mean() - 2080.0) < 6 * np.sqrt(2 * 2080.0 / len(fro2))
+
+
+@pytest.mark.parametrize("stage", ["before", "reduce"])
+def test_a_rank_that_dies_makes_the_job_fail_without_a_release(tmp_path, stage):
+    codes = h.launch("dies", 2, tmp_path, timeout_s=20, stage=stage)
+    assert codes == [0, 3]
+    res = torch.load(tmp_path / "dies-0.pt")
+    assert res["error"] == "DistributedError" and "nothing was released" in res["message"]
+    # dying in the reduction leaves rank 0's buffer unusable: a partial sum is never released
+    assert res["consumed"] == (stage == "reduce")
+
+
+def test_a_bad_argument_on_one_rank_refuses_on_every_rank(tmp_path):
+    assert h.launch("bad_argument", 2, tmp_path) == [0, 0]
+    a, b = _load(tmp_path, "bad_argument", 2)
+    assert "rank 1 refused" in a["message"] and "src must be a rank" in b["message"]
+    assert not a["consumed"] and not b["consumed"]  # refused before the reduction
+
+
+def test_a_sharded_release_equals_the_single_process_release_bit_for_bit(tmp_path):
+    assert h.launch("sharded", 2, tmp_path) == [0, 0]
+    a, b = _load(tmp_path, "sharded", 2)
+    M = h.spiked(1100, 6)
+    one = dl.release_rank_k(M.clone(), 6, sensitivity=1.0, epsilon=1.0, delta=1e-6,
+                            generator=dl.SecureNormalSource.from_seed(11))
+    noisy = dl.GaussianMechanism(one.noise_scale, 1.0).perturb(M, generator=dl.SecureNormalSource.from_seed(11))
+    assert torch.equal(torch.cat([a["rows"], b["rows"]]), noisy)  # each rank's rows of one noise matrix
+    for r in (a, b):
+        torch.testing.assert_close(r["values"], one.eigenvalues, rtol=1e-12, atol=0)
+        assert (r["vectors"] - one.eigenvectors).abs().max() < 1e-9
+        assert r["randomness"] == "seeded"
+
+
+def test_a_secure_sharded_release_over_four_ranks(tmp_path):
+    assert h.launch("sharded", 4, tmp_path, d=2100, secure=True) == [0] * 4
+    res = _load(tmp_path, "sharded", 4)
+    assert all(torch.equal(r["values"], res[0]["values"]) for r in res)
+    assert all(r["randomness"] == "secure" for r in res)
+    truth = torch.linspace(3000.0, 1500.0, 6, dtype=torch.float64)
+    sigma = dl.calibrate_noise(1.0, epsilon=1.0, delta=1e-6).noise_scale
+    # each spike moves up by ≈ (σ²/2)·d/λ (second order) and by uᵀEu ~ N(0, σ²) (first order)
+    shift = sigma**2 / 2 * 2100 / truth
+    assert (res[0]["values"] - truth - shift).abs().max() < 5 * sigma
+
+
+def test_a_sharded_release_over_budget_draws_nothing_anywhere(tmp_path):
+    ledger = tmp_path / "ledger.json"
+    dl.PrivacyBudget(0.5, 1e-5, path=ledger).save()
+    assert h.launch("sharded_budget", 2, tmp_path, ledger=str(ledger)) == [0, 0]
+    a, b = _load(tmp_path, "sharded_budget", 2)
+    assert a["error"] == b["error"] == "BudgetExceededError"
+    assert a["untouched"] and b["untouched"]  # overwrite=True, yet no noise was added
+    assert len(dl.PrivacyBudget.load(ledger).events) == 0
+
+
+def test_reduced_compression_statistics_are_bit_identical_to_one_pass(tmp_path):
+    assert h.launch("statistics", 2, tmp_path) == [0, 0]
+    a, b = _load(tmp_path, "statistics", 2)
+    one = h.toy_stats(h.toy_rows())
+    assert a["is_dst"] and not b["is_dst"]
+    for name, st in one.groups.items():
+        assert a["n"][name] == st.n_examples == 60
+        assert torch.equal(a["grams"][name], st.gram)
