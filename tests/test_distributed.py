@@ -138,3 +138,17 @@ def test_reduced_compression_statistics_are_bit_identical_to_one_pass(tmp_path):
     for name, st in one.groups.items():
         assert a["n"][name] == st.n_examples == 60
         assert torch.equal(a["grams"][name], st.gram)
+
+
+def test_the_documented_torchrun_recipe_runs(tmp_path):
+    """docs/distributed.md's launch line, on the example script, with 2 processes."""
+    import os
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "distributed_release.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 ranks, one release" in proc.stdout and "noise secure" in proc.stdout
+    assert "sharded over 2 ranks, d = 1024" in proc.stdout

@@ -184,7 +184,8 @@ def release_rank_k_sharded(
         dist.all_gather_object(layout, mine, group=group)
     _check_layout(layout, d)
     counts = [entry[1] for entry in layout]
-    scale = torch.tensor([float(rows.abs().max()) if rows.numel() else 0.0], dtype=torch.float64)
+    lo, hi = torch.aminmax(rows)
+    scale = torch.tensor([max(-float(lo), float(hi))], dtype=torch.float64)
     with collective("release_rank_k_sharded"):
         dist.all_reduce(scale, op=dist.ReduceOp.MAX, group=group)
     local = None
@@ -275,7 +276,8 @@ def _check_local(rows, k, row_start, sensitivity, dtype, noise_shape, neighbour,
         raise TypeError(f"row_start must be an int, got {row_start!r}")
     if b == 0 or row_start < 0 or row_start + b > d:
         raise ValueError(f"rows [{row_start}, {row_start + b}) do not fit a matrix of dimension d={d}")
-    if not bool(torch.isfinite(rows).all()):
+    lo, hi = torch.aminmax(rows)  # one pass, no temporary of the rows' size; NaN and ±inf show here
+    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
         raise ValueError("rows must be finite")
     k = check_k(k, d)
     check_positive(sensitivity, "sensitivity")

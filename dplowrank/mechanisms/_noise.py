@@ -390,6 +390,7 @@ def noisy_symmetric_rows(
     draws = _Scratch(min(_BLOCK, d) * d, dt, dev)
     copies = _Scratch(min(_BLOCK, d) * max(b, _BLOCK), work, dev)
     widened = _Scratch(min(_WIDE_ROWS, d) * d, work, dev) if work != dt else None
+    flipped = _Scratch(_BLOCK * b, dt, dev)  # the draws of a block above, transposed
 
     def block(i0: int, gen: list) -> None:
         with draws.take() as gbuf, copies.take() as sbuf, \
@@ -418,15 +419,17 @@ def noisy_symmetric_rows(
                 _mirror(rest[:, : r1 - i1], out[lo + w :, i0:i1])
 
     def above(i0: int, gen: list, gbuf, sbuf, wbuf) -> None:
-        # block [i0, i1) of an earlier shard: its noisy entries in columns [row_start, r1),
-        # i.e. this shard's entries in columns [i0, i1), transposed
+        # block [i0, i1) of an earlier shard: its noisy entries in columns [row_start, r1) are
+        # this shard's entries in columns [i0, i1); the draws are transposed (in cache-sized
+        # tiles) and added in this shard's orientation: the same sums, element by element
         i1 = i0 + _BLOCK
         w = i1 - i0
         g = _normal((w, d - i0), gen[0], gbuf)[:, row_start - i0 : r1 - i0]  # shape: (w, b)
-        part = _as_work(src[:, i0:i1], sbuf)  # shape: (b, w): M[i0:i1, rows]ᵀ by symmetry
-        noisy = torch.empty((w, b), dtype=dt, device=dev)
-        _add_noise(noisy, part.T, g, off_std, wbuf)
-        out[:, i0:i1].copy_(noisy.T)
+        with flipped.take() as tbuf:
+            gt = tbuf[: b * w].view(b, w)
+            _mirror(g, gt)
+            part = _as_work(src[:, i0:i1], sbuf)  # shape: (b, w): M[i0:i1, rows]ᵀ by symmetry
+            _add_noise(out[:, i0:i1], part, gt, off_std, wbuf)
 
     blocks = [(i0, gens[r]) for r, i0 in enumerate(range(0, d, _BLOCK)) if i0 < r1]
     run_blocks(block, blocks, dev, host_work=_secure(generator))
