@@ -13,7 +13,8 @@ Three tables, each measured in this run on localhost gloo (one CPU thread per pr
 3. Communication: bytes through the loopback interface (``/proc/net/dev``) during the Gram
    reduction and during the sharded solve, against the model of docs/distributed.md:
    reduce ≈ (P − 1)·d²·8; each Krylov product broadcasts X (d·w·8 to each other rank) and
-   gathers the other ranks' rows (their b·w·8).
+   gathers the other ranks' rows (their b·w·8); the upper blocks are exchanged once
+   (Σ_{r<s} b_r·b_s·8).
 """
 
 from __future__ import annotations
@@ -189,7 +190,12 @@ def main() -> None:
         dv = (res[0]["vectors"] - one["vectors"]).abs().max()
         rss = " / ".join(f"{r['rss_gb']:.2f}" for r in res)
         cols = res[0]["columns"]
-        model = cols * 8 * (a.d * (world - 1) + (a.d - res[0]["rows0"]))  # X out to each rank, their rows back
+        from dplowrank.distributed import shard_rows
+
+        blocks = [stop - start for start, stop in shard_rows(a.d, world)]
+        upper = sum(blocks[r] * blocks[s] for r in range(world) for s in range(r + 1, world))  # the symmetrisation
+        # X out to each rank, their rows back, and the upper blocks exchanged once
+        model = cols * 8 * (a.d * (world - 1) + (a.d - res[0]["rows0"])) + 8 * upper
         print(f"| {world} | {max(r['seconds'] for r in res):.1f} | {rss} | {matrix_gb / world:.2f} | {float(dl_):.1e} "
               f"| {float(dv):.1e} | {cols} | {res[0]['bytes'] / 1e6:.1f} | {model / 1e6:.1f} |")
     d, n = a.stats_d, a.stats_n

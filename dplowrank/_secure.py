@@ -302,32 +302,44 @@ class SecureNormalSource:
         return f"SecureNormalSource(combine={self.combine}, seeded={self.seeded})"
 
 
-def state_for_peers(source: SecureNormalSource) -> tuple:
-    """What the other ranks of a torch.distributed job need to draw from the same keystreams
-    as ``source`` (a sharded release, :func:`dplowrank.release_rank_k_sharded`):
-    ``("secure", key)`` for a source the library keyed from the OS, ``("seeded", state)``
-    otherwise. Only the library calls this, to send the state over the job's process group,
-    whose network the job must trust as it trusts it with the raw statistics
-    (docs/distributed.md); the key of a secure source never leaves the job."""
-    with source._lock:
-        if source.secure:
-            return ("secure", source._key, source._next, source._next_solver)
-        return ("seeded", source._key, source._combine, source._next, source._next_solver)
+def broadcast_source(source: SecureNormalSource | None, src: int, group=None) -> SecureNormalSource:
+    """The same noise source on every rank of a torch.distributed group (collective).
 
+    For a sharded release (:func:`dplowrank.release_rank_k_sharded`), whose ranks draw their
+    rows of one noise matrix from numbered keystreams of one key. On rank ``src``, ``source``
+    is ``None`` — a fresh :class:`SecureNormalSource` is keyed from ``os.urandom`` here and
+    its key sent to the other ranks, where the source is secure too — or a seeded source,
+    whose state is sent (seeded everywhere). The other ranks pass ``None``. A secure source
+    made elsewhere is refused (a copy would repeat noise it may already have drawn), so the
+    only key that is ever "secure" on a receiving rank is one this function drew. The key
+    travels over the group's transport, which the job must trust as it trusts it with the raw
+    statistics (docs/distributed.md).
+    """
+    import torch.distributed as dist
 
-def source_from_peers(state: tuple) -> SecureNormalSource:
-    """The source that :func:`state_for_peers` describes. A ``"secure"`` one is registered as
-    OS-keyed (the key was drawn from ``os.urandom`` by the library on the sending rank, and no
-    caller chose it), with the hardening on."""
-    if state[0] == "secure":
-        _, key, next_stream, next_solver = state
-        src = SecureNormalSource(bytes(key), combine=2, _seeded=True)
-        src._next, src._next_solver = next_stream, next_solver
+    from ._distributed import collective
+
+    rank = dist.get_rank(group)
+    state: list = [None]
+    if rank == src:
+        if source is None:
+            source = SecureNormalSource()
+        elif source.secure:
+            raise TypeError("a secure SecureNormalSource cannot be shared; pass None for secure noise")
+        with source._lock:
+            state[0] = ("secure" if source.secure else "seeded", source._key, source._combine, source._next,
+                        source._next_solver)
+    with collective("sharing the noise source"):
+        dist.broadcast_object_list(state, src=src, group=group)
+    if rank == src:
+        assert source is not None
+        return source
+    kind, key, combine, next_stream, next_solver = state[0]
+    out = _restore_seeded(bytes(key), combine, next_stream, next_solver)
+    if kind == "secure":
         with _OS_KEYED_LOCK:
-            _OS_KEYED[src] = src._key
-        return src
-    _, key, combine, next_stream, next_solver = state
-    return _restore_seeded(bytes(key), combine, next_stream, next_solver)
+            _OS_KEYED[out] = out._key
+    return out
 
 
 def _restore_seeded(key: bytes, combine: int, next_stream: int, next_solver: int) -> SecureNormalSource:

@@ -419,9 +419,14 @@ class GramAccumulator:
         # rank dst a failed reduction may leave a partial sum, which must never be released.
         self._gram, self._consumed = None, True
         self._consumed_by = f"GramAccumulator.reduce(dst={dst}) on rank {rank}"
-        with collective("GramAccumulator.reduce"):
-            dist.reduce(gram, dst=dst, group=group)
+        try:
+            with collective("GramAccumulator.reduce"):
+                dist.reduce(gram, dst=dst, group=group)
+        except BaseException:
+            gram.zero_()  # a partial sum, or the transport's leftovers: nothing of it stays
+            raise
         if rank != dst:
+            gram.zero_()  # gloo leaves partial sums of other ranks here: none stays with this rank
             return False
         self._gram, self._consumed, self._consumed_by = gram, False, None
         self.n_rows, self.n_clipped = total, clipped

@@ -77,9 +77,10 @@ def gram(rank, world, out, *, max_rows=4096):
     x = shard_of(digits(), rank, world)
     for i in range(0, len(x), 100):  # batches of the shard, in its own order
         acc.update(x[i:i + 100])
+    before = acc.gram  # a reference kept across the reduction
     got = acc.reduce(dst=0)
-    torch.save({"is_dst": got, "gram": acc.gram.clone() if got else None, "n": acc.n_rows if got else None},
-               out / f"gram-{rank}.pt")
+    torch.save({"is_dst": got, "gram": acc.gram.clone() if got else None, "n": acc.n_rows if got else None,
+                "left_behind": float(before.abs().max())}, out / f"gram-{rank}.pt")
 
 
 def release(rank, world, out, *, seed=7, ledger=None, epsilon=1.0):
@@ -133,24 +134,33 @@ def dies(rank, world, out, *, stage="before"):
     torch.save({"error": None}, out / f"dies-{rank}.pt")
 
 
-def bad_argument(rank, world, out):
+def bad_argument(rank, world, out, *, mode="src"):
     """One rank's bad argument refuses on every rank, before anything is spent."""
     import dplowrank as dl
 
     acc = dl.GramAccumulator(row_norm=8.0, dim=64)
     acc.update(shard_of(digits(), rank, world))
+    kwargs = {"epsilon": 1.0, "delta": 1e-6, "k": 2}
+    if mode == "src":
+        kwargs["src"] = 0 if rank == 0 else 5
+    elif mode == "epsilon":  # a different (valid) ε on rank 1: the ranks asked for different releases
+        kwargs["epsilon"] = 1.0 if rank == 0 else 2.0
+    elif mode == "k":  # k > d on every rank: refused before the reduction
+        kwargs["k"] = 65
     try:
-        dl.release_rank_k_distributed(acc, 2, epsilon=1.0, delta=1e-6, src=0 if rank == 0 else 5)
+        dl.release_rank_k_distributed(acc, **kwargs)
     except ValueError as exc:
         torch.save({"error": type(exc).__name__, "message": str(exc), "consumed": acc.consumed},
                    out / f"bad_argument-{rank}.pt")
 
 
-def sharded(rank, world, out, *, d=1100, k=6, seed=11, dtype="float64", secure=False):
+def sharded(rank, world, out, *, d=1100, k=6, seed=11, dtype="float64", secure=False, asym=False):
     import dplowrank as dl
     from dplowrank.distributed import shard_rows
 
     M = spiked(d, k)
+    if asym:  # an entry below the diagonal that differs from its mirror, on rank 1's rows
+        M[1050, 10] += 1e6
     start, stop = shard_rows(d, world)[rank]
     rows = M[start:stop].clone().to(getattr(torch, dtype))
     gen = None if (secure or rank != 0) else dl.SecureNormalSource.from_seed(seed)
@@ -214,3 +224,20 @@ def sharded_budget(rank, world, out, *, ledger):
     except dl.BudgetExceededError as exc:
         torch.save({"error": type(exc).__name__, "untouched": torch.equal(rows, M[start:stop])},
                    out / f"sharded_budget-{rank}.pt")
+
+
+def source_sharing(rank, world, out):
+    """The noise source handed out by rank 0: secure when the library keys it, seeded when a
+    seeded one is given, and a caller's secure source refused (its copies would repeat noise)."""
+    from dplowrank._secure import SecureNormalSource, broadcast_source
+
+    refused = None
+    if rank == 0:
+        try:
+            broadcast_source(SecureNormalSource(), 0)
+        except TypeError as exc:
+            refused = str(exc)
+    fresh = broadcast_source(None, 0)
+    seeded = broadcast_source(SecureNormalSource.from_seed(3) if rank == 0 else None, 0)
+    torch.save({"refused": refused, "fresh_secure": fresh.secure, "fresh": fresh.normals(8, stream=5),
+                "seeded_secure": seeded.secure, "seeded": seeded.normals(8, stream=5)}, out / f"source_sharing-{rank}.pt")

@@ -40,6 +40,8 @@ def test_the_reduced_gram_is_bit_identical_to_one_process(tmp_path, world):
     one.update(h.digits()[::-1].copy())  # another order: the grid makes the sums exact in any order
     assert res[0]["n"] == 1797
     assert torch.equal(res[0]["gram"], one.gram)
+    # the other ranks keep nothing of the reduction in the buffer they held
+    assert all(r["left_behind"] == 0.0 for r in res[1:])
 
 
 def test_a_seeded_data_parallel_release_equals_the_single_process_one_and_charges_once(tmp_path):
@@ -87,10 +89,14 @@ def test_a_rank_that_dies_makes_the_job_fail_without_a_release(tmp_path, stage):
     assert res["consumed"] == (stage == "reduce")
 
 
-def test_a_bad_argument_on_one_rank_refuses_on_every_rank(tmp_path):
-    assert h.launch("bad_argument", 2, tmp_path) == [0, 0]
+@pytest.mark.parametrize(("mode", "says"), [("src", "src must be a rank"), ("epsilon", "different releases"),
+                                           ("k", "k must lie in")])
+def test_a_bad_argument_on_one_rank_refuses_on_every_rank(tmp_path, mode, says):
+    assert h.launch("bad_argument", 2, tmp_path, mode=mode) == [0, 0]
     a, b = _load(tmp_path, "bad_argument", 2)
-    assert "rank 1 refused" in a["message"] and "src must be a rank" in b["message"]
+    assert says in a["message"] and says in b["message"]
+    if mode == "src":
+        assert "rank 1 refused" in a["message"]
     assert not a["consumed"] and not b["consumed"]  # refused before the reduction
 
 
@@ -106,6 +112,29 @@ def test_a_sharded_release_equals_the_single_process_release_bit_for_bit(tmp_pat
         torch.testing.assert_close(r["values"], one.eigenvalues, rtol=1e-12, atol=0)
         assert (r["vectors"] - one.eigenvectors).abs().max() < 1e-9
         assert r["randomness"] == "seeded"
+
+
+def test_a_sharded_release_noises_the_upper_triangle_of_an_asymmetric_matrix(tmp_path):
+    """Rows computed by separate products need not be exactly symmetric: the entries left of a
+    rank's rows come from the ranks above, as the single-process mechanism takes the upper
+    triangle, so no antisymmetric part reaches the solver without noise."""
+    assert h.launch("sharded", 2, tmp_path, asym=True) == [0, 0]
+    a, b = _load(tmp_path, "sharded", 2)
+    M = h.spiked(1100, 6)
+    M[1050, 10] += 1e6
+    sigma = dl.calibrate_noise(1.0, epsilon=1.0, delta=1e-6).noise_scale
+    noisy = dl.GaussianMechanism(sigma, 1.0).perturb(M, generator=dl.SecureNormalSource.from_seed(11))
+    rows = torch.cat([a["rows"], b["rows"]])
+    assert torch.equal(rows, noisy) and torch.equal(rows, rows.T)
+
+
+def test_the_noise_source_is_shared_by_the_library_only(tmp_path):
+    assert h.launch("source_sharing", 2, tmp_path) == [0, 0]
+    a, b = _load(tmp_path, "source_sharing", 2)
+    assert "cannot be shared" in a["refused"]
+    assert a["fresh_secure"] and b["fresh_secure"] and torch.equal(a["fresh"], b["fresh"])
+    assert not a["seeded_secure"] and not b["seeded_secure"] and torch.equal(a["seeded"], b["seeded"])
+    assert torch.equal(a["seeded"], dl.SecureNormalSource.from_seed(3).normals(8, stream=5))
 
 
 def test_a_secure_sharded_release_over_four_ranks(tmp_path):

@@ -1,5 +1,6 @@
 """Noise shapes, symmetry, sensitivity: statistical tests with fixed seeds and loose p-values."""
 
+import itertools
 import math
 
 import numpy as np
@@ -356,3 +357,34 @@ def test_sensitivities_are_never_rounded_down(c):
     assert Fraction(dl.gram_sensitivity(c, "replace")) ** 2 >= 2 * exact**2
     assert dl.gram_sensitivity(c) == pytest.approx(c * c, rel=1e-15)
     assert dl.gram_sensitivity(c, "replace") == pytest.approx(math.sqrt(2) * c * c, rel=1e-15)
+
+
+@pytest.mark.parametrize(("d", "cuts", "src_dtype", "out_dtype"), [
+    (1300, (0, 512, 1024, 1300), torch.float64, torch.float64),
+    (1300, (0, 1024, 1300), torch.float64, torch.float32),
+    (1300, (0, 512, 1300), torch.float32, torch.float64),  # widened: the strips are converted copies
+    (1536, (0, 512, 1536), torch.float32, torch.float32),
+    (515, (0, 512, 515), torch.float64, torch.float64),  # a last shard of 3 rows
+])
+def test_noise_rows_are_the_rows_of_the_whole_noisy_matrix(d, cuts, src_dtype, out_dtype):
+    """noisy_symmetric_rows gives, shard by shard, exactly the rows noisy_symmetric writes
+    (same streams, same sums), in place or not, for keyed and torch-generator sources."""
+    from dplowrank.mechanisms import noisy_symmetric_rows
+    from dplowrank.mechanisms._noise import noisy_symmetric
+
+    x = torch.randn(d, 30, generator=torch.Generator().manual_seed(d), dtype=torch.float64)
+    M = (x @ x.T).to(src_dtype)
+    M = torch.triu(M) + torch.triu(M, 1).T  # exactly symmetric
+    for make in (lambda: dl.SecureNormalSource.from_seed(3), lambda: torch.Generator().manual_seed(5)):
+        whole = noisy_symmetric(M, torch.empty(d, d, dtype=out_dtype), diag_std=0.7, off_std=0.5, generator=make())
+        for a, b in itertools.pairwise(cuts):
+            rows = noisy_symmetric_rows(M[a:b].clone(), torch.empty(b - a, d, dtype=out_dtype), a, diag_std=0.7,
+                                        off_std=0.5, generator=make())
+            assert torch.equal(rows, whole[a:b])
+            if src_dtype == out_dtype:
+                inplace = M[a:b].clone()
+                noisy_symmetric_rows(inplace, inplace, a, diag_std=0.7, off_std=0.5, generator=make())
+                assert torch.equal(inplace, whole[a:b])
+    with pytest.raises(ValueError, match="multiples of 512"):
+        noisy_symmetric_rows(M[100:200].clone(), torch.empty(100, d, dtype=out_dtype), 100, diag_std=1.0,
+                             off_std=1.0, generator=dl.SecureNormalSource.from_seed(1))

@@ -7,11 +7,16 @@ from typing import Any
 import torch
 
 from .._distributed import DistributedError, agree, collective, group_info
+from .._validation import check_k
 from ..accounting import BudgetExceededError
 from ..gram import GramAccumulator
+from ..privacy import calibrate_noise
 from ..release import LowRankRelease, release_rank_k
 
 __all__ = ["release_rank_k_distributed", "share_outcome"]
+
+#: The options of release_rank_k that make up the privacy specification (checked before the reduction).
+_PRIVACY = ("epsilon", "delta", "calibration", "noise_scale", "rho", "mu")
 
 
 def share_outcome(outcome, src: int, group: Any, what: str):
@@ -104,7 +109,25 @@ def release_rank_k_distributed(
         )
     elif "overwrite" in options or "row_norm" in options or "sensitivity" in options:
         local = ValueError("overwrite, row_norm and sensitivity are set by the distributed release")
+    else:
+        try:  # what can be checked before anything is sent: k against d, the privacy specification
+            if acc.dim is not None:
+                check_k(k, acc.dim)
+            spec = {key: options[key] for key in _PRIVACY if key in options}
+            calibrate_noise(1.0, **spec)
+        except (ValueError, TypeError) as exc:
+            local = exc
     agree(local, group, what="release_rank_k_distributed", kinds=(BudgetExceededError,))
+    # every rank must ask for the same release (only rank src's arguments are used)
+    mine = repr((k, src, sorted((key, repr(v)) for key, v in options.items())))
+    asked: list = [None] * world
+    with collective("release_rank_k_distributed"):
+        import torch.distributed as dist
+
+        dist.all_gather_object(asked, mine, group=group)
+    if any(a != mine for a in asked):
+        raise ValueError("the ranks asked for different releases (k, src or options differ); every rank must pass "
+                         "the same arguments")
     acc.reduce(dst=src, group=group)
     outcome = None
     if rank == src:

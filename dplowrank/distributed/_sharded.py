@@ -18,7 +18,7 @@ import torch
 
 from .._distributed import DistributedError, agree, broadcast_tensor, collective, group_info
 from .._random import SECURE, SEEDED, resolve_generator
-from .._secure import SecureNormalSource, source_from_peers, state_for_peers
+from .._secure import SecureNormalSource, broadcast_source
 from ..accounting import BudgetExceededError, PrivacyBudget
 from ..gram import check_range
 from ..linalg import NOISE_ATOL_FRACTION, topk_eigh_operator
@@ -195,37 +195,34 @@ def release_rank_k_sharded(
         local = exc
     agree(local, group, what="release_rank_k_sharded")
 
-    # rank src charges the budget (before any noise) and hands out the noise source
+    # rank src charges the budget (before any noise), then hands out the noise source
     outcome: tuple | None = None
-    source: SecureNormalSource | None = None
+    given: SecureNormalSource | None = None
     solver_gen: torch.Generator | None = None
-    label = SEEDED
     if rank == src:
         try:
             if budget is not None:
                 budget.spend(GaussianEvent(cal.noise_multiplier, nb if nb in EVENT_NEIGHBOURS else None))
-            if generator is None:
-                source, label = SecureNormalSource(), SECURE
-                solver_gen = resolve_generator(None, rows.device)[0]
-            else:
-                source = shared_noise_source(generator)
-                solver_gen = _solver_generator(generator, source, rows.device)
-            outcome = ("ok", state_for_peers(source))
+            if generator is not None:
+                given = shared_noise_source(generator)  # a torch generator: the source it keys
+            outcome = ("ok", None)
         except BaseException as exc:
             outcome = failure(exc)
-    state = share_outcome(outcome, src, group, "release_rank_k_sharded")
-    if rank != src:
-        source = source_from_peers(state)
-        label = SECURE if state[0] == "secure" else SEEDED
-    del state
-
-    if source is None:  # pragma: no cover - share_outcome raised on every rank without one
-        raise DistributedError("no noise source reached this rank")
-    # every rank: its rows of M + E (nothing private leaves a rank before this)
+    share_outcome(outcome, src, group, "release_rank_k_sharded")
+    source = broadcast_source(given, src, group)
+    label = SECURE if source.secure else SEEDED
+    if rank == src:
+        solver_gen = (resolve_generator(None, rows.device)[0] if generator is None
+                      else _solver_generator(generator, source, rows.device))
+    # every rank: its rows of sym(M) + E. sym(M) takes the upper triangle, as the single-process
+    # release does: the entries left of a rank's rows come from the ranks above it
+    sym = rows if overwrite else rows.clone()
+    _take_upper(sym, layout, rank, group)
     mech = GaussianMechanism(cal.noise_scale, float(sensitivity), noise_shape)
     diag, off = mech.noise_stds()
-    out = rows if (overwrite and rows.dtype == work) else torch.empty(rows.shape, dtype=work, device=rows.device)
-    noisy_symmetric_rows(rows, out, row_start, diag_std=diag, off_std=off, generator=source)
+    out = sym if sym.dtype == work else torch.empty(rows.shape, dtype=work, device=rows.device)
+    noisy_symmetric_rows(sym, out, row_start, diag_std=diag, off_std=off, generator=source)
+    del sym
 
     # rank src solves against the sharded operator; the others serve products
     if rank != src:
@@ -245,6 +242,35 @@ def release_rank_k_sharded(
         outcome = failure(exc)
     op.stop()
     return share_outcome(outcome, src, group, "release_rank_k_sharded")
+
+
+def _take_upper(sym: torch.Tensor, layout: list, rank: int, group: Any) -> None:
+    """Replace this rank's entries left of its first row by the transposed upper blocks of the
+    ranks above (point to point, strips of 512 rows): every rank then holds its rows of the
+    matrix that the upper triangle defines, so an M that is not exactly symmetric (rows
+    computed by separate products) is noised as the single-process release would noise it,
+    and no antisymmetric part can reach the solver without noise."""
+    import torch.distributed as dist
+
+    def peer(r: int) -> int:
+        return r if group is None else dist.get_global_rank(group, r)
+
+    world = len(layout)
+    for r in range(world):
+        r0, rb = layout[r][0], layout[r][1]
+        for s in range(r + 1, world):
+            if rank not in (r, s):
+                continue
+            s0, sb = layout[s][0], layout[s][1]
+            for i in range(r0, r0 + rb, ROW_ALIGN):
+                i1 = min(i + ROW_ALIGN, r0 + rb)
+                with collective("exchanging the upper blocks"):
+                    if rank == r:
+                        dist.send(sym[i - r0 : i1 - r0, s0 : s0 + sb].contiguous(), dst=peer(s), group=group)
+                    else:
+                        strip = torch.empty((i1 - i, sb), dtype=sym.dtype, device=sym.device)
+                        dist.recv(strip, src=peer(r), group=group)
+                        sym[:, i:i1].copy_(strip.T)
 
 
 def _solver_generator(generator, source: SecureNormalSource, device: torch.device) -> torch.Generator:

@@ -59,11 +59,15 @@ def reduce_statistics(stats: ActivationStatistics, dst: int = 0, *, group: Any =
             raise ValueError(f"dst must be a rank in [0, {world}), got {dst!r}")
         if any(st.clip is None or st.grid is None for st in stats):
             raise ValueError("only clipped statistics (clip=C or 'normalize') can be summed for a private release")
+        if any(st.max_examples is None for st in stats):
+            raise ValueError("these statistics do not record how many examples their grid keeps exact "
+                             "(collected by an older version); collect them again")
     except (TypeError, ValueError) as exc:
         local = exc
     agree(local, group, what="reduce_statistics")
     names = sorted(stats.groups)
-    spec = (names, [(stats[n].group.dim, stats[n].clip, stats[n].grid, stats[n].max_examples) for n in names],
+    spec = (names, [(stats[n].group.dim, stats[n].clip, stats[n].grid, stats[n].max_examples,
+                     _fingerprint(stats[n].coordinates)) for n in names],
             str(stats.clip), stats.neighbour, dst)
     specs: list = [None] * world
     with collective("reduce_statistics"):
@@ -78,7 +82,7 @@ def reduce_statistics(stats: ActivationStatistics, dst: int = 0, *, group: Any =
         dist.all_reduce(counts, group=group)
     for n, (total, _) in zip(names, counts.tolist()):
         bound = stats[n].max_examples
-        if bound is not None and total > bound:
+        if bound is None or total > bound:
             raise ValueError(f"the ranks together hold more examples than group {n!r}'s grid keeps exact "
                              f"({bound}); nothing was reduced (split the corpus over several releases)")
     sums = {n: stats[n].gram.clone() for n in names}
@@ -95,3 +99,14 @@ def reduce_statistics(stats: ActivationStatistics, dst: int = 0, *, group: Any =
         st.gram, st.n_examples, st.n_clipped = sums[n], int(total), int(clipped)
     stats.public = all(public)  # the total is public only if every shard was
     return True
+
+
+def _fingerprint(coords) -> tuple:
+    """The coordinates a group's statistic lives in (public: from the weights and the prior), as
+    SHA-256 digests: statistics summed over ranks must share them."""
+    import hashlib
+
+    def digest(t):
+        return None if t is None else hashlib.sha256(t.detach().to("cpu", torch.float64).numpy().tobytes()).hexdigest()
+
+    return (coords.route, digest(coords.basis), digest(coords.preconditioner), digest(coords.reader))

@@ -388,7 +388,8 @@ def noisy_symmetric_rows(
     work = compute_dtype(src.dtype, dt)
     diag_std, off_std = std_in(diag_std, work), std_in(off_std, work)
     draws = _Scratch(min(_BLOCK, d) * d, dt, dev)
-    copies = _Scratch(min(_BLOCK, d) * max(b, _BLOCK), work, dev)
+    # a converted strip: (512, d − i0) for the shard's own blocks, (b, 512) for a block above
+    copies = _Scratch(max(min(_BLOCK, d) * d, b * _BLOCK), work, dev)
     widened = _Scratch(min(_WIDE_ROWS, d) * d, work, dev) if work != dt else None
     flipped = _Scratch(_BLOCK * b, dt, dev)  # the draws of a block above, transposed
 
