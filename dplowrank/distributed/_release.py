@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from .._distributed import DistributedError, agree, collective, group_info
 from .._validation import check_k
 from ..accounting import BudgetExceededError
@@ -136,8 +134,3 @@ def release_rank_k_distributed(
         except BaseException as exc:  # every rank must hear of it, whatever it is
             outcome = failure(exc)
     return share_outcome(outcome, src, group, "release_rank_k_distributed")
-
-
-def _assert_cpu_or_cuda(t: torch.Tensor) -> None:  # pragma: no cover - kept for symmetry with the sharded path
-    if t.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"a distributed release runs on CPU or CUDA tensors, got {t.device}")

@@ -19,7 +19,7 @@ import torch
 from .._distributed import DistributedError, agree, broadcast_tensor, collective, group_info
 from .._random import SECURE, SEEDED, resolve_generator
 from .._secure import SecureNormalSource, broadcast_source
-from ..accounting import BudgetExceededError, PrivacyBudget
+from ..accounting import PrivacyBudget
 from ..gram import check_range
 from ..linalg import NOISE_ATOL_FRACTION, topk_eigh_operator
 from ..mechanisms import GaussianMechanism, noisy_symmetric_rows, shared_noise_source
@@ -366,5 +366,3 @@ def shard_rows(d: int, world: int) -> list[tuple[int, int]]:
         start = stop
     return out
 
-
-_ = BudgetExceededError  # re-raised by share_outcome by name
