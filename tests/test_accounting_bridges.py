@@ -258,3 +258,26 @@ def test_budget_auto_spends_by_pld(tmp_path):
     strict.spend(GaussianEvent(4.0))
     with pytest.raises(BudgetExceededError):
         strict.spend(steps)
+
+
+def test_pld_is_not_trusted_below_its_numerical_accuracy():
+    """dp_accounting's FFT self-composition loses the far tail of long runs (an audit measured
+    true δ 2.2e-12 – 2.6e-12 where its PLD said 1e-12, q = 0.01, z = 1, 10⁵ steps; rigorous
+    lower bound on the true ε(1e-12): 37.44). The PLD's δ is padded by 1e-15 per step and ε(δ)
+    falls back to RDP below 100 × that pad."""
+    from dplowrank import PrivacyBudget
+
+    long_run = PrivacyAccountant().add(PoissonSampledEvent(0.01, GaussianEvent(1.0)), count=10**5)
+    assert long_run.epsilon(1e-12) == long_run.epsilon(1e-12, method="rdp") >= 37.44
+    with pytest.raises(ValueError, match="below what the PLD of this record resolves"):
+        long_run.epsilon(1e-12, method="pld")
+    # 10⁷ steps at q = 1e-4, z = 0.8: the PLD said ε(1e-12) = 4.05 where the true value is ≈ 4.31
+    step = PoissonSampledEvent(1e-4, GaussianEvent(0.8))
+    budget = PrivacyBudget(4.06, 1e-12)
+    assert not budget.can_afford(step, count=10**7)
+    assert PrivacyAccountant().add(step, count=10**7).epsilon(1e-12) > 4.31
+    # at an ordinary δ the PLD still prices DP-SGD, padded: never above RDP, never below the unpadded PLD
+    ordinary = PrivacyAccountant().add(PoissonSampledEvent(0.01, GaussianEvent(1.1)), count=1000)
+    assert ordinary.epsilon(1e-5) < ordinary.epsilon(1e-5, method="rdp")
+    assert ordinary.epsilon(1e-5) >= bridges.pld_epsilon(ordinary, 1e-5) - 1e-3
+    assert ordinary.delta(1.0) >= 1e-15 * 1001
