@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["DistributedError", "agree", "broadcast_tensor", "collective", "group_info"]
+__all__ = ["DistributedError", "agree", "broadcast_tensor", "collective", "group_info", "same_everywhere"]
 
 
 class DistributedError(RuntimeError):
@@ -87,6 +87,18 @@ def _kind(name: str, mro: list[str], kinds: tuple[type[Exception], ...]) -> type
         if base in _KINDS:
             return _KINDS[base]
     return DistributedError
+
+
+def same_everywhere(value: object, group: Any, *, what: str, refusal: str) -> None:
+    """Raise ``ValueError(refusal)`` on every rank unless every rank passes an equal ``value``
+    (a picklable description of its public arguments; collective)."""
+    import torch.distributed as dist
+
+    values: list = [None] * group_info(group)[1]
+    with collective(what):
+        dist.all_gather_object(values, value, group=group)
+    if any(v != value for v in values):
+        raise ValueError(refusal)
 
 
 def broadcast_tensor(t: torch.Tensor, src: int, group: Any, what: str) -> torch.Tensor:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._distributed import agree, collective, group_info
+from ._distributed import agree, collective, group_info, same_everywhere
 from ._files import atomic_write_bytes, check_key, seal, verify
 from ._memory import check_allocation
 from ._parallel import run_blocks
@@ -397,14 +397,9 @@ class GramAccumulator:
             local = exc
         agree(local, group, what="GramAccumulator.reduce")
         spec = (self.row_norm, self.neighbour, self.max_rows, self._dim, dst)
-        specs: list = [None] * world
-        with collective("GramAccumulator.reduce"):
-            dist.all_gather_object(specs, spec, group=group)
-        if any(s != spec for s in specs):
-            raise ValueError(
-                "the ranks' accumulators differ in (row_norm, neighbour, max_rows, dim, dst): "
-                f"{sorted(set(map(str, specs)))}; every rank must build the same accumulator"
-            )
+        same_everywhere(spec, group, what="GramAccumulator.reduce",
+                        refusal="the ranks' accumulators differ in (row_norm, neighbour, max_rows, dim) or dst; every "
+                                "rank must build the same accumulator")
         gram = self.gram
         counts = torch.tensor([self.n_rows, self.n_clipped], dtype=torch.int64, device=gram.device)
         with collective("GramAccumulator.reduce"):

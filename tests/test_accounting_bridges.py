@@ -281,3 +281,20 @@ def test_pld_is_not_trusted_below_its_numerical_accuracy():
     assert ordinary.epsilon(1e-5) < ordinary.epsilon(1e-5, method="rdp")
     assert ordinary.epsilon(1e-5) >= bridges.pld_epsilon(ordinary, 1e-5) - 1e-3
     assert ordinary.delta(1.0) >= 1e-15 * 1001
+
+
+def test_plan_dpsgd_agrees_with_opacus_calibration_on_an_empty_rdp_budget():
+    """opacus' get_noise_multiplier (its RDP accountant) and PrivacyBudget.plan_dpsgd on an empty
+    budget priced by RDP find the same z: both bisect the same RDP curve (opacus to its ε
+    tolerance, so its z is within that of ours, and never below ours by more than it)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from dplowrank import PrivacyBudget
+
+    for eps, q, steps in [(2.0, 0.01, 1000), (8.0, 256 / 60_000, 3000)]:
+        theirs = get_noise_multiplier(target_epsilon=eps, target_delta=1e-5, sample_rate=q, steps=steps,
+                                      accountant="rdp", epsilon_tolerance=1e-4)
+        ours = PrivacyBudget(eps, 1e-5, method="rdp").plan_dpsgd(q, steps)
+        assert ours == pytest.approx(theirs, rel=2e-3)
+        if eps == 2.0:  # with the PLD ("auto") the same budget affords less noise
+            assert PrivacyBudget(eps, 1e-5).plan_dpsgd(q, steps) < ours

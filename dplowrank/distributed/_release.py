@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._distributed import DistributedError, agree, collective, group_info
+from .._distributed import DistributedError, agree, collective, group_info, same_everywhere
 from .._validation import check_k
 from ..accounting import BudgetExceededError
 from ..gram import GramAccumulator
@@ -117,15 +117,10 @@ def release_rank_k_distributed(
             local = exc
     agree(local, group, what="release_rank_k_distributed", kinds=(BudgetExceededError,))
     # every rank must ask for the same release (only rank src's arguments are used)
-    mine = repr((k, src, sorted((key, repr(v)) for key, v in options.items())))
-    asked: list = [None] * world
-    with collective("release_rank_k_distributed"):
-        import torch.distributed as dist
-
-        dist.all_gather_object(asked, mine, group=group)
-    if any(a != mine for a in asked):
-        raise ValueError("the ranks asked for different releases (k, src or options differ); every rank must pass "
-                         "the same arguments")
+    same_everywhere(repr((k, src, sorted((key, repr(v)) for key, v in options.items()))), group,
+                    what="release_rank_k_distributed",
+                    refusal="the ranks asked for different releases (k, src or options differ); every rank must pass "
+                            "the same arguments")
     acc.reduce(dst=src, group=group)
     outcome = None
     if rank == src:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .._distributed import agree, collective, group_info
+from .._distributed import agree, collective, group_info, same_everywhere
 from ..compress import ActivationStatistics
 
 __all__ = ["reduce_statistics"]
@@ -69,12 +69,9 @@ def reduce_statistics(stats: ActivationStatistics, dst: int = 0, *, group: Any =
     spec = (names, [(stats[n].group.dim, stats[n].clip, stats[n].grid, stats[n].max_examples,
                      _fingerprint(stats[n].coordinates)) for n in names],
             str(stats.clip), stats.neighbour, dst)
-    specs: list = [None] * world
-    with collective("reduce_statistics"):
-        dist.all_gather_object(specs, spec, group=group)
-    if any(s != spec for s in specs):
-        raise ValueError("the ranks' statistics differ in groups, dimensions, clip, grid, neighbour or dst; "
-                         "every rank must collect with the same model, targets and clip")
+    same_everywhere(spec, group, what="reduce_statistics",
+                    refusal="the ranks' statistics differ in groups, dimensions, clip, grid, coordinates, neighbour "
+                            "or dst; every rank must collect with the same model, targets and clip")
     first = stats[names[0]].gram
     counts = torch.tensor([[stats[n].n_examples, stats[n].n_clipped] for n in names], dtype=torch.int64,
                           device=first.device)
