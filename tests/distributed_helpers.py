@@ -229,7 +229,8 @@ def sharded_budget(rank, world, out, *, ledger):
 def source_sharing(rank, world, out):
     """The noise source handed out by rank 0: secure when the library keys it, seeded when a
     seeded one is given, and a caller's secure source refused (its copies would repeat noise)."""
-    from dplowrank._secure import SecureNormalSource, broadcast_source
+    from dplowrank import SecureNormalSource
+    from dplowrank._secure import broadcast_source
 
     refused = None
     if rank == 0:
