@@ -71,7 +71,6 @@ def main() -> None:
         prod, _ = _t(lambda: [A @ X for _ in range(3)])
         Ab, Xb = A.to(torch.bfloat16), X.to(torch.bfloat16)
         prod_b, _ = _t(lambda: [Ab @ Xb for _ in range(3)])
-        del Ab, Xb
         warm = res.warm_start or "none"
         # the warm start's share: the solve with it minus a product-count estimate of its Krylov part
         krylov_products = res.iterations
@@ -80,7 +79,6 @@ def main() -> None:
               f"{res.matvecs - res.iterations * b if res.warm_start else 0} | {solve:.3f} (cold {cold:.3f}) | "
               f"{res.iterations} (cold {res0.iterations}) | {res.matvecs} (cold {res0.matvecs}) | "
               f"{prod / 3 * 1e3:.1f} / {prod_b / 3 * 1e3:.1f} |")
-        del A, M
 
 
 if __name__ == "__main__":
