@@ -134,24 +134,28 @@ def dies(rank, world, out, *, stage="before"):
     torch.save({"error": None}, out / f"dies-{rank}.pt")
 
 
-def bad_argument(rank, world, out, *, mode="src"):
-    """One rank's bad argument refuses on every rank, before anything is spent."""
+def bad_argument(rank, world, out):
+    """One rank's bad argument refuses on every rank, before anything is spent: a bad src on
+    rank 1, a different (valid) ε on rank 1, and k > d everywhere, one after the other."""
     import dplowrank as dl
 
-    acc = dl.GramAccumulator(row_norm=8.0, dim=64)
-    acc.update(shard_of(digits(), rank, world))
-    kwargs = {"epsilon": 1.0, "delta": 1e-6, "k": 2}
-    if mode == "src":
-        kwargs["src"] = 0 if rank == 0 else 5
-    elif mode == "epsilon":  # a different (valid) ε on rank 1: the ranks asked for different releases
-        kwargs["epsilon"] = 1.0 if rank == 0 else 2.0
-    elif mode == "k":  # k > d on every rank: refused before the reduction
-        kwargs["k"] = 65
-    try:
-        dl.release_rank_k_distributed(acc, **kwargs)
-    except ValueError as exc:
-        torch.save({"error": type(exc).__name__, "message": str(exc), "consumed": acc.consumed},
-                   out / f"bad_argument-{rank}.pt")
+    results = {}
+    for mode in ("src", "epsilon", "k"):
+        acc = dl.GramAccumulator(row_norm=8.0, dim=64)
+        acc.update(shard_of(digits(), rank, world))
+        kwargs = {"epsilon": 1.0, "delta": 1e-6, "k": 2}
+        if mode == "src":
+            kwargs["src"] = 0 if rank == 0 else 5
+        elif mode == "epsilon":
+            kwargs["epsilon"] = 1.0 if rank == 0 else 2.0
+        else:
+            kwargs["k"] = 65
+        try:
+            dl.release_rank_k_distributed(acc, **kwargs)
+            results[mode] = {"error": None}
+        except ValueError as exc:
+            results[mode] = {"error": type(exc).__name__, "message": str(exc), "consumed": acc.consumed}
+    torch.save(results, out / f"bad_argument-{rank}.pt")
 
 
 def sharded(rank, world, out, *, d=1100, k=6, seed=11, dtype="float64", secure=False, asym=False):
