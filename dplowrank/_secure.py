@@ -67,6 +67,13 @@ import weakref
 import numpy as np
 import torch
 
+try:  # a declared dependency, imported with the module so that no release pays for it
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    _HAVE_CIPHER = True
+except ImportError:  # pragma: no cover - refused when a source is made
+    _HAVE_CIPHER = False
+
 __all__ = ["SecureNormalSource"]
 
 _TWO_PI = 2.0 * math.pi
@@ -139,10 +146,8 @@ class SecureNormalSource:
     __slots__ = ("_key", "_combine", "_next", "_next_solver", "_lock", "__weakref__")
 
     def __init__(self, key: bytes | None = None, *, combine: int = 2, _seeded: bool = False) -> None:
-        try:
-            from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - a declared dependency
-            raise ImportError("secure noise needs the 'cryptography' package") from exc
+        if not _HAVE_CIPHER:  # pragma: no cover - a declared dependency
+            raise ImportError("secure noise needs the 'cryptography' package")
         if isinstance(combine, bool) or not isinstance(combine, int) or combine < 1:
             raise ValueError(f"combine must be a positive integer, got {combine!r}")
         seeded = key is not None
@@ -238,8 +243,6 @@ class SecureNormalSource:
     # ---- the keystream -----------------------------------------------------------------
 
     def _encryptor(self, stream: int):
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
         if not 0 <= int(stream) < 2**64:
             raise ValueError(f"stream must be in [0, 2**64), got {stream}")
         counter = int(stream).to_bytes(8, "big") + bytes(8)  # (stream ‖ block counter)

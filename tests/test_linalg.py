@@ -986,18 +986,59 @@ def test_cuda_warm_start_rule_reads_compute_capability(monkeypatch, cc, fast):
     assert ws._half_capability(torch.device("cuda")) == (torch.float16, fast)
 
 
-def test_cpu_flags_come_from_proc_cpuinfo(monkeypatch):
+def test_cpu_vendor_and_flags_come_from_proc_cpuinfo(monkeypatch):
     import io
 
-    text = "processor\t: 0\nflags\t\t: fpu sse2 amx_bf16 avx512_fp16\nbogomips\t: 1\n"
-    monkeypatch.setattr(ws, "open", lambda *a, **kw: io.StringIO(text), raising=False)
-    assert ws._cpu_flags() == frozenset({"fpu", "sse2", "amx_bf16", "avx512_fp16"})
+    from dplowrank.linalg import _capability as cap
 
-    def missing(*a, **kw):
-        raise FileNotFoundError("/proc/cpuinfo")
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 amx_bf16 avx512_fp16\n"
+            "bogomips\t: 1\nprocessor\t: 1\nvendor_id\t: Other\nflags\t\t: fpu\n")
+    monkeypatch.setattr(cap, "open", lambda *a, **kw: io.StringIO(text), raising=False)
+    cap.cpu_info.cache_clear()
+    try:
+        assert cap.cpu_info() == ("AuthenticAMD", frozenset({"fpu", "sse2", "amx_bf16", "avx512_fp16"}))
+        assert ws._cpu_flags() == frozenset({"fpu", "sse2", "amx_bf16", "avx512_fp16"})
 
-    monkeypatch.setattr(ws, "open", missing, raising=False)
-    assert ws._cpu_flags() == frozenset()  # other systems: no flags, default warm start off
+        def missing(*a, **kw):
+            raise FileNotFoundError("/proc/cpuinfo")
+
+        monkeypatch.setattr(cap, "open", missing, raising=False)
+        cap.cpu_info.cache_clear()
+        assert cap.cpu_info() == ("", frozenset())  # other systems: nothing known
+        assert ws._cpu_flags() == frozenset()  # so the default warm start is off
+    finally:
+        monkeypatch.undo()
+        cap.cpu_info.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "vendor, dtype, width, transposed",
+    [
+        ("GenuineIntel", torch.float32, 40, True),  # the path measured on the AMX Xeon, kept
+        ("GenuineIntel", torch.float32, 16, False),
+        ("GenuineIntel", torch.float64, 40, False),
+        ("AuthenticAMD", torch.float64, 8, True),  # 2x faster on the EPYC (docs/eigensolver.md)
+        ("AuthenticAMD", torch.float64, 80, True),
+        ("AuthenticAMD", torch.float32, 40, False),
+        ("", torch.float64, 40, False),  # unknown CPU: plainly
+        ("AuthenticAMD", torch.complex128, 40, False),
+    ],
+)
+def test_product_layout_follows_the_cpu_vendor(monkeypatch, vendor, dtype, width, transposed):
+    from dplowrank.linalg import _capability as cap
+    from dplowrank.linalg._pairs import _product
+
+    monkeypatch.setattr(cap, "cpu_info", lambda: (vendor, frozenset()))
+    assert cap.transposed_product(torch.device("cpu"), dtype, width) is transposed
+    assert cap.transposed_product(torch.device("meta"), dtype, width) is False
+    # either layout is the same product of a symmetric matrix, to rounding
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(70, 70, generator=g, dtype=torch.float64)
+    A = (A + A.T).to(dtype)
+    X = torch.randn(70, width, generator=g, dtype=torch.float64).to(dtype)
+    P = _product(A, X)
+    assert P.shape == (70, width)
+    torch.testing.assert_close(P, A @ X, rtol=1e-4, atol=1e-4)
 
 
 def test_warm_start_choice_never_calls_a_timer(monkeypatch):
@@ -1083,3 +1124,44 @@ def test_warm_start_beats_the_rounding_floor_of_half_products(monkeypatch, dtype
     r = topk_eigh(A, 12, solver="lanczos", generator=_gen(1), atol=0.05, warm_start=True)
     cold = topk_eigh(A, 12, solver="lanczos", generator=_gen(1), atol=0.05, warm_start=False)
     assert r.converged and r.iterations <= 2 < cold.iterations and r.warm_start == "float16"
+
+
+@pytest.mark.parametrize("dtype, scale", [(torch.float64, 1e-26), (torch.float64, 1e-120), (torch.float64, 1e37),
+                                          (torch.float32, 1e-26), (torch.float32, 1e20)])
+def test_the_bfloat16_warm_start_is_scale_free(dtype, scale):
+    """Audit finding: the float32 warm-start arithmetic's residual norms underflowed for a
+    float64 matrix of scale 1e-26 (ZeroDivisionError, after a release had charged the budget).
+    The half copy is now made at a power-of-two scale near 1, so any scale works alike."""
+    base = spiked(600, 4, 11, torch.float64)
+    A = (base * scale).to(dtype)
+    ref = torch.linalg.eigvalsh(A.double()).flip(0)[:4]
+    r = topk_eigh(A, 4, solver="lanczos", warm_start=True, generator=_gen(1))
+    assert r.converged and r.warm_start == str(ws._half_capability(A.device)[0]).removeprefix("torch.")
+    rel = float(((r.eigenvalues.double() - ref).abs() / ref[0].abs()).max())
+    assert rel < (1e-5 if dtype == torch.float32 else 1e-12)
+    r1 = topk_eigh(base.to(dtype), 4, solver="lanczos", warm_start=True, generator=_gen(1))
+    assert r.iterations == r1.iterations  # the same work as at scale 1 (powers of two are exact)
+
+
+@pytest.mark.parametrize("dtype, scale", [(torch.float64, 1e-160), (torch.float64, 1e-300), (torch.float64, 1e150),
+                                          (torch.float32, 1e-25), (torch.float32, 1e18)])
+def test_the_krylov_solve_is_right_at_extreme_scales(dtype, scale):
+    """Audit finding (older than the warm-start change): at ‖A‖ ~ 1e-160 the residual norms
+    underflowed to 0 and Lanczos claimed convergence with eigenvalues off by up to 47%. The
+    solve now runs on 2^e·A and scales back."""
+    d = 700
+    lam = torch.linspace(0, 1, d, dtype=torch.float64)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=_gen(0), dtype=torch.float64))
+    A = ((Q * lam) @ Q.T) * scale
+    A = (0.5 * (A + A.T)).to(dtype)
+    ref = torch.linalg.eigvalsh(A.double()).flip(0)[:4]
+    r = topk_eigh(A, 4, solver="lanczos", warm_start=False, generator=_gen(1))
+    assert r.converged
+    rel = float(((r.eigenvalues.double() - ref).abs() / ref[0]).max())
+    assert rel < (1e-5 if dtype == torch.float32 else 1e-12)
+    assert r.scale == pytest.approx(float(ref[0]), rel=1e-3)
+    assert r.next_eigenvalue == pytest.approx(float(torch.linalg.eigvalsh(A.double())[-5]), rel=1e-3)
+    # the residual the result reports holds in A's own units
+    V = r.eigenvectors.double()
+    res = float(((A.double() @ V - V * r.eigenvalues.double()).norm(dim=0)).max()) / r.scale
+    assert res <= r.tol * 1.01 + 1e-6 * (dtype == torch.float32)

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import torch
 
+from ._capability import transposed_product
+
 
 def _product(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """``A @ X`` for symmetric / Hermitian A (shape (d, d)) and X of shape (d, w).
 
-    On the CPU in float32 with w ≥ 32 it is formed as (Xᵀ A)ᵀ (a transposed view), a shape
-    MKL's sgemm runs faster (timings in ``docs/eigensolver.md``); elsewhere (float64,
-    complex, GPUs, narrow blocks) plainly. A is symmetric, so both are ``A @ X``.
+    On the CPUs where :func:`._capability.transposed_product` says the BLAS runs it
+    faster, it is formed as (Xᵀ A)ᵀ (a transposed view); elsewhere plainly. A is
+    symmetric, so both are ``A @ X``.
     """
     if not isinstance(A, torch.Tensor):  # an operator (topk_eigh_operator): its own product
         return A @ X
-    if A.device.type == "cpu" and A.dtype == torch.float32 and X.shape[1] >= 32:
-        return (X.mT @ A).mT
+    if transposed_product(A.device, A.dtype, X.shape[1]):
+        # Made row-major again: MKL rounds later products with a column-major operand
+        # differently on 1 and 2 threads, and a seeded release must not depend on that.
+        return (X.mT @ A).mT.contiguous()
     return A @ X
 
 

@@ -29,6 +29,7 @@ import torch
 from .. import _memory
 from .._memory import InsufficientMemoryError, empty
 from ._basis import _cholqr, _householder
+from ._capability import cpu_info
 
 #: Half-precision warm start: by default only for real matrices with
 #: ``d >= WARM_START_MIN_D`` (below it the copy costs about what it saves).
@@ -46,18 +47,8 @@ _CAPABILITY: dict[str, tuple[torch.dtype, bool]] = {}
 
 
 def _cpu_flags() -> frozenset[str]:
-    """The CPU's ISA flags from the ``flags`` line of Linux's ``/proc/cpuinfo``.
-
-    Empty where there is no such file or line (other systems, other architectures).
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return frozenset()
+    """The CPU's ISA flags (:func:`._capability.cpu_info`); empty where none are known."""
+    return cpu_info()[1]
 
 
 def _half_capability(device: torch.device) -> tuple[torch.dtype, bool]:
@@ -105,38 +96,42 @@ def _to_low(A: torch.Tensor, dtype: torch.dtype, extra: int = 0) -> tuple[torch.
     """A half-precision copy of A (shape (d, d)) and the power of two it was divided by.
 
     The copy is the left (d, d) part of a buffer of shape (d, d + ``extra``) (the warm
-    start keeps its current block in the extra columns). bfloat16 has float32's range: a
-    plain copy (scale 1). float16 overflows past 65504 and loses precision below 6e-5: a
-    matrix whose largest entry (estimated from the diagonal and every 64th row) lies in
-    [1/4, 2¹⁴] is copied as it is (scale 1); any other is divided by 2^e ≈ 4× that entry
-    (exact: a power of two changes no significand). Only an entry 2¹⁸ times larger
-    than all those would overflow; the caller then sees non-finite products and starts
-    from a random block instead. ``None``: A is zero or not finite.
+    start keeps its current block in the extra columns). A matrix whose largest entry
+    (estimated from the diagonal and every 64th row) lies in a range where the warm start's
+    arithmetic is safe is copied as it is (scale 1): for float16, which overflows past 65504
+    and loses precision below 6e-5, [1/4, 2¹⁴]; for bfloat16 (float32's range), [2⁻⁴⁰, 2⁴⁰],
+    where the float32 block arithmetic's squares (residual norms) neither underflow nor
+    overflow. Any other is divided by 2^e ≈ 4× that entry (exact: a power of two changes no
+    significand). Only an entry far larger than all those sampled would overflow (2¹⁸ times
+    for float16); the caller then sees non-finite products and starts from a random block
+    instead. ``None``: A is zero, not finite, or beyond 2^±1000 (its products would
+    overflow or underflow in A's own dtype).
     """
     d = A.shape[0]
+    top = max(float(A.diagonal().abs().max()), float(A[::64].abs().max()))
+    if not (2.0**-1000 < top < 2.0**1000):  # zero, non-finite, or at the ends of float64
+        return None
+    lo, hi = (0.25, 2.0**14) if dtype == torch.float16 else (2.0**-40, 2.0**40)
     buf = empty((d, d + extra), dtype=dtype, device=A.device)
     low = buf[:, :d]
     # Some half-precision kernels read a strided view's padding columns (multiplying them by
-    # zero): NaN there, left over in recycled memory, would leak into ``low @ X``.
-    buf[:, d:].zero_()
-    if dtype == torch.bfloat16:
+    # zero): NaN there, left over in recycled memory, would leak into ``low @ X``. They are
+    # zeroed after the copy has touched the fresh pages row by row (zeroing the strided
+    # padding first faults every page from a narrow column: 36 against 0.2 ms at d = 4096).
+    if lo <= top <= hi:
+        # already in range: one converting copy, no scaling pass
         low.copy_(A)
+        buf[:, d:].zero_()
         return buf, 1.0
-    top = max(float(A.diagonal().abs().max()), float(A[::64].abs().max()))
-    if not math.isfinite(top) or top == 0.0:
-        return None
-    if 0.25 <= top <= 2.0**14:
-        # already in range (largest entry ≥ 4× below overflow, normal numbers down to
-        # 2⁻¹⁶ of it): one converting copy, no scaling pass
-        low.copy_(A)
-        return buf, 1.0
-    scale = 2.0 ** math.ceil(math.log2(4.0 * top))
+    e = math.ceil(math.log2(top)) + 2
+    scale = math.ldexp(1.0, e)
     step = 64  # rows per chunk: the intermediate (in A's dtype) stays small and cache-sized
     tmp = torch.empty((min(step, d), d), dtype=A.dtype, device=A.device)
     for i0 in range(0, d, step):
         i1 = min(d, i0 + step)
-        torch.mul(A[i0:i1], 1.0 / scale, out=tmp[: i1 - i0])
+        torch.mul(A[i0:i1], math.ldexp(1.0, -e), out=tmp[: i1 - i0])
         low[i0:i1].copy_(tmp[: i1 - i0])
+    buf[:, d:].zero_()
     return buf, scale
 
 
@@ -185,9 +180,13 @@ def _warm_start_block(
     if made is None:
         return None, 0
     aug, scale = made  # aug, shape: (d, d + block): [Â | current block]
+    # The block's own arithmetic runs in float32 whatever A's dtype: its rounding (2⁻²⁴) is
+    # far below the half-precision copy's (2⁻⁸ or 2⁻¹¹), and float64 would double the cost
+    # of every small product and conversion (~10 ms of a float64 solve at d = 4096).
+    work = torch.float32
     rhs = torch.empty((d + block, block), dtype=dtype, device=A.device)  # [X; −S] in half precision
-    Xw = torch.empty((d, block), dtype=A.dtype, device=A.device)  # the block multiplied, in A's dtype
-    X = torch.randn((d, block), generator=gen, dtype=A.dtype, device=A.device)
+    Xw = torch.empty((d, block), dtype=work, device=A.device)  # the block multiplied
+    X = torch.randn((d, block), generator=gen, dtype=work, device=A.device)
     shift: torch.Tensor | None = None  # S: the predicted Rayleigh quotient of X (CPU)
     prev = math.inf
     slow_before = False
@@ -204,8 +203,10 @@ def _warm_start_block(
         # eigenvectors yᵢ; the columns beyond k may converge slowly and do not count)
         Tc = T.to("cpu", torch.float64)
         theta, Yk = torch.linalg.eigh(0.5 * (Tc + Tc.mT))
-        Yk = Yk[:, -k:].to(A.device, A.dtype)
+        Yk = Yk[:, -k:].to(A.device, work)
         res = float(torch.linalg.vector_norm(torch.addmm(Y, Xw, T, alpha=-1.0) @ Yk, dim=0).max())
+        if res == 0.0 or prev == 0.0:
+            break  # an invariant block (to the copy's precision): nothing left to gain
         rate = res / prev
         slow = rate >= _WARM_SLOW
         # Early steps may raise the residual (the Ritz pairs reorder): a slow step counts
@@ -220,7 +221,7 @@ def _warm_start_block(
         if steps >= _WARM_MIN_STEPS and (stalled or res * min(rate, 1.0) * scale <= target):
             break
         prev = res
-    return X, steps * block
+    return X.to(A.dtype), steps * block
 
 
 def _half_step(
@@ -233,17 +234,17 @@ def _half_step(
     """One subspace step X ← orth(Â X) with the half-precision copy; ``None`` on overflow.
 
     ``aug``: the buffer [Â | ·] of shape (d, d + b); ``rhs`` (shape (d + b, b), half) and
-    ``Xw`` (shape (d, b), A's dtype) are work buffers; ``X``: the current block, shape
+    ``Xw`` (shape (d, b), float32) are work buffers; ``X``: the current block, shape
     (d, b); ``shift``: S of shape (b, b) on the CPU, or ``None``. torch's CPU
     float16/bfloat16 matmul returns half precision, rounding Â X to 2⁻¹¹ of its norm.
     With a usable S the product is instead [Â | X]·[X; −S] = Â X − X S: it accumulates in
     float32 and rounds only that residual, small once X is close to invariant, and Â X is
-    completed as residual + X S in A's dtype. S = R T R⁻¹
+    completed as residual + X S in float32. S = R T R⁻¹
     predicts X's Rayleigh quotient from the previous step's Cholesky factor R
     (A X_old = X R) and T = X_oldᵀ Â X_old, exact when span(X_old) is invariant.
 
     Returns ``(X_new, S_new, Y, T)``: the orthonormalised block, the next shift (``None``
-    after a Householder fallback), Y ≈ Â X (A's dtype, shape (d, b)) and T = Xᵀ Y (shape
+    after a Householder fallback), Y ≈ Â X (float32, shape (d, b)) and T = Xᵀ Y (shape
     (b, b)). ``Xw`` then holds X rounded to half precision, the block multiplied.
     """
     d = aug.shape[0]

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import cast
 
 import torch
 
@@ -47,6 +48,7 @@ from .._random import resolve_generator
 from ._checks import SOLVERS, _validate
 from ._dense import _dense
 from ._lanczos import _block_lanczos
+from ._pairs import _product
 from ._result import EighResult
 from ._warm_start import _WARM_TARGET, _warm_start_block, _warm_start_dtype
 
@@ -238,16 +240,59 @@ def topk_eigh(
     return res
 
 
+#: The Krylov solve runs on 2^e·A when A's largest entry (estimated) lies outside this range,
+#: by dtype: beyond it the squares in its norms and Gram matrices under- or overflow (a
+#: float64 matrix of scale 1e-160 reported residual 0 and converged with wrong eigenvalues).
+_SAFE_SCALE = {torch.float32: (2.0**-50, 2.0**50), torch.float64: (2.0**-400, 2.0**400)}
+
+
+class _Scaled:
+    """The operator 2^e·A for a Tensor A of shape (d, d): its products are A's, multiplied by
+    a power of two (exact, short of overflow or underflow, which the range above avoids)."""
+
+    def __init__(self, A: torch.Tensor, e: int) -> None:
+        self.A, self.factor = A, math.ldexp(1.0, e)
+        self.shape, self.dtype, self.device = A.shape, A.dtype, A.device
+
+    def __matmul__(self, X: torch.Tensor) -> torch.Tensor:
+        return _product(self.A, X).mul_(self.factor)
+
+
+def _pow2_exponent(A: object) -> int:
+    """e such that 2^e·A has its largest entry (estimated from the diagonal and every 64th
+    row) near 1, or 0 when A (a real Tensor) is already in :data:`_SAFE_SCALE`'s range, is
+    zero or not finite, or is an operator."""
+    if not isinstance(A, torch.Tensor) or A.dtype not in _SAFE_SCALE:
+        return 0
+    top = max(float(A.diagonal().abs().max()), float(A[::64].abs().max()))
+    lo, hi = _SAFE_SCALE[A.dtype]
+    if not math.isfinite(top) or top == 0.0 or lo <= top <= hi:
+        return 0
+    return -math.ceil(math.log2(top))
+
+
 def _krylov(A, k: int, b: int, gen: torch.Generator, tol: float | None, atol: float | None,
             iters: int | None, start: torch.Tensor | None) -> EighResult:
-    """The block Lanczos solve with topk_eigh's basis size, restart width and step limit."""
+    """The block Lanczos solve with topk_eigh's basis size, restart width and step limit;
+    on 2^e·A (eigenvalues and absolute figures scaled back) when A's scale is extreme."""
     d = A.shape[0]
     max_basis = min(d, max(2 * b, min(max(10 * b, 128), max(d // 4, 128))))
     keep = max(k, min(max_basis - b, max(3 * b, (3 * max_basis) // 8)))
-    return _block_lanczos(
-        A, k, block=b, gen=gen, tol=tol, atol=atol,
+    e = _pow2_exponent(A)
+    # an operator with a Tensor's shape, dtype, device and products, as topk_eigh_operator's
+    op = cast(torch.Tensor, _Scaled(A, e)) if e else A
+    res = _block_lanczos(
+        op, k, block=b, gen=gen, tol=tol, atol=None if atol is None else math.ldexp(atol, e),
         max_iters=max(20, math.ceil(2 * d / b)) if iters is None else iters,
         max_basis=max_basis, keep=keep, start=start,
+    )
+    if not e:
+        return res
+    back = math.ldexp(1.0, -e)
+    return dataclasses.replace(
+        res, eigenvalues=res.eigenvalues * back, scale=res.scale * back, atol=atol,
+        next_eigenvalue=None if res.next_eigenvalue is None else res.next_eigenvalue * back,
+        next_residual=None if res.next_residual is None else res.next_residual * back,
     )
 
 
