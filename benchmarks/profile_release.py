@@ -1,17 +1,20 @@
 """Where a release's time goes on this CPU: the phases of ``release_rank_k``, one by one.
 
     python benchmarks/profile_release.py                  # d = 4096, k = 32, float32 and float64
-    python benchmarks/profile_release.py --d 32768 --k 64 --dtypes float64
+    python benchmarks/profile_release.py --d 8192 --dtypes float32
+
+(d = 32768 holds two d×d matrices here; its in-place breakdown is ``bench_scale.py --only-big``.)
 
 For each dtype it times, on the benchmark's spiked Gram (bench_release.spiked_gram):
 
 * ``first call``: the first ``release_rank_k`` of the process (imports done, nothing warm);
 * ``check``: the finiteness/symmetry pass over the given Gram;
-* ``noise``: the mechanism (a fresh noisy matrix, or in place with ``--in-place``);
+* ``noise``: the mechanism (a fresh noisy matrix);
 * ``warm start``: the half-precision subspace steps (``warm_start=None`` decides from the
   CPU's ISA flags; ``off`` forces none), with its products;
 * ``krylov``: the block Lanczos solve after it, with its iterations and products;
-* one product ``A @ X`` with the solver's block width, in the dtype and in bfloat16;
+* one product ``A @ X`` with the solver's block width, in the dtype in the layout the solver uses
+  on this CPU (``linalg/_capability.py``) and in the other one, and in bfloat16;
 * ``steady call``: a second ``release_rank_k`` of the same matrix.
 
 The table names the CPU and its ISA features (benchmarks/_machine.py).
@@ -29,6 +32,8 @@ from bench_release import spiked_gram
 import dplowrank as dl
 from dplowrank.gram import check_gram
 from dplowrank.linalg import NOISE_ATOL_FRACTION, topk_eigh
+from dplowrank.linalg._capability import transposed_product
+from dplowrank.linalg._pairs import _product
 
 
 def _t(fn):
@@ -48,7 +53,7 @@ def main() -> None:
     print(f"# {machine()}")
     print(f"# d = {d}, k = {k}, spiked Gram (spikes 3–8× the noise edge), ε = 1, δ = 1e-6, seeded generators\n")
     print("| dtype | first call s | steady call s | check s | noise s | warm start | warm s | warm products "
-          "| krylov s | iterations | products (columns) | A@X ms (dtype / bf16), w = b |")
+          "| krylov s | iterations | products (columns) | A@X ms (used / other layout / bf16), w = b |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     b = min(k + max(8, k // 4), d)
     for name in a.dtypes:
@@ -68,7 +73,9 @@ def main() -> None:
         cold, res0 = _t(lambda: topk_eigh(A, k, generator=torch.Generator().manual_seed(2), check=False, atol=atol,
                                           warm_start=False))
         X = torch.randn(d, b, dtype=dt)
-        prod, _ = _t(lambda: [A @ X for _ in range(3)])
+        used, _ = _t(lambda: [_product(A, X) for _ in range(3)])
+        swapped = (lambda: A @ X) if transposed_product(A.device, A.dtype, b) else (lambda: (X.mT @ A).mT)
+        other, _ = _t(lambda: [swapped() for _ in range(3)])
         Ab, Xb = A.to(torch.bfloat16), X.to(torch.bfloat16)
         prod_b, _ = _t(lambda: [Ab @ Xb for _ in range(3)])
         warm = res.warm_start or "none"
@@ -78,7 +85,7 @@ def main() -> None:
               f"{max(solve - cold * (krylov_products / max(res0.iterations, 1)), 0.0):.3f} | "
               f"{res.matvecs - res.iterations * b if res.warm_start else 0} | {solve:.3f} (cold {cold:.3f}) | "
               f"{res.iterations} (cold {res0.iterations}) | {res.matvecs} (cold {res0.matvecs}) | "
-              f"{prod / 3 * 1e3:.1f} / {prod_b / 3 * 1e3:.1f} |")
+              f"{used / 3 * 1e3:.1f} / {other / 3 * 1e3:.1f} / {prod_b / 3 * 1e3:.1f} |")
 
 
 if __name__ == "__main__":
