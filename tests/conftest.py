@@ -1,10 +1,16 @@
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import settings
+
+# Without a GPU, Triton kernels (dplowrank._chacha_triton) run in Triton's interpreter (numpy on
+# the CPU). Triton reads this when it is imported, so it is set before any test imports it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ci")
