@@ -8,6 +8,8 @@ relative tolerance the solvers compare residuals with.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._tensor import check_dense
@@ -84,6 +86,15 @@ def _all_finite(A: torch.Tensor) -> bool:
 
 
 # ----------------------------------------------------------------------------- dtypes
+
+
+def _largest_entry(A: torch.Tensor) -> float:
+    """An estimate of max |A_ij| (A real, shape (d, d)) from the diagonal and every 64th row:
+    one read of d + d²/64 entries, no temporary of that size (NaN/inf when those hold one)."""
+    lo, hi = torch.aminmax(A.diagonal())
+    lo2, hi2 = torch.aminmax(A[::64])
+    ends = (-float(lo), float(hi), -float(lo2), float(hi2))
+    return math.nan if any(math.isnan(x) for x in ends) else max(ends)
 
 
 def _real_dtype(dtype: torch.dtype) -> torch.dtype:

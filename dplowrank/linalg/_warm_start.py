@@ -30,6 +30,7 @@ from .. import _memory
 from .._memory import InsufficientMemoryError, empty
 from ._basis import _cholqr, _householder
 from ._capability import cpu_info
+from ._checks import _largest_entry
 
 #: Half-precision warm start: by default only for real matrices with
 #: ``d >= WARM_START_MIN_D`` (below it the copy costs about what it saves).
@@ -108,7 +109,7 @@ def _to_low(A: torch.Tensor, dtype: torch.dtype, extra: int = 0) -> tuple[torch.
     overflow or underflow in A's own dtype).
     """
     d = A.shape[0]
-    top = max(float(A.diagonal().abs().max()), float(A[::64].abs().max()))
+    top = _largest_entry(A)
     if not (2.0**-1000 < top < 2.0**1000):  # zero, non-finite, or at the ends of float64
         return None
     lo, hi = (0.25, 2.0**14) if dtype == torch.float16 else (2.0**-40, 2.0**40)

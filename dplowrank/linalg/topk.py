@@ -45,7 +45,7 @@ from typing import cast
 import torch
 
 from .._random import resolve_generator
-from ._checks import SOLVERS, _validate
+from ._checks import SOLVERS, _largest_entry, _validate
 from ._dense import _dense
 from ._lanczos import _block_lanczos
 from ._pairs import _product
@@ -264,7 +264,7 @@ def _pow2_exponent(A: object) -> int:
     zero or not finite, or is an operator."""
     if not isinstance(A, torch.Tensor) or A.dtype not in _SAFE_SCALE:
         return 0
-    top = max(float(A.diagonal().abs().max()), float(A[::64].abs().max()))
+    top = _largest_entry(A)
     lo, hi = _SAFE_SCALE[A.dtype]
     if not math.isfinite(top) or top == 0.0 or lo <= top <= hi:
         return 0
