@@ -77,19 +77,24 @@ def _kernel():
 
 
 def keystream_device(key: bytes, stream: int, first_block: int, nblocks: int,
-                     device: torch.device | str) -> torch.Tensor:
+                     device: torch.device | str, out: torch.Tensor | None = None) -> torch.Tensor:
     """The words :func:`keystream_cpu` returns, computed on ``device`` by the Triton kernel.
 
     Returns a torch.uint32 Tensor of shape (16·nblocks,) on ``device``: bit for bit the
-    CPU reference's words. Raises ImportError where Triton is not installed; on a CPU tensor
-    the kernel runs only under ``TRITON_INTERPRET=1``.
+    CPU reference's words (the first 16·nblocks elements of ``out`` when given: a contiguous
+    torch.uint32 Tensor on ``device``). Raises ImportError where Triton is not installed; on
+    a CPU tensor the kernel runs only under ``TRITON_INTERPRET=1``.
     """
     _check(key, stream, first_block, nblocks)
     words = struct.unpack("<8I", bytes(key)) + (first_block, stream & 0xFFFFFFFF, stream >> 32)
     dev = torch.device(device)
+    if out is None:
+        out = torch.empty(16 * nblocks, dtype=torch.uint32, device=dev)
+    elif out.dtype != torch.uint32 or out.device.type != dev.type or not out.is_contiguous() or out.numel() < 16 * nblocks:
+        raise ValueError(f"out must be a contiguous torch.uint32 tensor on {dev} of at least {16 * nblocks} elements")
+    out = out.view(-1)[: 16 * nblocks]
     params = torch.tensor(np.array(words, dtype=np.uint32).view(np.int32), dtype=torch.int32).view(torch.uint32)
-    params = params.to(dev)
-    out = torch.empty(16 * nblocks, dtype=torch.uint32, device=dev)
+    params = params.to(out.device)
     if nblocks:
         grid = (-(-nblocks // _LANES),)
         _kernel()[grid](params, out, nblocks, LANES=_LANES)

@@ -57,6 +57,7 @@ draw independent noise from the same object.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import numbers
@@ -75,6 +76,9 @@ except ImportError:  # pragma: no cover - refused when a source is made
     _HAVE_CIPHER = False
 
 __all__ = ["SecureNormalSource"]
+
+#: Where the normals are computed: see :class:`SecureNormalSource`'s ``engine``.
+_ENGINES = ("auto", "host", "portable")
 
 _TWO_PI = 2.0 * math.pi
 #: Outputs per cache-resident chunk, by output dtype: part of the output's definition (a
@@ -125,6 +129,15 @@ class SecureNormalSource:
         m: each output is (Z₁ + … + Z_m)/√m over m different Box–Muller pairs
         (Holohan & Braghin 2021). An OS-keyed source needs m ≥ 2 (the hardening is part of
         what "secure" means); a seeded one may use m = 1.
+    engine : {"auto", "host", "portable"}, default "auto"
+        Which algorithm turns the key into normals. ``"host"``: AES-256-CTR and the host's
+        Box–Muller (this module's docstring), computed on the CPU and copied to the target
+        device. ``"portable"``: ChaCha20 and the exactly-rounded Box–Muller of
+        :mod:`dplowrank._boxmuller`, computed on a CUDA device by Triton kernels where the
+        noise is needed (no host round trip), elsewhere by its numpy implementation, with
+        the same bits on both. ``"auto"``: ``"portable"`` for CUDA targets, ``"host"`` for
+        every other. The hardening, the caps and the provenance are the same for all three;
+        one key gives the same noise on every device with ``"host"`` or ``"portable"``.
 
     Attributes
     ----------
@@ -135,6 +148,8 @@ class SecureNormalSource:
         on (read-only; a subclass, a hand-made clone or a key replaced afterwards is seeded).
     combine : int
         Read-only.
+    engine : str
+        Read-only.
 
     Raises
     ------
@@ -143,13 +158,16 @@ class SecureNormalSource:
         would repeat its noise).
     """
 
-    __slots__ = ("_key", "_combine", "_next", "_next_solver", "_lock", "__weakref__")
+    __slots__ = ("_key", "_combine", "_engine", "_next", "_next_solver", "_lock", "__weakref__")
 
-    def __init__(self, key: bytes | None = None, *, combine: int = 2, _seeded: bool = False) -> None:
+    def __init__(self, key: bytes | None = None, *, combine: int = 2, engine: str = "auto",
+                 _seeded: bool = False) -> None:
         if not _HAVE_CIPHER:  # pragma: no cover - a declared dependency
             raise ImportError("secure noise needs the 'cryptography' package")
         if isinstance(combine, bool) or not isinstance(combine, int) or combine < 1:
             raise ValueError(f"combine must be a positive integer, got {combine!r}")
+        if engine not in _ENGINES:
+            raise ValueError(f"engine must be one of {_ENGINES}, got {engine!r}")
         seeded = key is not None
         if key is None:
             if combine < 2:
@@ -162,6 +180,7 @@ class SecureNormalSource:
             raise ValueError(f"key must be 32 bytes, got {type(key).__name__} of length {len(key) if hasattr(key, '__len__') else '?'}")
         self._key = bytes(key)
         self._combine = combine
+        self._engine = engine
         self._next = 0
         self._next_solver = _SOLVER_STREAMS
         self._lock = threading.Lock()
@@ -172,6 +191,10 @@ class SecureNormalSource:
     @property
     def combine(self) -> int:
         return self._combine
+
+    @property
+    def engine(self) -> str:
+        return self._engine
 
     @property
     def secure(self) -> bool:
@@ -194,7 +217,7 @@ class SecureNormalSource:
     def __reduce_ex__(self, protocol):
         self._refuse_copy()
         with self._lock:
-            state = (self._key, self._combine, self._next, self._next_solver)
+            state = (self._key, self._combine, self._next, self._next_solver, self._engine)
         return (_restore_seeded, state)
 
     def _refuse_copy(self) -> None:
@@ -207,13 +230,14 @@ class SecureNormalSource:
     def _copy(self):
         self._refuse_copy()
         with self._lock:
-            return _restore_seeded(self._key, self._combine, self._next, self._next_solver)
+            return _restore_seeded(self._key, self._combine, self._next, self._next_solver, self._engine)
 
     @classmethod
-    def from_seed(cls, seed: int | bytes | str, *, combine: int = 2) -> SecureNormalSource:
+    def from_seed(cls, seed: int | bytes | str, *, combine: int = 2, engine: str = "auto") -> SecureNormalSource:
         """A reproducible source whose key is SHA-256(seed): for tests and debugging only."""
         material = seed if isinstance(seed, bytes) else str(seed).encode()
-        return cls(hashlib.sha256(b"dplowrank-seeded-noise" + material).digest(), combine=combine, _seeded=True)
+        return cls(hashlib.sha256(b"dplowrank-seeded-noise" + material).digest(), combine=combine, engine=engine,
+                   _seeded=True)
 
     def new_streams(self, count: int) -> list[int]:
         """Reserve ``count`` fresh stream numbers (thread-safe; never reused by this source)."""
@@ -259,50 +283,100 @@ class SecureNormalSource:
 
     # ---- normals -----------------------------------------------------------------------
 
-    def normals(
-        self, n: int, *, stream: int, dtype: torch.dtype = torch.float64, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``n`` standard normals from stream number ``stream``, Tensor of shape (n,) on the CPU.
+    def algorithm(self, device: torch.device | str = "cpu") -> str:
+        """``"host"`` or ``"portable"``: the algorithm this source draws with for ``device``
+        (see ``engine``)."""
+        if self._engine == "auto":
+            return "portable" if torch.device(device).type == "cuda" else "host"
+        return self._engine
 
-        The same (key, stream, n, combine, dtype) always gives the same numbers; distinct
-        streams are independent keystreams. float32 output is computed in float32, any
-        other dtype in float64 and cast. Each output combines draws from ``combine``
-        different Box–Muller pairs, even for n = 1. ``out``: optional contiguous CPU
-        Tensor of the working dtype (float32 for float32, else float64) with at least
-        ``n`` elements: the draws fill its first ``n`` and that view is returned (a reused
-        buffer spares the page faults of fresh memory).
+    def draws_on_device(self, device: torch.device | str) -> bool:
+        """Whether noise for ``device`` is computed there (a CUDA device, the portable
+        algorithm, and Triton installed) rather than on the host."""
+        dev = torch.device(device)
+        return dev.type == "cuda" and self.algorithm(dev) == "portable" and _have_triton()
+
+    def normals(
+        self, n: int, *, stream: int, dtype: torch.dtype = torch.float64, out: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """``n`` standard normals from stream number ``stream``, Tensor of shape (n,).
+
+        The same (key, stream, n, combine, dtype, algorithm) always gives the same numbers;
+        distinct streams are independent keystreams. float32 output is computed in float32,
+        any other dtype in float64 and cast. Each output combines draws from ``combine``
+        different Box–Muller pairs, even for n = 1. The Tensor is on ``out``'s device, else
+        on ``device`` (default the CPU), which also chooses the algorithm
+        (:meth:`algorithm`). ``out``: optional contiguous Tensor of the working dtype
+        (float32 for float32, else float64) with at least ``n`` elements: the draws fill its
+        first ``n`` and that view is returned (a reused buffer spares the page faults of
+        fresh memory).
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a real floating torch.dtype, got {dtype!r}")
+        if not 0 <= int(stream) < 2**64:
+            raise ValueError(f"stream must be in [0, 2**64), got {stream}")
         single = dtype == torch.float32
         work = torch.float32 if single else torch.float64
+        target = out.device if out is not None else torch.device("cpu" if device is None else device)
+        if self.algorithm(target) == "portable":
+            from ._boxmuller import blocks_needed
+
+            blocks_needed(n, self._combine, work)  # a draw longer than a stream: refused up front
         if out is None:
-            out = torch.empty(n, dtype=work)
+            out = torch.empty(n, dtype=work, device=target)
         else:
-            if out.dtype != work or out.device.type != "cpu" or not out.is_contiguous() or out.numel() < n:
+            if out.dtype != work or not out.is_contiguous() or out.numel() < n:
                 raise ValueError(
-                    f"out must be a contiguous CPU {work} tensor of at least {n} elements, got "
+                    f"out must be a contiguous {work} tensor of at least {n} elements, got "
                     f"{out.dtype} of {out.numel()} on {out.device}"
                 )
             out = out.view(-1)[:n]
-        if n == 0:
-            return out if dtype == work else out.to(dtype)
+        if n > 0:
+            self._fill(out, n, int(stream), work)
+        return out if dtype == work else out.to(dtype)
+
+    def _fill(self, out: torch.Tensor, n: int, stream: int, work: torch.dtype) -> None:
+        """Draw ``n`` normals of ``stream`` into ``out`` (shape (n,), the working dtype)."""
+        if self.algorithm(out.device) == "portable":
+            from . import _boxmuller
+
+            key = _boxmuller.subkey(self._key)
+            if self.draws_on_device(out.device):
+                _boxmuller.normals_device(key, stream, n, self._combine, work, out)
+            elif out.device.type == "cpu":
+                _boxmuller.normals_cpu(key, stream, n, self._combine, work, out=out.numpy())
+            else:
+                out.copy_(torch.from_numpy(_boxmuller.normals_cpu(key, stream, n, self._combine, work)))
+            return
+        if out.device.type != "cpu":  # drawn on the host and copied
+            out.copy_(self.normals(n, stream=stream, dtype=work))
+            return
         enc = self._encryptor(stream)
         dst = out.numpy()
         size = _CHUNK[work]
-        kernel = _Chunk(min(n, size), self._combine, single)
+        kernel = _Chunk(min(n, size), self._combine, work == torch.float32)
         for c0 in range(0, n, size):
             c = min(size, n - c0)
             if c != kernel.c:  # the shorter last chunk
-                kernel = _Chunk(c, self._combine, single)
+                kernel = _Chunk(c, self._combine, work == torch.float32)
             self._keystream(enc, kernel.nbytes, kernel.raw)
             kernel.convert(dst[c0 : c0 + c])
-        return out if dtype == work else out.to(dtype)
 
     def __repr__(self) -> str:
         return f"SecureNormalSource(combine={self.combine}, seeded={self.seeded})"
+
+
+@functools.cache
+def _have_triton() -> bool:
+    """Whether the Triton kernels can run (Triton imports; CUDA builds of torch bundle it)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def broadcast_source(source: SecureNormalSource | None, src: int, group=None) -> SecureNormalSource:
@@ -331,23 +405,24 @@ def broadcast_source(source: SecureNormalSource | None, src: int, group=None) ->
             raise TypeError("a secure SecureNormalSource cannot be shared; pass None for secure noise")
         with source._lock:
             state[0] = ("secure" if source.secure else "seeded", source._key, source._combine, source._next,
-                        source._next_solver)
+                        source._next_solver, source._engine)
     with collective("sharing the noise source"):
         dist.broadcast_object_list(state, src=src, group=group)
     if rank == src:
         assert source is not None
         return source
-    kind, key, combine, next_stream, next_solver = state[0]
-    out = _restore_seeded(bytes(key), combine, next_stream, next_solver)
+    kind, key, combine, next_stream, next_solver, engine = state[0]
+    out = _restore_seeded(bytes(key), combine, next_stream, next_solver, engine)
     if kind == "secure":
         with _OS_KEYED_LOCK:
             _OS_KEYED[out] = out._key
     return out
 
 
-def _restore_seeded(key: bytes, combine: int, next_stream: int, next_solver: int) -> SecureNormalSource:
+def _restore_seeded(key: bytes, combine: int, next_stream: int, next_solver: int,
+                    engine: str = "auto") -> SecureNormalSource:
     """A seeded source in a given state (copies and unpickling of seeded sources)."""
-    src = SecureNormalSource(key, combine=combine, _seeded=True)
+    src = SecureNormalSource(key, combine=combine, engine=engine, _seeded=True)
     src._next, src._next_solver = next_stream, next_solver
     return src
 

@@ -27,7 +27,7 @@ PACKAGE = ROOT / "dplowrank"
 #: Units (a subpackage, or a top-level module) by layer, lowest first. Units of one layer
 #: may not import each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_kernel",),  # dplowrank._validation, _tensor, _memory, _files, _progress, _threads, _parallel, _secure, _chacha, _chacha_triton, _random, _distributed
+    ("_kernel",),  # dplowrank._validation, _tensor, _memory, _files, _progress, _threads, _parallel, _secure, _chacha, _chacha_triton, _boxmuller, _boxmuller_triton, _random, _distributed
     ("privacy",),  # events, GDP/zCDP/RDP curves, the calibration search, noise calibration
     ("mechanisms", "accounting"),  # the noise; composition and budgets
     ("gram", "linalg"),  # the private statistic and its checks; the eigensolvers

@@ -13,10 +13,13 @@ Each block draws from its own stream, so the noise depends only on the caller's 
 and d: numbered keystreams of a :class:`~dplowrank._secure.SecureNormalSource`; for a CPU
 torch generator, the keystreams of a source keyed by four words drawn from it
 (:func:`_keyed_source`, faster than torch's CPU samplers); for a generator on another
-device, child generators seeded from it in block order. On CPU (and, for the keystreams,
-which are computed on the CPU, on any device) the blocks run on a thread pool (the strips
-written by different blocks never overlap) with torch at one thread per kernel; torch,
-numpy and the cipher release the GIL, which roughly halves the time on 2 cores. Each
+device, child generators seeded from it in block order. A keystream source computes the
+draws for a CUDA output on the device (ChaCha20 and the portable Box–Muller of
+:mod:`dplowrank._boxmuller`, Triton kernels writing into the block's draw buffer) and for
+other outputs on the host. On CPU (and for draws computed on the host, on any device) the
+blocks run on a thread pool (the strips written by different blocks never overlap) with
+torch at one thread per kernel; torch, numpy and the cipher release the GIL, which roughly
+halves the time on 2 cores; on a device that draws for itself they run in order. Each
 running block reuses its scratch buffers for the draws (and for a converted copy of its
 strip), so that fresh memory is touched only for the output.
 
@@ -111,11 +114,12 @@ def _block_generators(generator, d: int, streams: int) -> list[list]:
     return out
 
 
-def _secure(generator) -> bool:
-    """Whether the draws come from the secure source (CPU keystream, whatever the device)."""
-    from .._secure import SecureNormalSource
-
-    return isinstance(generator, SecureNormalSource)
+def _host_draws(gens: list[list], device: torch.device) -> bool:
+    """Whether the blocks' draws (:func:`_block_generators`) for ``device`` are computed on the
+    host: a keystream source's, unless it draws on the device itself
+    (:meth:`~dplowrank._secure.SecureNormalSource.draws_on_device`)."""
+    first = gens[0][0] if gens and gens[0] else None
+    return isinstance(first, tuple) and not first[0].draws_on_device(device)
 
 
 def _normal(shape: tuple[int, int], source, buf: torch.Tensor) -> torch.Tensor:
@@ -125,11 +129,11 @@ def _normal(shape: tuple[int, int], source, buf: torch.Tensor) -> torch.Tensor:
     dst = buf[:n].view(shape)
     if isinstance(source, tuple):
         secure, stream = source
-        if buf.device.type == "cpu" and buf.dtype in (torch.float32, torch.float64):
+        if buf.dtype in (torch.float32, torch.float64):  # drawn where the source draws for buf's device
             secure.normals(n, stream=stream, dtype=buf.dtype, out=buf)
             return dst
-        z = secure.normals(n, stream=stream, dtype=buf.dtype).view(shape)
-        return dst.copy_(z, non_blocking=True)  # drawn on the CPU, moved block by block
+        z = secure.normals(n, stream=stream, dtype=buf.dtype, device=buf.device).view(shape)
+        return dst.copy_(z)
     return torch.randn(shape, generator=source, dtype=buf.dtype, device=buf.device, out=dst)
 
 
@@ -288,7 +292,7 @@ def noisy_symmetric(
             _mirror(rest, out[i1:, i0:i1])
 
     run_blocks(block, [(i0, gens[r]) for r, i0 in enumerate(range(0, d, _BLOCK))], dev,
-               host_work=_secure(generator))
+               host_work=_host_draws(gens, dev))
     return out
 
 
@@ -342,7 +346,7 @@ def noisy_hermitian(
             out[i1:, i0:i1].copy_(rest.conj().T)
 
     run_blocks(block, [(i0, gens[r]) for r, i0 in enumerate(range(0, d, _BLOCK))], dev,
-               host_work=_secure(generator))
+               host_work=_host_draws(gens, dev))
     return out
 
 
@@ -433,5 +437,5 @@ def noisy_symmetric_rows(
             _add_noise(out[:, i0:i1], part, gt, off_std, wbuf)
 
     blocks = [(i0, gens[r]) for r, i0 in enumerate(range(0, d, _BLOCK)) if i0 < r1]
-    run_blocks(block, blocks, dev, host_work=_secure(generator))
+    run_blocks(block, blocks, dev, host_work=_host_draws(gens, dev))
     return out

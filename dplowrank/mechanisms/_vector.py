@@ -45,7 +45,7 @@ def gaussian_vector_noise(x: torch.Tensor, noise_scale: float, *, source) -> tor
     n = base.numel()
     if isinstance(source, SecureNormalSource):
         (stream,) = source.new_streams(1)
-        z = source.normals(n, stream=stream, dtype=torch.float64).to(base.device)
+        z = source.normals(n, stream=stream, dtype=torch.float64, device=base.device)
     elif isinstance(source, torch.Generator):
         if source.device.type != base.device.type:
             raise ValueError(f"the generator is on {source.device}, but the noise is drawn on {base.device}")
