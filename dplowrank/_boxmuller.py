@@ -186,7 +186,10 @@ def blocks_needed(n: int, combine: int, dtype: torch.dtype) -> int:
 def _chunks(n: int, combine: int, dtype: torch.dtype, groups: int):
     """(first output, outputs, first block, blocks) per chunk of ``groups`` groups: each chunk
     starts on a block boundary (WPP·m·groups is a multiple of 16)."""
-    per_block = WORDS_PER_PAIR[dtype] * combine * groups // 16
+    words = WORDS_PER_PAIR[dtype] * combine * groups
+    if words % 16:  # a chunk starting inside a block would reuse that block's words
+        raise RuntimeError(f"chunks of {groups} groups do not start on ChaCha20 block boundaries")
+    per_block = words // 16
     for c, o0 in enumerate(range(0, n, 2 * groups)):
         count = min(2 * groups, n - o0)
         yield o0, count, c * per_block, blocks_needed(count, combine, dtype)
@@ -210,17 +213,24 @@ def normals_device(key: bytes, stream: int, n: int, combine: int, dtype: torch.d
     """The same numbers as :func:`normals_cpu`, computed on ``out``'s device by the Triton kernels
     (the ChaCha20 block function, then the transform); ``out``: contiguous, ``dtype``, ≥ n
     elements. Returns ``out[:n]``. ImportError without Triton."""
+    import contextlib
+
     from ._boxmuller_triton import launch
     from ._chacha import keystream_device
 
+    if out.dtype != dtype or not out.is_contiguous() or out.numel() < n:
+        raise ValueError(f"out must be a contiguous {dtype} tensor of at least {n} elements")
     blocks_needed(n, combine, dtype)
     dst = out.view(-1)[:n]
     if n == 0:
         return dst
-    coef = torch.from_numpy(coefficients(dtype, combine)).to(out.device)
-    groups = min(_DEVICE_GROUPS, -(-n // 2))
-    words = torch.empty(16 * blocks_needed(2 * groups, combine, dtype), dtype=torch.uint32, device=out.device)
-    for o0, count, b0, nb in _chunks(n, combine, dtype, _DEVICE_GROUPS):
-        keystream_device(key, stream, b0, nb, out.device, out=words)
-        launch(words, coef, dst[o0 : o0 + count], count, combine, dtype == torch.float64, _LANES)
+    # Triton launches on torch's current device and stream: make them out's
+    on_device = torch.cuda.device(out.device) if out.device.type == "cuda" else contextlib.nullcontext()
+    with on_device:
+        coef = torch.from_numpy(coefficients(dtype, combine)).to(out.device)
+        groups = min(_DEVICE_GROUPS, -(-n // 2))
+        words = torch.empty(16 * blocks_needed(2 * groups, combine, dtype), dtype=torch.uint32, device=out.device)
+        for o0, count, b0, nb in _chunks(n, combine, dtype, _DEVICE_GROUPS):
+            keystream_device(key, stream, b0, nb, out.device, out=words)
+            launch(words, coef, dst[o0 : o0 + count], count, combine, dtype == torch.float64, _LANES)
     return dst

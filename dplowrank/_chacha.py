@@ -1,8 +1,8 @@
 """ChaCha20 keystreams (RFC 8439) on the CPU and, through Triton, on a device.
 
 The device half of issue 19's secure noise: a keystream computed where the noise is needed,
-the same bits as the CPU reference for the same key, stream and block counter. (The secure
-source of :mod:`dplowrank._secure` does not use it yet: it still draws AES-256-CTR on the host.)
+the same bits as the CPU reference for the same key, stream and block counter. The portable
+algorithm of :mod:`dplowrank._boxmuller` draws its words from here.
 
 Layout of the 16-word ChaCha20 state (RFC 8439 §2.3; all words little-endian uint32):
 
@@ -28,6 +28,7 @@ GPU is present.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import numpy as np
@@ -97,5 +98,7 @@ def keystream_device(key: bytes, stream: int, first_block: int, nblocks: int,
     params = params.to(out.device)
     if nblocks:
         grid = (-(-nblocks // _LANES),)
-        _kernel()[grid](params, out, nblocks, LANES=_LANES)
+        # Triton launches on torch's current device: make it out's
+        with torch.cuda.device(out.device) if out.device.type == "cuda" else contextlib.nullcontext():
+            _kernel()[grid](params, out, nblocks, LANES=_LANES)
     return out

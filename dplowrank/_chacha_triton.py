@@ -33,7 +33,7 @@ def quarter(a, b, c, d):
 @triton.jit
 def chacha20(params, out, nblocks, LANES: tl.constexpr):
     # params (uint32): key words 0–7, first block counter, stream low, stream high
-    lane = tl.program_id(0) * LANES + tl.arange(0, LANES)
+    lane = tl.program_id(0).to(tl.int64) * LANES + tl.arange(0, LANES)  # int64: up to 2³² blocks
     live = lane < nblocks
     zero = tl.zeros((LANES,), dtype=tl.uint32)
     s0 = zero + 0x61707865

@@ -63,6 +63,7 @@ import math
 import numbers
 import os
 import threading
+import warnings
 import weakref
 
 import numpy as np
@@ -287,18 +288,20 @@ class SecureNormalSource:
         """``"host"`` or ``"portable"``: the algorithm this source draws with for ``device``
         (see ``engine``)."""
         if self._engine == "auto":
-            return "portable" if torch.device(device).type == "cuda" else "host"
+            return _auto_algorithm(torch.device(device))
         return self._engine
 
-    def draws_on_device(self, device: torch.device | str) -> bool:
+    def draws_on_device(self, device: torch.device | str, algorithm: str | None = None) -> bool:
         """Whether noise for ``device`` is computed there (a CUDA device, the portable
-        algorithm, and Triton installed) rather than on the host."""
+        algorithm, and Triton installed) rather than on the host. ``algorithm``: as for
+        :meth:`normals`."""
         dev = torch.device(device)
-        return dev.type == "cuda" and self.algorithm(dev) == "portable" and _have_triton()
+        algo = self.algorithm(dev) if algorithm is None else algorithm
+        return dev.type == "cuda" and algo == "portable" and _have_triton() and not _DEVICE_FAILED
 
     def normals(
         self, n: int, *, stream: int, dtype: torch.dtype = torch.float64, out: torch.Tensor | None = None,
-        device: torch.device | str | None = None,
+        device: torch.device | str | None = None, algorithm: str | None = None,
     ) -> torch.Tensor:
         """``n`` standard normals from stream number ``stream``, Tensor of shape (n,).
 
@@ -310,8 +313,11 @@ class SecureNormalSource:
         (:meth:`algorithm`). ``out``: optional contiguous Tensor of the working dtype
         (float32 for float32, else float64) with at least ``n`` elements: the draws fill its
         first ``n`` and that view is returned (a reused buffer spares the page faults of
-        fresh memory).
+        fresh memory). ``algorithm``: ``"host"`` or ``"portable"`` to override the engine's
+        choice (the ranks of a sharded release on different device kinds agree on one).
         """
+        if algorithm is not None and algorithm not in _ENGINES[1:]:
+            raise ValueError(f"algorithm must be 'host' or 'portable', got {algorithm!r}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -321,7 +327,8 @@ class SecureNormalSource:
         single = dtype == torch.float32
         work = torch.float32 if single else torch.float64
         target = out.device if out is not None else torch.device("cpu" if device is None else device)
-        if self.algorithm(target) == "portable":
+        algo = self.algorithm(target) if algorithm is None else algorithm
+        if algo == "portable":
             from ._boxmuller import blocks_needed
 
             blocks_needed(n, self._combine, work)  # a draw longer than a stream: refused up front
@@ -335,24 +342,29 @@ class SecureNormalSource:
                 )
             out = out.view(-1)[:n]
         if n > 0:
-            self._fill(out, n, int(stream), work)
+            self._fill(out, n, int(stream), work, algo)
         return out if dtype == work else out.to(dtype)
 
-    def _fill(self, out: torch.Tensor, n: int, stream: int, work: torch.dtype) -> None:
-        """Draw ``n`` normals of ``stream`` into ``out`` (shape (n,), the working dtype)."""
-        if self.algorithm(out.device) == "portable":
+    def _fill(self, out: torch.Tensor, n: int, stream: int, work: torch.dtype, algo: str) -> None:
+        """Draw ``n`` normals of ``stream`` into ``out`` (shape (n,), the working dtype) with
+        algorithm ``algo``."""
+        if algo == "portable":
             from . import _boxmuller
 
             key = _boxmuller.subkey(self._key)
-            if self.draws_on_device(out.device):
-                _boxmuller.normals_device(key, stream, n, self._combine, work, out)
-            elif out.device.type == "cpu":
+            if self.draws_on_device(out.device, algo):
+                try:
+                    _boxmuller.normals_device(key, stream, n, self._combine, work, out)
+                    return
+                except Exception as exc:  # e.g. no C compiler for Triton's launcher: the same bits on the host
+                    _device_failed(exc)
+            if out.device.type == "cpu":
                 _boxmuller.normals_cpu(key, stream, n, self._combine, work, out=out.numpy())
             else:
                 out.copy_(torch.from_numpy(_boxmuller.normals_cpu(key, stream, n, self._combine, work)))
             return
         if out.device.type != "cpu":  # drawn on the host and copied
-            out.copy_(self.normals(n, stream=stream, dtype=work))
+            out.copy_(self.normals(n, stream=stream, dtype=work, algorithm="host"))
             return
         enc = self._encryptor(stream)
         dst = out.numpy()
@@ -367,6 +379,25 @@ class SecureNormalSource:
 
     def __repr__(self) -> str:
         return f"SecureNormalSource(combine={self.combine}, seeded={self.seeded})"
+
+
+#: Set when the Triton kernels failed once in this process; the portable algorithm then runs on
+#: the host (numpy, the same bits), so a release whose budget is charged still gets its noise.
+_DEVICE_FAILED = False
+
+
+def _device_failed(exc: Exception) -> None:
+    global _DEVICE_FAILED
+    _DEVICE_FAILED = True
+    warnings.warn(
+        f"the device noise kernels failed ({type(exc).__name__}); drawing the same noise on the host instead",
+        RuntimeWarning, stacklevel=4,
+    )
+
+
+def _auto_algorithm(device: torch.device) -> str:
+    """The algorithm engine ``"auto"`` draws with for ``device``."""
+    return "portable" if device.type == "cuda" else "host"
 
 
 @functools.cache

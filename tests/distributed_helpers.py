@@ -158,9 +158,16 @@ def bad_argument(rank, world, out):
     torch.save(results, out / f"bad_argument-{rank}.pt")
 
 
-def sharded(rank, world, out, *, d=1100, k=6, seed=11, dtype="float64", secure=False, asym=False):
+def sharded(rank, world, out, *, d=1100, k=6, seed=11, dtype="float64", secure=False, asym=False,
+            pretend_cuda=None, keep_rows=False):
     import dplowrank as dl
     from dplowrank.distributed import shard_rows
+
+    if rank == pretend_cuda:  # this rank's rows stand for a CUDA device's: "auto" picks the portable algorithm
+        import dplowrank._secure as sec
+        import dplowrank.distributed._sharded as sh
+
+        sec._auto_algorithm = sh._auto_algorithm = lambda device: "portable"
 
     M = spiked(d, k)
     if asym:  # an entry below the diagonal that differs from its mirror, on rank 1's rows
@@ -171,7 +178,7 @@ def sharded(rank, world, out, *, d=1100, k=6, seed=11, dtype="float64", secure=F
     rel = dl.release_rank_k_sharded(rows, k, row_start=start, sensitivity=1.0, epsilon=1.0, delta=1e-6,
                                     generator=gen, overwrite=True)
     torch.save({"values": rel.eigenvalues, "vectors": rel.eigenvectors, "randomness": rel.randomness,
-                "rows": rows if not secure else None}, out / f"sharded-{rank}.pt")
+                "rows": rows if keep_rows or not secure else None}, out / f"sharded-{rank}.pt")
 
 
 def spiked(d: int, k: int) -> torch.Tensor:

@@ -258,7 +258,7 @@ def test_a_mechanism_drawn_on_the_device_equals_the_portable_cpu_release(interpr
     cpu = mech.perturb(g, generator=SecureNormalSource.from_seed(7, engine="portable"))
     calls = []
     if not torch.cuda.is_available():  # the interpreter runs the kernels on CPU tensors
-        monkeypatch.setattr(SecureNormalSource, "draws_on_device", lambda self, device: True)
+        monkeypatch.setattr(SecureNormalSource, "draws_on_device", lambda self, device, algorithm=None: True)
         real = bm.normals_device
 
         def spy(*args, **kwargs):
@@ -283,3 +283,53 @@ def test_auto_draws_on_the_gpu_and_its_noise_is_the_portable_algorithm():
             assert gpu.device.type == "cuda"
             ref = SecureNormalSource.from_seed(5, engine="portable").normals(n, stream=3, dtype=dtype)
             np.testing.assert_array_equal(_bits(gpu), _bits(ref))
+
+
+def test_bad_buffers_and_misaligned_chunks_are_refused(monkeypatch):
+    """Found by the audit of issue 19: normals_device wrote past a short ``out``, and a chunk
+    size whose words were not whole ChaCha20 blocks silently reused keystream words."""
+    key = bytes(32)
+    with pytest.raises(ValueError, match="at least 10 elements"):
+        bm.normals_device(key, 0, 10, 2, torch.float32, torch.empty(3))
+    with pytest.raises(ValueError, match="contiguous"):
+        bm.normals_device(key, 0, 10, 2, torch.float32, torch.empty(20, dtype=torch.float64))
+    monkeypatch.setattr(bm, "_CPU_GROUPS", 3)
+    with pytest.raises(RuntimeError, match="block boundaries"):
+        bm.normals_cpu(key, 0, 101, 1, torch.float32)
+
+
+def test_a_failing_device_kernel_falls_back_to_the_same_bits_on_the_host(monkeypatch):
+    """A release charges its budget before the noise: if Triton cannot run (no C compiler for
+    its launcher, say), the portable algorithm's numpy implementation draws the same numbers."""
+    import dplowrank._secure as sec
+
+    monkeypatch.setattr(sec, "_DEVICE_FAILED", False)
+    monkeypatch.setattr(sec, "_have_triton", lambda: True)
+    monkeypatch.setattr(sec, "_auto_algorithm", lambda device: "portable")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Failed to find C compiler")
+
+    monkeypatch.setattr(bm, "normals_device", broken)
+    src = SecureNormalSource.from_seed(2)
+    monkeypatch.setattr(SecureNormalSource, "draws_on_device",
+                        lambda self, device, algorithm=None: not sec._DEVICE_FAILED)
+    with pytest.warns(RuntimeWarning, match="RuntimeError"):
+        got = src.normals(999, stream=4, dtype=torch.float32)
+    assert sec._DEVICE_FAILED
+    ref = SecureNormalSource.from_seed(2, engine="portable").normals(999, stream=4, dtype=torch.float32)
+    assert torch.equal(got, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_noise_for_a_second_gpu_is_drawn_on_that_gpu():
+    """Triton launches on torch's current device: the kernels must run on out's device even when
+    the current device is another (audit of issue 19)."""
+    pytest.importorskip("triton")
+    src = SecureNormalSource.from_seed(6)
+    with torch.cuda.device(0):
+        got = src.normals(300_001, stream=1, device="cuda:1")
+    assert got.device == torch.device("cuda:1")
+    ref = SecureNormalSource.from_seed(6, engine="portable").normals(300_001, stream=1)
+    np.testing.assert_array_equal(_bits(got), _bits(ref))

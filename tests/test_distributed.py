@@ -126,6 +126,23 @@ def test_a_sharded_release_noises_the_upper_triangle_of_an_asymmetric_matrix(tmp
     assert torch.equal(rows, noisy) and torch.equal(rows, rows.T)
 
 
+@pytest.mark.parametrize("secure", [True, False])
+def test_ranks_on_different_device_kinds_draw_one_noise_matrix(tmp_path, secure):
+    """Engine "auto" draws the host algorithm for CPU rows and the portable one for CUDA rows:
+    a job mixing them drew E_ij and E_ji independently (found by the audit of issue 19: the
+    mean of the two copies had variance ½). Rank 1 stands for a CUDA rank here; every rank
+    must draw the host algorithm, and the noisy rows must be exactly symmetric."""
+    assert h.launch("sharded", 2, tmp_path, secure=secure, pretend_cuda=1, keep_rows=True) == [0, 0]
+    a, b = _load(tmp_path, "sharded", 2)
+    rows = torch.cat([a["rows"], b["rows"]])
+    assert torch.equal(rows, rows.T)
+    assert a["randomness"] == b["randomness"] == ("secure" if secure else "seeded")
+    if not secure:  # the host algorithm's noise, as a single CPU process draws it
+        M = h.spiked(1100, 6)
+        sigma = dl.calibrate_noise(1.0, epsilon=1.0, delta=1e-6).noise_scale
+        assert torch.equal(rows, dl.GaussianMechanism(sigma, 1.0).perturb(M, generator=dl.SecureNormalSource.from_seed(11)))
+
+
 def test_the_noise_source_is_shared_by_the_library_only(tmp_path):
     assert h.launch("source_sharing", 2, tmp_path) == [0, 0]
     a, b = _load(tmp_path, "source_sharing", 2)

@@ -18,7 +18,7 @@ import torch
 
 from .._distributed import DistributedError, agree, broadcast_tensor, collective, group_info
 from .._random import SECURE, SEEDED, resolve_generator
-from .._secure import SecureNormalSource, broadcast_source
+from .._secure import SecureNormalSource, _auto_algorithm, broadcast_source
 from ..accounting import PrivacyBudget
 from ..gram import check_range
 from ..linalg import NOISE_ATOL_FRACTION, topk_eigh_operator
@@ -176,7 +176,8 @@ def release_rank_k_sharded(
         local = exc
     agree(local, group, what="release_rank_k_sharded")
     # every rank's layout, dimension and choices must fit together
-    mine = (row_start, b, d, str(work), noise_shape, nb, float(sensitivity), cal.noise_scale, k, src, overwrite)
+    mine = (row_start, b, d, str(work), noise_shape, nb, float(sensitivity), cal.noise_scale, k, src, overwrite,
+            _auto_algorithm(rows.device))
     layout: list = [None] * world
     with collective("release_rank_k_sharded"):
         import torch.distributed as dist
@@ -211,6 +212,11 @@ def release_rank_k_sharded(
     share_outcome(outcome, src, group, "release_rank_k_sharded")
     source = broadcast_source(given, src, group)
     label = SECURE if source.secure else SEEDED
+    # engine "auto" picks by device kind: ranks on different kinds would draw the two copies of
+    # an entry with different algorithms (independent noise on E_ij and E_ji). They all draw
+    # with the host algorithm instead (every rank knows the layout and the engine).
+    mixed = len({entry[-1] for entry in layout}) > 1
+    algorithm = "host" if mixed and source.engine == "auto" else None
     if rank == src:
         solver_gen = (resolve_generator(None, rows.device)[0] if generator is None
                       else _solver_generator(generator, source, rows.device))
@@ -221,7 +227,7 @@ def release_rank_k_sharded(
     mech = GaussianMechanism(cal.noise_scale, float(sensitivity), noise_shape)
     diag, off = mech.noise_stds()
     out = sym if sym.dtype == work else torch.empty(rows.shape, dtype=work, device=rows.device)
-    noisy_symmetric_rows(sym, out, row_start, diag_std=diag, off_std=off, generator=source)
+    noisy_symmetric_rows(sym, out, row_start, diag_std=diag, off_std=off, generator=source, algorithm=algorithm)
     del sym
 
     # rank src solves against the sharded operator; the others serve products
@@ -336,7 +342,7 @@ def shared_noise_source_check(generator) -> None:
 def _check_layout(layout: list, d: int) -> None:
     """The ranks' rows tile [0, d) in rank order on 512-row boundaries, with one set of choices."""
     first = layout[0]
-    if any(entry[2:] != first[2:] for entry in layout):
+    if any(entry[2:-1] != first[2:-1] for entry in layout):
         raise ValueError(
             "the ranks disagree on (d, dtype, noise_shape, neighbour, sensitivity, noise scale, k, src, overwrite); "
             "every rank must pass the same arguments"

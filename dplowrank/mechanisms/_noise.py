@@ -88,10 +88,11 @@ def shared_noise_source(generator) -> SecureNormalSource:
     )
 
 
-def _block_generators(generator, d: int, streams: int) -> list[list]:
-    """Per-block sources: numbered keystreams of a :class:`~dplowrank._secure.SecureNormalSource`
-    (given, or keyed from a CPU torch generator by :func:`_keyed_source`), or child torch
-    generators seeded in order from a generator on another device."""
+def _block_generators(generator, d: int, streams: int, algorithm: str | None = None) -> list[list]:
+    """Per-block sources: (source, stream number, ``algorithm``) for numbered keystreams of a
+    :class:`~dplowrank._secure.SecureNormalSource` (given, or keyed from a CPU torch generator
+    by :func:`_keyed_source`; ``algorithm`` None: the source's choice for the device), or child
+    torch generators seeded in order from a generator on another device."""
     from .._secure import SecureNormalSource
 
     nblocks = -(-d // _BLOCK)
@@ -99,7 +100,7 @@ def _block_generators(generator, d: int, streams: int) -> list[list]:
         generator = _keyed_source(generator)
     if isinstance(generator, SecureNormalSource):
         ids = generator.new_streams(nblocks * streams)
-        return [[(generator, ids[r * streams + j]) for j in range(streams)] for r in range(nblocks)]
+        return [[(generator, ids[r * streams + j], algorithm) for j in range(streams)] for r in range(nblocks)]
     seeds = torch.randint(
         0, _SEED_BOUND, (nblocks, streams), generator=generator, device=generator.device
     ).tolist()
@@ -119,7 +120,7 @@ def _host_draws(gens: list[list], device: torch.device) -> bool:
     host: a keystream source's, unless it draws on the device itself
     (:meth:`~dplowrank._secure.SecureNormalSource.draws_on_device`)."""
     first = gens[0][0] if gens and gens[0] else None
-    return isinstance(first, tuple) and not first[0].draws_on_device(device)
+    return isinstance(first, tuple) and not first[0].draws_on_device(device, first[2])
 
 
 def _normal(shape: tuple[int, int], source, buf: torch.Tensor) -> torch.Tensor:
@@ -128,11 +129,11 @@ def _normal(shape: tuple[int, int], source, buf: torch.Tensor) -> torch.Tensor:
     n = shape[0] * shape[1]
     dst = buf[:n].view(shape)
     if isinstance(source, tuple):
-        secure, stream = source
+        secure, stream, algorithm = source
         if buf.dtype in (torch.float32, torch.float64):  # drawn where the source draws for buf's device
-            secure.normals(n, stream=stream, dtype=buf.dtype, out=buf)
+            secure.normals(n, stream=stream, dtype=buf.dtype, out=buf, algorithm=algorithm)
             return dst
-        z = secure.normals(n, stream=stream, dtype=buf.dtype, device=buf.device).view(shape)
+        z = secure.normals(n, stream=stream, dtype=buf.dtype, device=buf.device, algorithm=algorithm).view(shape)
         return dst.copy_(z)
     return torch.randn(shape, generator=source, dtype=buf.dtype, device=buf.device, out=dst)
 
@@ -358,6 +359,7 @@ def noisy_symmetric_rows(
     diag_std: float,
     off_std: float,
     generator: torch.Generator | SecureNormalSource,
+    algorithm: str | None = None,
 ) -> torch.Tensor:
     """Rows ``row_start : row_start + b`` of what :func:`noisy_symmetric` makes of the whole matrix.
 
@@ -376,7 +378,9 @@ def noisy_symmetric_rows(
     much time as the whole matrix's, but no communication). With M exactly symmetric (an
     accumulator's Gram is: its sums are exact) the rows are bit-identical to the
     single-process ones; otherwise they use each rank's own rows where the single-process
-    release takes the upper triangle.
+    release takes the upper triangle. ``algorithm`` (``"host"`` or ``"portable"``) overrides a
+    keystream source's choice for the device, so that ranks on different device kinds draw
+    one matrix.
     """
     b, d = src.shape
     if out.shape != src.shape or src.ndim != 2:
@@ -387,7 +391,7 @@ def noisy_symmetric_rows(
             f"multiples of {_BLOCK} (the last shard may end at d)"
         )
     r1 = row_start + b
-    gens = _block_generators(generator, d, 1)  # every rank reserves the same streams
+    gens = _block_generators(generator, d, 1, algorithm)  # every rank reserves the same streams
     dt, dev = out.dtype, out.device
     work = compute_dtype(src.dtype, dt)
     diag_std, off_std = std_in(diag_std, work), std_in(off_std, work)
