@@ -216,7 +216,7 @@ def normals_device(key: bytes, stream: int, n: int, combine: int, dtype: torch.d
     import contextlib
 
     from ._boxmuller_triton import launch
-    from ._chacha import keystream_device
+    from ._chacha import device_params, keystream_device
 
     if out.dtype != dtype or not out.is_contiguous() or out.numel() < n:
         raise ValueError(f"out must be a contiguous {dtype} tensor of at least {n} elements")
@@ -230,7 +230,9 @@ def normals_device(key: bytes, stream: int, n: int, combine: int, dtype: torch.d
         coef = torch.from_numpy(coefficients(dtype, combine)).to(out.device)
         groups = min(_DEVICE_GROUPS, -(-n // 2))
         words = torch.empty(16 * blocks_needed(2 * groups, combine, dtype), dtype=torch.uint32, device=out.device)
-        for o0, count, b0, nb in _chunks(n, combine, dtype, _DEVICE_GROUPS):
-            keystream_device(key, stream, b0, nb, out.device, out=words)
+        chunks = list(_chunks(n, combine, dtype, _DEVICE_GROUPS))
+        params = device_params(key, stream, [b0 for _, _, b0, _ in chunks], out.device)  # one copy per call
+        for c, (o0, count, b0, nb) in enumerate(chunks):
+            keystream_device(key, stream, b0, nb, out.device, out=words, params=params[c])
             launch(words, coef, dst[o0 : o0 + count], count, combine, dtype == torch.float64, _LANES)
     return dst

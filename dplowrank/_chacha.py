@@ -34,7 +34,7 @@ import struct
 import numpy as np
 import torch
 
-__all__ = ["MAX_BLOCKS", "keystream_cpu", "keystream_device"]
+__all__ = ["MAX_BLOCKS", "device_params", "keystream_cpu", "keystream_device"]
 
 #: Blocks in one stream: the counter is one 32-bit word.
 MAX_BLOCKS = 2**32
@@ -77,25 +77,38 @@ def _kernel():
     return chacha20
 
 
+def device_params(key: bytes, stream: int, first_blocks: list[int], device: torch.device | str) -> torch.Tensor:
+    """The kernel's parameters for runs of ``stream`` starting at each of ``first_blocks``:
+    a torch.uint32 Tensor of shape (len(first_blocks), 11) on ``device`` (key words 0–7, first
+    block counter, stream low and high words), made in one host-to-device copy."""
+    for first in first_blocks:
+        _check(key, stream, first, 0)
+    head = struct.unpack("<8I", bytes(key))
+    rows = [head + (first, stream & 0xFFFFFFFF, stream >> 32) for first in first_blocks]
+    table = np.array(rows, dtype=np.uint32).reshape(len(first_blocks), 11)
+    return torch.from_numpy(table.view(np.int32)).view(torch.uint32).to(device)
+
+
 def keystream_device(key: bytes, stream: int, first_block: int, nblocks: int,
-                     device: torch.device | str, out: torch.Tensor | None = None) -> torch.Tensor:
+                     device: torch.device | str, out: torch.Tensor | None = None,
+                     params: torch.Tensor | None = None) -> torch.Tensor:
     """The words :func:`keystream_cpu` returns, computed on ``device`` by the Triton kernel.
 
     Returns a torch.uint32 Tensor of shape (16·nblocks,) on ``device``: bit for bit the
     CPU reference's words (the first 16·nblocks elements of ``out`` when given: a contiguous
-    torch.uint32 Tensor on ``device``). Raises ImportError where Triton is not installed; on
-    a CPU tensor the kernel runs only under ``TRITON_INTERPRET=1``.
+    torch.uint32 Tensor on ``device``). ``params``: this run's row of :func:`device_params`,
+    to spare a host-to-device copy per run. Raises ImportError where Triton is not installed;
+    on a CPU tensor the kernel runs only under ``TRITON_INTERPRET=1``.
     """
     _check(key, stream, first_block, nblocks)
-    words = struct.unpack("<8I", bytes(key)) + (first_block, stream & 0xFFFFFFFF, stream >> 32)
     dev = torch.device(device)
     if out is None:
         out = torch.empty(16 * nblocks, dtype=torch.uint32, device=dev)
     elif out.dtype != torch.uint32 or out.device.type != dev.type or not out.is_contiguous() or out.numel() < 16 * nblocks:
         raise ValueError(f"out must be a contiguous torch.uint32 tensor on {dev} of at least {16 * nblocks} elements")
     out = out.view(-1)[: 16 * nblocks]
-    params = torch.tensor(np.array(words, dtype=np.uint32).view(np.int32), dtype=torch.int32).view(torch.uint32)
-    params = params.to(out.device)
+    if params is None:
+        params = device_params(key, stream, [first_block], out.device)[0]
     if nblocks:
         grid = (-(-nblocks // _LANES),)
         # Triton launches on torch's current device: make it out's

@@ -1,5 +1,9 @@
 """Cryptographically secure Gaussian noise: an AES-256-CTR keystream turned into normals.
 
+(This docstring describes the *host* algorithm. For CUDA targets the source draws with the
+*portable* algorithm of :mod:`dplowrank._boxmuller` instead, on the device: ChaCha20 and an
+exactly rounded Box–Muller with the same hardening; see ``SecureNormalSource``'s ``engine``.)
+
 Why: torch's generators (Mersenne Twister on CPU, Philox on CUDA) are fast and good for
 statistics but not cryptographic: their state can be recovered from enough outputs, and a
 64-bit seed is a small secret. A release that will be published draws its noise here.
@@ -378,7 +382,7 @@ class SecureNormalSource:
             kernel.convert(dst[c0 : c0 + c])
 
     def __repr__(self) -> str:
-        return f"SecureNormalSource(combine={self.combine}, seeded={self.seeded})"
+        return f"SecureNormalSource(combine={self.combine}, engine={self._engine!r}, seeded={self.seeded})"
 
 
 #: Set when the Triton kernels failed once in this process; the portable algorithm then runs on
