@@ -360,8 +360,11 @@ class SecureNormalSource:
                 try:
                     _boxmuller.normals_device(key, stream, n, self._combine, work, out)
                     return
+                except ValueError:  # a bad request, not a broken device path
+                    raise
                 except Exception as exc:  # e.g. no C compiler for Triton's launcher: the same bits on the host
-                    _device_failed(exc)
+                    failure = type(exc).__name__
+                _device_failed(failure)  # outside the handler: no exception chained to the warning
             if out.device.type == "cpu":
                 _boxmuller.normals_cpu(key, stream, n, self._combine, work, out=out.numpy())
             else:
@@ -390,13 +393,13 @@ class SecureNormalSource:
 _DEVICE_FAILED = False
 
 
-def _device_failed(exc: Exception) -> None:
+def _device_failed(failure: str) -> None:
+    """Switch the device path off for this process and say so (``failure``: the exception's
+    type name only)."""
     global _DEVICE_FAILED
     _DEVICE_FAILED = True
-    warnings.warn(
-        f"the device noise kernels failed ({type(exc).__name__}); drawing the same noise on the host instead",
-        RuntimeWarning, stacklevel=4,
-    )
+    warnings.warn(f"the device noise kernels failed ({failure}); drawing the same noise on the host instead",
+                  RuntimeWarning, stacklevel=4)
 
 
 def _auto_algorithm(device: torch.device) -> str:

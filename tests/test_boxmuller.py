@@ -319,6 +319,16 @@ def test_a_failing_device_kernel_falls_back_to_the_same_bits_on_the_host(monkeyp
     assert sec._DEVICE_FAILED
     ref = SecureNormalSource.from_seed(2, engine="portable").normals(999, stream=4, dtype=torch.float32)
     assert torch.equal(got, ref)
+    # a bad request is an error, not a reason to leave the device
+    monkeypatch.setattr(sec, "_DEVICE_FAILED", False)
+
+    def refuses(*args, **kwargs):
+        raise ValueError("out must be a contiguous tensor")
+
+    monkeypatch.setattr(bm, "normals_device", refuses)
+    with pytest.raises(ValueError, match="contiguous"):
+        src.normals(10, stream=5)
+    assert not sec._DEVICE_FAILED
 
 
 @pytest.mark.gpu

@@ -379,8 +379,9 @@ def noisy_symmetric_rows(
     accumulator's Gram is: its sums are exact) the rows are bit-identical to the
     single-process ones; otherwise they use each rank's own rows where the single-process
     release takes the upper triangle. ``algorithm`` (``"host"`` or ``"portable"``) overrides a
-    keystream source's choice for the device, so that ranks on different device kinds draw
-    one matrix.
+    keystream source's choice for the device. Ranks on different device kinds must pass one
+    (:func:`dplowrank.release_rank_k_sharded` does): with engine ``"auto"`` each would draw
+    by its own device kind, and an entry and its mirror would get independent noise.
     """
     b, d = src.shape
     if out.shape != src.shape or src.ndim != 2:
