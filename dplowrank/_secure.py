@@ -292,7 +292,7 @@ class SecureNormalSource:
         """``"host"`` or ``"portable"``: the algorithm this source draws with for ``device``
         (see ``engine``)."""
         if self._engine == "auto":
-            return _auto_algorithm(torch.device(device))
+            return auto_algorithm(torch.device(device))
         return self._engine
 
     def draws_on_device(self, device: torch.device | str, algorithm: str | None = None) -> bool:
@@ -402,7 +402,7 @@ def _device_failed(failure: str) -> None:
                   RuntimeWarning, stacklevel=4)
 
 
-def _auto_algorithm(device: torch.device) -> str:
+def auto_algorithm(device: torch.device) -> str:
     """The algorithm engine ``"auto"`` draws with for ``device``."""
     return "portable" if device.type == "cuda" else "host"
 

@@ -167,7 +167,7 @@ def sharded(rank, world, out, *, d=1100, k=6, seed=11, dtype="float64", secure=F
         import dplowrank._secure as sec
         import dplowrank.distributed._sharded as sh
 
-        sec._auto_algorithm = sh._auto_algorithm = lambda device: "portable"
+        sec.auto_algorithm = sh.auto_algorithm = lambda device: "portable"
 
     M = spiked(d, k)
     if asym:  # an entry below the diagonal that differs from its mirror, on rank 1's rows

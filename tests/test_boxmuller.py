@@ -305,7 +305,7 @@ def test_a_failing_device_kernel_falls_back_to_the_same_bits_on_the_host(monkeyp
 
     monkeypatch.setattr(sec, "_DEVICE_FAILED", False)
     monkeypatch.setattr(sec, "_have_triton", lambda: True)
-    monkeypatch.setattr(sec, "_auto_algorithm", lambda device: "portable")
+    monkeypatch.setattr(sec, "auto_algorithm", lambda device: "portable")
 
     def broken(*args, **kwargs):
         raise RuntimeError("Failed to find C compiler")

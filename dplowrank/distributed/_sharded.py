@@ -18,7 +18,7 @@ import torch
 
 from .._distributed import DistributedError, agree, broadcast_tensor, collective, group_info
 from .._random import SECURE, SEEDED, resolve_generator
-from .._secure import SecureNormalSource, _auto_algorithm, broadcast_source
+from .._secure import SecureNormalSource, auto_algorithm, broadcast_source
 from ..accounting import PrivacyBudget
 from ..gram import check_range
 from ..linalg import NOISE_ATOL_FRACTION, topk_eigh_operator
@@ -177,7 +177,7 @@ def release_rank_k_sharded(
     agree(local, group, what="release_rank_k_sharded")
     # every rank's layout, dimension and choices must fit together
     mine = (row_start, b, d, str(work), noise_shape, nb, float(sensitivity), cal.noise_scale, k, src, overwrite,
-            _auto_algorithm(rows.device))
+            auto_algorithm(rows.device))
     layout: list = [None] * world
     with collective("release_rank_k_sharded"):
         import torch.distributed as dist
