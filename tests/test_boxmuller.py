@@ -246,8 +246,7 @@ def test_the_device_path_crosses_chunks_with_the_same_bits(interpreted, monkeypa
         np.testing.assert_array_equal(_bits(got), _bits(bm.normals_cpu(key, 2**64 - 1, 1801, 2, dtype)))
 
 
-@pytest.mark.parametrize("mechanism", ["gaussian", "complex"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mechanism, dtype", [("gaussian", torch.float64), ("complex", torch.float32)])
 def test_a_mechanism_drawn_on_the_device_equals_the_portable_cpu_release(interpreted, monkeypatch, mechanism, dtype):
     """The whole noise pass through the device path (the blocks' draw buffers filled by the
     kernels, the blocks run in order), against the numpy implementation on the CPU."""
