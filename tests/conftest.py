@@ -16,6 +16,33 @@ settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True
 settings.load_profile("ci")
 
 
+@pytest.fixture(scope="module")
+def interpreted():
+    """Triton kernels, in Triton's interpreter where there is no GPU (TRITON_INTERPRET=1 is set
+    above, before Triton is imported)."""
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available():
+        assert os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def assert_standard_normal(z: np.ndarray) -> None:
+    """Moments, KS and the |Z| > 3 tail of ``z`` (float64, shape (n,)) match N(0, 1), each test at
+    6 standard errors (KS at p > 1e-3)."""
+    import math
+
+    from scipy import stats
+
+    n = z.size
+    assert abs(z.mean()) < 6 / math.sqrt(n)
+    assert abs(z.var() - 1) < 6 * math.sqrt(2 / n)
+    assert abs(stats.skew(z)) < 6 * math.sqrt(6 / n)
+    assert abs(stats.kurtosis(z)) < 6 * math.sqrt(24 / n)
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    # tails: P(|Z| > 3) matches 2Φ(−3)
+    tail = np.mean(np.abs(z) > 3)
+    assert abs(tail - 2 * stats.norm.sf(3)) < 6 * math.sqrt(2 * stats.norm.sf(3) / n)
+
+
 def spiked_rows(n: int, d: int, k: int, *, seed: int = 0, strength: float = 4.0) -> np.ndarray:
     """Rows whose Gram has k clear spikes: x = U diag(s) z + 0.2·noise, norms ~ a few."""
     rng = np.random.default_rng(seed)

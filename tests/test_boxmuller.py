@@ -21,24 +21,16 @@ import mpmath
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 import dplowrank as dl
 from dplowrank import SecureNormalSource
 from dplowrank import _boxmuller as bm
 from dplowrank._chacha import keystream_cpu
 
+from .conftest import assert_standard_normal
+
 N = 400_000
 DTYPES = [torch.float32, torch.float64]
-
-
-@pytest.fixture(scope="module")
-def interpreted():
-    """The kernels, in Triton's interpreter where there is no GPU (tests/conftest.py sets
-    TRITON_INTERPRET=1 before Triton is imported)."""
-    pytest.importorskip("triton")
-    if not torch.cuda.is_available():
-        assert os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _bits(a) -> np.ndarray:
@@ -133,15 +125,7 @@ def test_each_output_sums_draws_of_m_distinct_pairs_and_each_draw_is_used_once(d
                                             (2, torch.float32), (1, torch.float32)])
 def test_portable_normals_are_standard_normal(combine, dtype):
     src = SecureNormalSource.from_seed(7, combine=combine, engine="portable")
-    z = src.normals(N, stream=0, dtype=dtype).numpy().astype(float)
-    se = 1 / math.sqrt(N)
-    assert abs(z.mean()) < 6 * se
-    assert abs(z.var() - 1) < 6 * math.sqrt(2 / N)
-    assert abs(stats.skew(z)) < 6 * math.sqrt(6 / N)
-    assert abs(stats.kurtosis(z)) < 6 * math.sqrt(24 / N)
-    assert stats.kstest(z, "norm").pvalue > 1e-3
-    tail = np.mean(np.abs(z) > 3)
-    assert abs(tail - 2 * stats.norm.sf(3)) < 6 * math.sqrt(2 * stats.norm.sf(3) / N)
+    assert_standard_normal(src.normals(N, stream=0, dtype=dtype).numpy().astype(float))
 
 
 @pytest.mark.parametrize("combine", [1, 2])

@@ -59,15 +59,6 @@ def test_bad_arguments_are_named(kwargs, name):
         keystream_device(**args, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def interpreted():
-    """The kernel, in Triton's interpreter where there is no GPU (tests/conftest.py sets
-    TRITON_INTERPRET=1 before Triton is imported)."""
-    pytest.importorskip("triton")
-    if not torch.cuda.is_available():
-        assert os.environ.get("TRITON_INTERPRET") == "1"
-
-
 @pytest.mark.parametrize(
     "key, stream, first_block, nblocks",
     [

@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 from dplowrank import SecureNormalSource
 from dplowrank._secure import _CHUNK, _layout, _normals_from_words
+
+from .conftest import assert_standard_normal
 
 N = 400_000
 
@@ -19,15 +20,7 @@ N = 400_000
                                             (2, torch.float32)])
 def test_secure_normals_are_standard_normal(combine, dtype):
     z = SecureNormalSource.from_seed(7, combine=combine).normals(N, stream=0, dtype=dtype).numpy().astype(float)
-    se = 1 / math.sqrt(N)
-    assert abs(z.mean()) < 6 * se
-    assert abs(z.var() - 1) < 6 * math.sqrt(2 / N)
-    assert abs(stats.skew(z)) < 6 * math.sqrt(6 / N)
-    assert abs(stats.kurtosis(z)) < 6 * math.sqrt(24 / N)
-    assert stats.kstest(z, "norm").pvalue > 1e-3
-    # tails: P(|Z| > 3) matches 2Φ(−3)
-    tail = np.mean(np.abs(z) > 3)
-    assert abs(tail - 2 * stats.norm.sf(3)) < 6 * math.sqrt(2 * stats.norm.sf(3) / N)
+    assert_standard_normal(z)
 
 
 @pytest.mark.parametrize("combine", [1, 2])
