@@ -44,6 +44,7 @@ As in the host algorithm, one draw is capped at |Z| ≤ √(2·33 ln 2) = 6.76 i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import numpy as np
@@ -213,8 +214,6 @@ def normals_device(key: bytes, stream: int, n: int, combine: int, dtype: torch.d
     """The same numbers as :func:`normals_cpu`, computed on ``out``'s device by the Triton kernels
     (the ChaCha20 block function, then the transform); ``out``: contiguous, ``dtype``, ≥ n
     elements. Returns ``out[:n]``. ImportError without Triton."""
-    import contextlib
-
     from ._boxmuller_triton import launch
     from ._chacha import device_params, keystream_device
 
